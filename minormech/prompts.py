@@ -1,0 +1,210 @@
+"""ICL prompts (paper Algorithm 1, SPEC "Prompts").
+
+A prompt is the task's context sentence, a blank line, and examples
+``\\nFeature 0: {x0}\\nFeature 1: {x1}\\nOutput: {y}`` joined by blank lines. Examples
+are drawn independently (with replacement) from D_w, as Algorithm 1 draws
+``f_sample(1, D_w)`` afresh each iteration, and appended while the tokenized example
+text stays within ``max_prompt_tokens``. The last example's answer is cut off: the
+prompt ends right before the answer tokens, which are the target.
+
+Every prompt has its own random generator seeded from (seed, task, prompt set, index),
+so the draws for prompt i do not depend on the tokenizer or on how many examples
+earlier prompts used: two models see the same examples, truncated at their own budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+
+from minormech.tasks import Task, WeightTable, examples_for, stable_seed
+
+#: Prompt sets made per (model, task) and the weights they draw from.
+PROMPT_SETS = ("probe_train", "probe_test")
+
+
+class Tokenizer(Protocol):
+    def __call__(self, text: str, add_special_tokens: bool = ...) -> dict: ...
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One ICL prompt with its target; `input_ids` already include special tokens."""
+
+    id: int
+    weight_id: int
+    weight: list[int]
+    n_examples: int
+    text: str
+    answer: str
+    input_ids: list[int]
+    answer_ids: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+def format_example(x: Sequence[int], y: int) -> str:
+    features = "".join(f"\nFeature {k}: {int(v)}" for k, v in enumerate(x))
+    return f"{features}\nOutput: {int(y)}"
+
+
+def _count_tokens(tokenizer: Tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _longest_prefix_within(n_tokens_of, max_tokens: int, draw_more) -> int:
+    """Largest k with n_tokens_of(k) <= max_tokens (token counts grow with k).
+
+    Gallops up (drawing examples only as needed) then bisects, so a 600-token prompt
+    costs about a dozen tokenizations instead of one per example.
+    """
+    if n_tokens_of(1) > max_tokens:
+        return 0
+    low, high = 1, 2
+    while True:
+        draw_more(high)
+        if n_tokens_of(high) > max_tokens:
+            break
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        if n_tokens_of(mid) <= max_tokens:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def build_prompt(
+    task: Task,
+    weight: np.ndarray,
+    rng: np.random.Generator,
+    tokenizer: Tokenizer,
+    max_prompt_tokens: int,
+) -> tuple[str, str, list[int], list[int], int]:
+    """Algorithm 1 for one weight vector.
+
+    Returns (prompt text without answer, answer text, prompt ids, answer ids, number of
+    examples including the query). Raises ValueError when not even one example fits.
+    """
+    xs, ys = examples_for(task, weight)
+    examples: list[str] = []
+
+    def draw_more(k: int) -> None:
+        while len(examples) < k:
+            i = int(rng.integers(len(xs)))
+            examples.append(format_example(xs[i], ys[i]))
+
+    def n_tokens_of(k: int) -> int:
+        draw_more(k)
+        return _count_tokens(tokenizer, "\n\n".join(examples[:k]))
+
+    k = _longest_prefix_within(n_tokens_of, max_prompt_tokens, draw_more)
+    if k < 1:
+        raise ValueError(
+            f"prompts.max_prompt_tokens={max_prompt_tokens} cannot hold one example "
+            f"({n_tokens_of(1)} tokens for {examples[0]!r})"
+        )
+    body = "\n\n".join(examples[:k])
+    answer = body.rsplit("Output: ", 1)[1]
+    full_text = task.context + "\n\n" + body
+    text = full_text[: len(full_text) - len(answer)]
+    prompt_ids = list(tokenizer(text)["input_ids"])
+    full_ids = list(tokenizer(full_text)["input_ids"])
+    if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
+        raise ValueError(
+            "the tokenizer merges the answer with the end of the prompt, so answer tokens "
+            f"cannot be separated: prompt ends {text[-20:]!r}, answer {answer!r}"
+        )
+    return text, answer, prompt_ids, full_ids[len(prompt_ids):], k
+
+
+def prompt_weight_ids(
+    prompt_set: str, table: WeightTable, seed: int, *, count: int = 0, per_weight: int = 0
+) -> np.ndarray:
+    """Which weight each prompt of a set uses.
+
+    probe_train: `count` draws with replacement from the training weights (one per
+    training step in the paper). probe_test: `per_weight` prompts for each test weight.
+    """
+    if prompt_set == "probe_train":
+        rng = np.random.default_rng(stable_seed(seed, table.task, prompt_set, "weights"))
+        return rng.choice(table.train_ids, size=count, replace=True)
+    if prompt_set == "probe_test":
+        return np.repeat(table.test_ids, per_weight)
+    raise ValueError(f"unknown prompt set {prompt_set!r}; known: {PROMPT_SETS}")
+
+
+def generate_prompts(
+    task: Task,
+    table: WeightTable,
+    weight_ids: Iterable[int],
+    prompt_set: str,
+    tokenizer: Tokenizer,
+    max_prompt_tokens: int,
+    seed: int,
+    progress=lambda it, total: it,
+) -> list[Prompt]:
+    """One prompt per entry of weight_ids, each with its own seeded generator."""
+    weight_ids = list(weight_ids)
+    prompts = []
+    for i, wid in progress(enumerate(weight_ids), len(weight_ids)):
+        rng = np.random.default_rng(stable_seed(seed, task.name, prompt_set, i))
+        w = table.weights[wid]
+        text, answer, ids, answer_ids, k = build_prompt(task, w, rng, tokenizer, max_prompt_tokens)
+        prompts.append(
+            Prompt(
+                id=i,
+                weight_id=int(wid),
+                weight=[int(v) for v in w],
+                n_examples=k,
+                text=text,
+                answer=answer,
+                input_ids=ids,
+                answer_ids=answer_ids,
+            )
+        )
+    return prompts
+
+
+def write_prompts(path: str | Path, prompts: Sequence[Prompt]) -> None:
+    """JSON lines, one prompt each; written to a temporary name and renamed, so an
+    interrupted job never leaves a half-written prompt file behind."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        for prompt in prompts:
+            handle.write(json.dumps(asdict(prompt)) + "\n")
+    os.replace(tmp, path)
+
+
+def read_prompts(path: str | Path) -> list[Prompt]:
+    """Read a prompt file; a missing or damaged file raises ValueError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: prompt file does not exist; rerun the prompts rule for it")
+    prompts = []
+    with open(path) as handle:
+        for line_no, line in enumerate(handle, 1):
+            try:
+                prompts.append(Prompt(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as error:
+                raise ValueError(f"{path}:{line_no}: not a prompt record ({error}); delete it and rerun") from None
+    return prompts
+
+
+def prompts_digest(prompts: Sequence[Prompt]) -> str:
+    """SHA-256 over ids and token ids: shards record it so a reader can tell whether the
+    activations were made from exactly these prompts."""
+    digest = hashlib.sha256()
+    for prompt in prompts:
+        digest.update(json.dumps([prompt.id, prompt.input_ids]).encode())
+    return digest.hexdigest()

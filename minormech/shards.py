@@ -1,0 +1,158 @@
+"""Activation shards: one safetensors file per (model, task, prompt set, chunk).
+
+Why safetensors: it stores bfloat16 natively (h5py has none), loads without pickle,
+and memory-maps, so reading one (site, layer) is one contiguous read of one tensor.
+
+Layout of a shard:
+- ``blocks.{layer}.hook_{site}``: [total tokens of the chunk, width], the prompts'
+  token activations concatenated in prompt order (no padding stored);
+- ``prompt_ids`` and ``lengths``: [prompts], int64;
+- metadata: format version, model id, task, prompt set, chunk, sites, layers, store
+  dtype and the SHA-256 of the prompts it was made from, so that a reader can refuse a
+  shard that belongs to another run.
+
+safetensors cannot append and ``save_file`` peaks near twice the data in memory, so a
+shard is written whole, from memory, to a temporary name and renamed: a killed job
+leaves no file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from minormech.hooks import hook_name
+
+SHARD_FORMAT_VERSION = "1"
+STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class ShardError(ValueError):
+    """A shard that is missing, damaged or from another run; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    model_id: str
+    task: str
+    prompt_set: str
+    chunk: int
+    sites: tuple[str, ...]
+    layers: tuple[int, ...]
+    store_dtype: str
+    prompts_sha256: str
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            "format_version": SHARD_FORMAT_VERSION,
+            "model_id": self.model_id,
+            "task": self.task,
+            "prompt_set": self.prompt_set,
+            "chunk": str(self.chunk),
+            "sites": json.dumps(list(self.sites)),
+            "layers": json.dumps(list(self.layers)),
+            "store_dtype": self.store_dtype,
+            "prompts_sha256": self.prompts_sha256,
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> "ShardHeader":
+        return cls(
+            model_id=meta["model_id"],
+            task=meta["task"],
+            prompt_set=meta["prompt_set"],
+            chunk=int(meta["chunk"]),
+            sites=tuple(json.loads(meta["sites"])),
+            layers=tuple(json.loads(meta["layers"])),
+            store_dtype=meta["store_dtype"],
+            prompts_sha256=meta["prompts_sha256"],
+        )
+
+
+def write_shard(
+    path: str | Path,
+    header: ShardHeader,
+    activations: dict[tuple[str, int], torch.Tensor],
+    prompt_ids: Sequence[int],
+    lengths: Sequence[int],
+) -> None:
+    """Write activations[(site, layer)] = [sum(lengths), width] atomically."""
+    path = Path(path)
+    total = int(sum(lengths))
+    tensors = {
+        "prompt_ids": torch.tensor(list(prompt_ids), dtype=torch.int64),
+        "lengths": torch.tensor(list(lengths), dtype=torch.int64),
+    }
+    for (site, layer), values in activations.items():
+        if values.shape[0] != total:
+            raise ValueError(f"{hook_name(site, layer)} has {values.shape[0]} rows, expected {total}")
+        tensors[hook_name(site, layer)] = values.contiguous()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=header.to_metadata())
+    os.replace(tmp, path)
+
+
+class Shard:
+    """Read access to one shard with its header checked against what the caller expects."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ShardError(f"{self.path}: shard does not exist; rerun the activations rule for it")
+        try:
+            self._file = safe_open(str(self.path), framework="pt")
+            meta = self._file.metadata() or {}
+        except Exception as error:  # safetensors raises its own error type for bad headers
+            raise ShardError(
+                f"{self.path}: not a readable safetensors shard ({error}); it is truncated or "
+                "damaged: delete it and rerun"
+            ) from None
+        if meta.get("format_version") != SHARD_FORMAT_VERSION:
+            raise ShardError(
+                f"{self.path}: shard format {meta.get('format_version')!r}, expected "
+                f"{SHARD_FORMAT_VERSION!r}; delete it and rerun"
+            )
+        self.header = ShardHeader.from_metadata(meta)
+        self.prompt_ids = self._file.get_tensor("prompt_ids")
+        self.lengths = self._file.get_tensor("lengths")
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64), self.lengths.cumsum(0)])
+
+    def expect(self, **fields) -> "Shard":
+        """Raise ShardError unless every given header field has the given value."""
+        for key, wanted in fields.items():
+            found = getattr(self.header, key)
+            if found != wanted:
+                raise ShardError(
+                    f"{self.path}: shard has {key}={found!r} but this run expects {wanted!r}; "
+                    "it was made by another configuration: delete it and rerun"
+                )
+        return self
+
+    def read(self, site: str, layer: int) -> torch.Tensor:
+        """[total tokens, width] activations of one (site, layer): one contiguous read."""
+        name = hook_name(site, layer)
+        if site not in self.header.sites or layer not in self.header.layers:
+            raise ShardError(
+                f"{self.path}: has no {name} (sites {list(self.header.sites)}, layers "
+                f"{list(self.header.layers)}); rerun the activations rule with the current config"
+            )
+        try:
+            values = self._file.get_tensor(name)
+        except Exception as error:
+            raise ShardError(f"{self.path}: cannot read {name} ({error}); delete it and rerun") from None
+        if values.shape[0] != int(self.offsets[-1]):
+            raise ShardError(f"{self.path}: {name} has {values.shape[0]} rows, lengths say {int(self.offsets[-1])}")
+        return values
+
+
+def shard_bytes(n_tokens: int, widths: dict[str, int], sites: Sequence[str], n_layers: int, store_dtype: str) -> int:
+    """Bytes of activation data for n_tokens tokens (the files add a few KB of header)."""
+    itemsize = STORE_DTYPES[store_dtype].itemsize
+    return n_tokens * n_layers * sum(widths[s] for s in sites) * itemsize

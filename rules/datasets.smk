@@ -1,0 +1,16 @@
+rule task_dataset:
+    output:
+        "results/datasets/{task}.tsv",
+    log:
+        "logs/task_dataset/{task}.log",
+    params:
+        seed=config["seed"],
+        test_weights=config["test_weights"],
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/task_dataset.py"

@@ -1,0 +1,15 @@
+rule prepare_model:
+    output:
+        "results/{model}/model/manifest.json",
+    log:
+        "logs/prepare_model/{model}.log",
+    params:
+        entry=lambda wildcards: next(e for e in config["models"] if e["id"] == wildcards.model),
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/prepare_model.py"

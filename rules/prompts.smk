@@ -1,0 +1,21 @@
+rule prompts:
+    input:
+        dataset="results/datasets/{task}.tsv",
+        model=model_manifest,
+    output:
+        "results/{model}/prompts/{task}/{prompt_set}.jsonl",
+    log:
+        "logs/prompts/{model}/{task}/{prompt_set}.log",
+    params:
+        seed=config["seed"],
+        max_prompt_tokens=config["prompts"]["max_prompt_tokens"],
+        n_train=config["prompts"]["probe_train"],
+        per_weight=config["prompts"]["probe_test_per_weight"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/prompts.py"

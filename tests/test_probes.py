@@ -1,0 +1,91 @@
+"""The probe on synthetic activations whose answer is known."""
+import numpy as np
+import pytest
+import torch
+
+from minormech.probes import ProbeData, ProbeTraining, StackedProbes, mean_baseline_mse, per_probe_mse, predict, train_probes
+from minormech.prompts import Prompt, prompts_digest
+from minormech.shards import Shard, ShardHeader, write_shard
+
+
+def _synthetic(tmp_path, n_prompts, layers, d, seed, name, signal_layers):
+    """Prompts with random lengths; in `signal_layers` every token carries w linearly
+    (plus noise), elsewhere the activations are pure noise."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    mixing = torch.randn(2, d, generator=torch.Generator().manual_seed(99))
+    prompts, acts = [], {("k", l): [] for l in layers}
+    for i in range(n_prompts):
+        w = rng.integers(0, 23, size=2)
+        n = int(rng.integers(5, 12))
+        prompts.append(Prompt(id=i, weight_id=int(w[0] * 23 + w[1]), weight=w.tolist(), n_examples=1, text="", answer="", input_ids=list(range(n)), answer_ids=[1]))
+        for l in layers:
+            noise = torch.randn(n, d, generator=gen)
+            signal = torch.tensor(w, dtype=torch.float32) @ mixing / 10 if l in signal_layers else 0
+            acts[("k", l)].append(noise * 0.1 + signal)
+    acts = {key: torch.cat(v).to(torch.float16) for key, v in acts.items()}
+    path = tmp_path / f"{name}.safetensors"
+    header = ShardHeader("m", "LR", name, 0, ("k",), tuple(layers), "float16", prompts_digest(prompts))
+    write_shard(path, header, acts, [p.id for p in prompts], [p.length for p in prompts])
+    return ProbeData([Shard(path)], prompts, "k", layers)
+
+
+def test_probe_learns_a_linear_readout(tmp_path):
+    layers = [0, 1]
+    train = _synthetic(tmp_path, 400, layers, 16, 0, "train", signal_layers={1})
+    test = _synthetic(tmp_path, 100, layers, 16, 1, "test", signal_layers={1})
+    settings = ProbeTraining(regime="improved", d_proj=32, lr=3e-3, batch_size=16, max_epochs=150, patience=20, val_fraction=0.1, seed=0)
+    probes, summary = train_probes(train, settings, max_positions=12)
+    predictions, index = predict(probes, test, 64)
+    mse = per_probe_mse(predictions, test.targets[index])[0]
+    baseline = mean_baseline_mse(train.targets, test.targets)
+    assert baseline > 30
+    assert mse[1] < 0.5, mse  # w is in layer 1: near-zero error
+    assert mse[0] > 0.8 * baseline  # layer 0 is noise: no better than the mean
+    assert summary["regime"] == "improved" and summary["epochs"] >= 1
+
+
+def test_stacked_training_equals_training_each_probe_alone(tmp_path):
+    layers = [0, 1, 2]
+    data = _synthetic(tmp_path, 40, layers, 8, 0, "train", signal_layers={1, 2})
+    settings = ProbeTraining(regime="paper", d_proj=8, lr=1e-3, batch_size=1, steps=60, seed=5)
+    stacked, _ = train_probes(data, settings, max_positions=12)
+    for i, layer in enumerate(layers):
+        alone_data = ProbeData(data.shards, data.prompts, "k", [layer])
+        alone = StackedProbes(1, 1, 8, 8, 2, 12, 0)
+        with torch.no_grad():  # same initial values as slice i of the stacked probes
+            init = StackedProbes(1, 3, 8, 8, 2, 12, settings.seed)
+            for p_alone, p_init in zip(alone.parameters(), init.parameters()):
+                p_alone.copy_(p_init[:, i : i + 1])
+        optimizer = torch.optim.Adam(alone.parameters(), lr=settings.lr)
+        rng = np.random.default_rng([settings.seed, 104729])
+        batches = alone_data.batches(1, rng=rng)
+        for _ in range(settings.steps):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                batches = alone_data.batches(1, rng=rng)
+                batch = next(batches)
+            optimizer.zero_grad()
+            per_probe_mse(alone(batch.activations, batch.lengths), batch.targets).sum().backward()
+            optimizer.step()
+        for p_alone, p_stacked in zip(alone.parameters(), stacked.parameters()):
+            torch.testing.assert_close(p_alone[:, 0], p_stacked[:, i], rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_ignores_padding():
+    probes = StackedProbes(1, 1, 4, 3, 2, 10, 0)
+    with torch.no_grad():
+        probes.position_logits.normal_()
+    a = torch.randn(1, 1, 5, 4)
+    padded = torch.cat([a, torch.randn(1, 1, 3, 4) * 100], dim=2)
+    out_a = probes(a, torch.tensor([5]))
+    out_padded = probes(padded, torch.tensor([5]))
+    torch.testing.assert_close(out_a, out_padded)
+
+
+def test_stale_shard_is_refused(tmp_path):
+    data = _synthetic(tmp_path, 5, [0], 4, 0, "train", signal_layers=set())
+    changed = [Prompt(**{**vars(p), "input_ids": p.input_ids[:-1] + [7]}) for p in data.prompts]
+    with pytest.raises(ValueError, match="made from other prompts"):
+        ProbeData(data.shards, changed, "k", [0])

@@ -1,0 +1,91 @@
+import re
+
+import numpy as np
+import pytest
+
+from minormech.prompts import generate_prompts, prompt_weight_ids, prompts_digest, read_prompts, write_prompts
+from minormech.tasks import get_task, make_weight_table
+
+CONTEXTS = {
+    "LR": "The output represents the result of a linear regression given 2 dimensions with output range [0-1000]: ",
+    "MD": "The output represents the Manhattan Distance to a point given 2 dimensions with output range [0-1000]: ",
+}
+
+
+def _make(tokenizer, name, max_tokens=120, n=12, seed=0):
+    task = get_task(name)
+    table = make_weight_table(task, 40, seed)
+    ids = prompt_weight_ids("probe_train", table, seed, count=n)
+    return task, table, generate_prompts(task, table, ids, "probe_train", tokenizer, max_tokens, seed)
+
+
+@pytest.mark.parametrize("name", ["LR", "MD"])
+def test_prompt_structure_budget_and_answer(smollm2_tokenizer, name):
+    tok = smollm2_tokenizer
+    task, table, prompts = _make(tok, name)
+    for p in prompts:
+        assert p.text.startswith(CONTEXTS[name] + "\n\n")
+        assert p.text.endswith("\nOutput: ")
+        examples = p.text[len(CONTEXTS[name]) + 2 :] + p.answer
+        blocks = examples.split("\n\n")
+        assert len(blocks) == p.n_examples
+        w = np.array(p.weight)
+        for block in blocks:  # every example, the query included, is consistent with w
+            x0, x1, y = map(int, re.fullmatch(r"\nFeature 0: (\d+)\nFeature 1: (\d+)\nOutput: (\d+)", block).groups())
+            assert y == task.output(np.array([x0, x1]), w)
+        # Algorithm 1's budget: the example text fits (test_budget_is_tight: one more would not).
+        assert len(tok(examples, add_special_tokens=False)["input_ids"]) <= 120
+        # Answer ids are what follows the prompt when the answer is appended.
+        assert tok(p.text + p.answer)["input_ids"] == p.input_ids + p.answer_ids
+        assert tok.decode(p.answer_ids) == p.answer
+        assert table.weights[p.weight_id].tolist() == p.weight
+        assert not table.is_test[p.weight_id]
+
+
+def test_budget_is_tight(smollm2_tokenizer):
+    """Adding the prompt's own next example draw would exceed the budget (Algorithm 1 stops
+    at the last prompt within it)."""
+    tok = smollm2_tokenizer
+    _, _, small = _make(tok, "LR", max_tokens=60, n=6)
+    _, _, large = _make(tok, "LR", max_tokens=300, n=6)
+    for a, b in zip(small, large):
+        # Same per-prompt draws: the short prompt's examples are a prefix of the long one's.
+        body_a = a.text[len(CONTEXTS["LR"]) + 2 :] + a.answer
+        body_b = b.text[len(CONTEXTS["LR"]) + 2 :] + b.answer
+        assert body_b.startswith(body_a)
+        assert b.n_examples > a.n_examples
+        next_example = body_b.split("\n\n")[: a.n_examples + 1]
+        assert len(tok("\n\n".join(next_example), add_special_tokens=False)["input_ids"]) > 60
+
+
+def test_determinism_and_round_trip(smollm2_tokenizer, tmp_path):
+    _, _, first = _make(smollm2_tokenizer, "MD", seed=3)
+    _, _, second = _make(smollm2_tokenizer, "MD", seed=3)
+    _, _, other = _make(smollm2_tokenizer, "MD", seed=4)
+    assert first == second
+    assert prompts_digest(first) == prompts_digest(second) != prompts_digest(other)
+    path = tmp_path / "p.jsonl"
+    write_prompts(path, first)
+    assert read_prompts(path) == first
+
+
+def test_test_set_uses_each_test_weight_equally():
+    table = make_weight_table(get_task("LR"), 40, 0)
+    ids = prompt_weight_ids("probe_test", table, 0, per_weight=100)
+    assert len(ids) == 4000
+    assert set(ids) == set(table.test_ids)
+    assert np.all(np.bincount(ids)[table.test_ids] == 100)
+
+
+def test_budget_too_small_is_a_clear_error(smollm2_tokenizer):
+    with pytest.raises(ValueError, match="max_prompt_tokens=5 cannot hold one example"):
+        _make(smollm2_tokenizer, "LR", max_tokens=5, n=1)
+
+
+def test_damaged_prompt_file(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": 0}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: not a prompt record"):
+        read_prompts(path)
+    with pytest.raises(ValueError, match="does not exist"):
+        read_prompts(tmp_path / "missing.jsonl")

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from minormech.shards import Shard, ShardError, ShardHeader, shard_bytes, write_shard
+
+
+def _header(**over):
+    fields = dict(model_id="m", task="LR", prompt_set="probe_train", chunk=0, sites=("k", "v"), layers=(0, 3), store_dtype="bfloat16", prompts_sha256="abc")
+    fields.update(over)
+    return ShardHeader(**fields)
+
+
+def _write(path, dtype=torch.bfloat16):
+    lengths = [3, 5]
+    acts = {(s, l): torch.randn(8, 4 if s == "k" else 6).to(dtype) for s in ("k", "v") for l in (0, 3)}
+    write_shard(path, _header(), acts, [10, 11], lengths)
+    return acts
+
+
+def test_round_trip_keeps_values_dtype_and_metadata(tmp_path):
+    path = tmp_path / "chunk000.safetensors"
+    acts = _write(path)
+    shard = Shard(path)
+    assert shard.header == _header()
+    assert shard.prompt_ids.tolist() == [10, 11] and shard.lengths.tolist() == [3, 5]
+    assert shard.offsets.tolist() == [0, 3, 8]
+    for (site, layer), values in acts.items():
+        read = shard.read(site, layer)
+        assert read.dtype == torch.bfloat16 and torch.equal(read, values)
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically
+
+
+def test_reader_refuses_other_runs_and_missing_sites(tmp_path):
+    path = tmp_path / "s.safetensors"
+    _write(path)
+    with pytest.raises(ShardError, match="model_id='m' but this run expects 'other'"):
+        Shard(path).expect(model_id="other")
+    with pytest.raises(ShardError, match="has no blocks.0.hook_q"):
+        Shard(path).read("q", 0)
+    with pytest.raises(ShardError, match="does not exist"):
+        Shard(tmp_path / "none.safetensors")
+
+
+def test_truncated_shard_is_named(tmp_path):
+    path = tmp_path / "s.safetensors"
+    _write(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardError, match="s.safetensors: .*truncated or damaged"):
+        shard = Shard(path)
+        shard.read("v", 3)
+
+
+def test_shard_bytes():
+    assert shard_bytes(600, {"k": 1024, "q": 3072}, ["k", "q"], 28, "bfloat16") == 600 * 28 * 4096 * 2
