@@ -96,6 +96,9 @@ def write_shard(
         tensors[hook_name(site, layer)] = values.contiguous()
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=header.to_metadata())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the temporary file is private; the shard is shared like any output
     os.replace(tmp, path)
 
 

@@ -56,7 +56,7 @@ BAD = [
     ("test_weights", 529, r"^test_weights: 529 leaves no training weights"),
     ("probe.improved.val_fraction", 1.0, r"^probe\.improved\.val_fraction: 1\.0 is greater than or equal"),
     ("compute.device", "tpu", r"^compute\.device: 'tpu' does not match"),
-    ("activations.chunks.probe_test", 10**6, r"^activations\.chunks\.probe_test: 1000000 chunks for 120 prompts"),
+    ("activations.chunks.probe_test", 10**6, r"^activations\.chunks\.probe_test: 1000000 chunks for 80 prompts"),
     ("layers", "most", r"^layers: 'most' is not valid"),
 ]
 

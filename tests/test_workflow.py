@@ -58,7 +58,7 @@ def workdir(tmp_path_factory, repo_root):
 @pytest.fixture(scope="module")
 def finished(workdir):
     """Dry run of one figure before anything exists, then the whole DAG."""
-    one_figure = run(workdir, "-n", "--configfile", "tiny.yaml", "results/smollm2-135m/figures/fig1_k.pdf")
+    one_figure = run(workdir, "results/smollm2-135m/figures/fig1_k.pdf", "-n", "--configfile", "tiny.yaml")
     everything = run(workdir, "-n", "--configfile", "tiny.yaml")
     run(workdir, "--cores", "2", "--configfile", "tiny.yaml")
     return job_counts(one_figure.stdout), job_counts(everything.stdout)
@@ -103,3 +103,9 @@ def test_bad_config_stops_before_any_job_with_one_line(workdir):
 def test_lint_is_clean(workdir):
     result = run(workdir, "--lint", check=False)
     assert result.returncode == 0 and "Lints for" not in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_report_renders_every_figure(workdir, finished):
+    run(workdir, "--configfile", "tiny.yaml", "--report", "report.html")
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "fig1_k.png" in html and "fig1_v.png" in html
