@@ -6,6 +6,7 @@ include: "rules/models.smk"
 include: "rules/prompts.smk"
 include: "rules/activations.smk"
 include: "rules/probes.smk"
+include: "rules/attribution.smk"
 include: "rules/figures.smk"
 
 
@@ -13,3 +14,6 @@ rule all:
     default_target: True
     input:
         rules.fig1.input,
+        rules.fig2.input,
+        rules.fig3.input,
+        rules.fig4.input,

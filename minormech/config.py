@@ -73,6 +73,13 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
         if config["test_weights"] >= n_weights:
             raise ConfigError(f"test_weights: {config['test_weights']} leaves no training weights; task {name} has {n_weights} weight vectors")
 
+    for i, pair in enumerate(config["task_pairs"]):
+        for j, name in enumerate(pair):
+            if name not in config["tasks"]:
+                raise ConfigError(f"task_pairs[{i}][{j}]: {name!r} is not in tasks {config['tasks']}")
+        if pair[0] == pair[1]:
+            raise ConfigError(f"task_pairs[{i}]: a pair needs two different tasks, got {pair}")
+
     ids = [entry["id"] for entry in config["models"]]
     for i, model_id in enumerate(ids):
         if ids.index(model_id) != i:

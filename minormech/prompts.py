@@ -25,8 +25,8 @@ import numpy as np
 
 from minormech.tasks import Task, WeightTable, examples_for, stable_seed
 
-#: Prompt sets made per (model, task) and the weights they draw from.
-PROMPT_SETS = ("probe_train", "probe_test")
+#: Prompt sets made per (model, task); `prompt_weight_ids` says which weights each draws.
+PROMPT_SETS = ("probe_train", "probe_test", "attribution")
 
 
 class Tokenizer(Protocol):
@@ -127,19 +127,22 @@ def build_prompt(
     return text, answer, prompt_ids, full_ids[len(prompt_ids):], k
 
 
-def prompt_weight_ids(
-    prompt_set: str, table: WeightTable, seed: int, *, count: int = 0, per_weight: int = 0
-) -> np.ndarray:
-    """Which weight each prompt of a set uses.
+def prompt_weight_ids(prompt_set: str, table: WeightTable, seed: int, count: int) -> np.ndarray:
+    """Which weight each of the set's `count` prompts uses.
 
-    probe_train: `count` draws with replacement from the training weights (one per
-    training step in the paper). probe_test: `per_weight` prompts for each test weight.
+    probe_train: draws with replacement from the training weights (one per training
+    step in the paper). probe_test: count / (number of test weights) prompts for each
+    test weight. attribution: draws with replacement from all weights (paper eq. 33).
     """
+    rng = np.random.default_rng(stable_seed(seed, table.task, prompt_set, "weights"))
     if prompt_set == "probe_train":
-        rng = np.random.default_rng(stable_seed(seed, table.task, prompt_set, "weights"))
         return rng.choice(table.train_ids, size=count, replace=True)
+    if prompt_set == "attribution":
+        return rng.choice(len(table.weights), size=count, replace=True)
     if prompt_set == "probe_test":
-        return np.repeat(table.test_ids, per_weight)
+        if count % len(table.test_ids):
+            raise ValueError(f"{count} probe-test prompts do not split evenly over {len(table.test_ids)} test weights")
+        return np.repeat(table.test_ids, count // len(table.test_ids))
     raise ValueError(f"unknown prompt set {prompt_set!r}; known: {PROMPT_SETS}")
 
 

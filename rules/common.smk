@@ -40,9 +40,9 @@ def layers_of(model_id):
 
 
 def prompt_count(prompt_set):
-    if prompt_set == "probe_train":
-        return config["prompts"]["probe_train"]
-    return config["test_weights"] * config["prompts"]["probe_test_per_weight"]
+    if prompt_set == "probe_test":
+        return config["test_weights"] * config["prompts"]["probe_test_per_weight"]
+    return config["prompts"][prompt_set]
 
 
 def chunk_names(prompt_set):
@@ -61,3 +61,40 @@ def shard_files(model, task, prompt_set):
 
 def model_manifest(wildcards):
     return f"results/{wildcards.model}/model/manifest.json"
+
+
+PAIRS = ["-".join(pair) for pair in config["task_pairs"]]
+FILTER_PAIR = config["task_pairs"][0]
+
+
+wildcard_constraints:
+    pair="|".join(PAIRS),
+    probe_kind="unfiltered|filtered",
+
+
+def probe_inputs(wildcards):
+    """Shards and prompts of one (model, task); filtered probes also need the first pair's xi."""
+    inputs = {
+        "dataset": f"results/datasets/{wildcards.task}.tsv",
+        "train_prompts": f"results/{wildcards.model}/prompts/{wildcards.task}/probe_train.jsonl",
+        "test_prompts": f"results/{wildcards.model}/prompts/{wildcards.task}/probe_test.jsonl",
+        "train_shards": shard_files(wildcards.model, wildcards.task, "probe_train"),
+        "test_shards": shard_files(wildcards.model, wildcards.task, "probe_test"),
+    }
+    if wildcards.probe_kind == "filtered":
+        inputs["xi"] = f"results/{wildcards.model}/xi/{'-'.join(FILTER_PAIR)}.safetensors"
+    return inputs
+
+
+def attribution_inputs(wildcards):
+    """Attribution prompts; expected_gradients also reads probe-test shards of every task
+    (its baseline activations)."""
+    inputs = {
+        "prompts": f"results/{wildcards.model}/prompts/{wildcards.task}/attribution.jsonl",
+        "model": model_manifest(wildcards),
+    }
+    if config["attribution"]["method"] == "expected_gradients":
+        for task in TASKS:
+            inputs[f"baseline_prompts_{task}"] = f"results/{wildcards.model}/prompts/{task}/probe_test.jsonl"
+            inputs[f"baseline_shards_{task}"] = shard_files(wildcards.model, task, "probe_test")
+    return inputs

@@ -1,16 +1,12 @@
-rule probe_unfiltered:
+rule probe:
     input:
-        dataset="results/datasets/{task}.tsv",
-        train_prompts="results/{model}/prompts/{task}/probe_train.jsonl",
-        test_prompts="results/{model}/prompts/{task}/probe_test.jsonl",
-        train_shards=lambda wildcards: shard_files(wildcards.model, wildcards.task, "probe_train"),
-        test_shards=lambda wildcards: shard_files(wildcards.model, wildcards.task, "probe_test"),
+        unpack(probe_inputs),
     output:
-        table="results/{model}/probes/{task}/{site}/unfiltered.csv",
-        predictions="results/{model}/probes/{task}/{site}/unfiltered_predictions.safetensors",
-        summary="results/{model}/probes/{task}/{site}/unfiltered.json",
+        table="results/{model}/probes/{task}/{site}/{probe_kind}.csv",
+        predictions="results/{model}/probes/{task}/{site}/{probe_kind}_predictions.safetensors",
+        summary="results/{model}/probes/{task}/{site}/{probe_kind}.json",
     log:
-        "logs/probe_unfiltered/{model}/{task}/{site}.log",
+        "logs/probe/{model}/{task}/{site}/{probe_kind}.log",
     params:
         layers=lambda wildcards: layers_of(wildcards.model),
         probe=config["probe"],
@@ -22,4 +18,4 @@ rule probe_unfiltered:
     conda:
         ENV
     script:
-        "../workflow/scripts/probe_unfiltered.py"
+        "../workflow/scripts/probe.py"

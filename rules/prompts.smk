@@ -9,8 +9,7 @@ rule prompts:
     params:
         seed=config["seed"],
         max_prompt_tokens=config["prompts"]["max_prompt_tokens"],
-        n_train=config["prompts"]["probe_train"],
-        per_weight=config["prompts"]["probe_test_per_weight"],
+        n_prompts=lambda wildcards: prompt_count(wildcards.prompt_set),
     threads: 1
     resources:
         mem_mb=2000,

@@ -71,7 +71,7 @@ def test_determinism_and_round_trip(smollm2_tokenizer, tmp_path):
 
 def test_test_set_uses_each_test_weight_equally():
     table = make_weight_table(get_task("LR"), 40, 0)
-    ids = prompt_weight_ids("probe_test", table, 0, per_weight=100)
+    ids = prompt_weight_ids("probe_test", table, 0, 4000)
     assert len(ids) == 4000
     assert set(ids) == set(table.test_ids)
     assert np.all(np.bincount(ids)[table.test_ids] == 100)
@@ -89,3 +89,10 @@ def test_damaged_prompt_file(tmp_path):
         read_prompts(path)
     with pytest.raises(ValueError, match="does not exist"):
         read_prompts(tmp_path / "missing.jsonl")
+
+
+def test_attribution_prompts_draw_from_all_weights():
+    table = make_weight_table(get_task("MD"), 40, 0)
+    ids = prompt_weight_ids("attribution", table, 0, 2000)
+    assert len(ids) == 2000 and set(ids) & set(table.test_ids) and set(ids) & set(table.train_ids)
+    assert np.array_equal(ids, prompt_weight_ids("attribution", table, 0, 2000))

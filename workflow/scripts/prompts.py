@@ -9,7 +9,7 @@ params, wildcards = snakemake.params, snakemake.wildcards
 task = get_task(wildcards.task)
 table = WeightTable.read_tsv(snakemake.input.dataset, task.name)
 tokenizer = load_tokenizer(ModelManifest.read(snakemake.input.model))
-weight_ids = prompt_weight_ids(wildcards.prompt_set, table, params.seed, count=params.n_train, per_weight=params.per_weight)
+weight_ids = prompt_weight_ids(wildcards.prompt_set, table, params.seed, params.n_prompts)
 prompts = generate_prompts(
     task, table, weight_ids, wildcards.prompt_set, tokenizer, params.max_prompt_tokens, params.seed,
     progress=progress(f"{task.name} {wildcards.prompt_set} prompts"),

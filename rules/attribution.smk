@@ -1,0 +1,43 @@
+rule attribution:
+    input:
+        unpack(attribution_inputs),
+    output:
+        "results/{model}/attribution/{task}.safetensors",
+    log:
+        "logs/attribution/{model}/{task}.log",
+    params:
+        sites=SITES,
+        layers=lambda wildcards: layers_of(wildcards.model),
+        attribution=config["attribution"],
+        tasks=TASKS,
+        seed=config["seed"],
+        device=config["compute"]["device"],
+        dtype=config["compute"]["dtype"],
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/attribution.py"
+
+
+rule rank_difference:
+    input:
+        task1=lambda wildcards: f"results/{wildcards.model}/attribution/{wildcards.pair.split('-')[0]}.safetensors",
+        task2=lambda wildcards: f"results/{wildcards.model}/attribution/{wildcards.pair.split('-')[1]}.safetensors",
+    output:
+        "results/{model}/xi/{pair}.safetensors",
+    log:
+        "logs/rank_difference/{model}/{pair}.log",
+    params:
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/rank_difference.py"

@@ -1,0 +1,17 @@
+"""Figure 2: heatmap of xi (layer x feature) for one (model, site)."""
+import numpy as np
+import pandas as pd
+from safetensors.torch import load_file
+
+from minormech.figures import save_figure, xi_heatmap_figure
+from minormech.hooks import hook_name
+from minormech.runlog import job_logger
+
+log = job_logger(snakemake.log[0])
+wildcards, params = snakemake.wildcards, snakemake.params
+xi_all = load_file(snakemake.input.xi)
+xi = np.stack([xi_all[hook_name(wildcards.site, layer)].numpy() for layer in params.layers])
+long = pd.DataFrame({"layer": np.repeat(params.layers, xi.shape[1]), "feature": np.tile(np.arange(xi.shape[1]), len(params.layers)), "xi": xi.reshape(-1)})
+long.to_csv(snakemake.output.csv, index=False)
+save_figure(xi_heatmap_figure(xi, params.layers, wildcards.model, wildcards.site, tuple(params.pair)), snakemake.output.pdf, snakemake.output.png)
+log.info("wrote %s", snakemake.output.pdf)
