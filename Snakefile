@@ -17,3 +17,4 @@ rule all:
         rules.fig2.input,
         rules.fig3.input,
         rules.fig4.input,
+        rules.fig5.input,

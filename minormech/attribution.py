@@ -39,6 +39,7 @@ from captum.attr import GradientShap, IntegratedGradients, LayerGradientXActivat
 from minormech.hooks import record_sites, site_hooks, site_module
 from minormech.prompts import Prompt
 from minormech.scoring import AnswerBatch, answer_prob, teacher_forced_batch
+from minormech.shards import Shard
 
 METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "expected_gradients", "idgi")
 REDUCTIONS = ("sum", "mean", "abs_sum", "last")
@@ -158,6 +159,21 @@ def align_baselines(pool: torch.Tensor, pool_lengths: torch.Tensor, width: int) 
     out[:, :n] = pool[:, :n]
     positions = torch.arange(width)
     return out * (positions[None, :] < pool_lengths[:, None]).to(pool.dtype)[..., None]
+
+
+def baseline_pool(shards_by_task: dict[str, Sequence[Shard]], sites: Sequence[str], layers: Sequence[int], per_task: int, rng) -> dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]:
+    """Expected-gradients baselines: `per_task` probe-test prompts of every task (seeded
+    choice), as (site, layer) -> (activations [K, longest, d] zero-padded, lengths [K])."""
+    picked: list[tuple[Shard, int]] = []
+    for shards in shards_by_task.values():
+        prompts = [(shard, i) for shard in shards for i in range(len(shard.lengths))]
+        picked += [prompts[j] for j in rng.choice(len(prompts), size=min(per_task, len(prompts)), replace=False)]
+    pool = {}
+    for site in sites:
+        for layer in layers:
+            rows = [shard.read(site, layer)[shard.offsets[i] : shard.offsets[i + 1]].float() for shard, i in picked]
+            pool[(site, layer)] = (torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), torch.tensor([len(r) for r in rows]))
+    return pool
 
 
 def attribute_prompts(

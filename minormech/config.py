@@ -92,6 +92,14 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
             for j, layer in enumerate(config["layers"]):
                 if not 0 <= layer < spec.num_layers:
                     raise ConfigError(f"layers[{j}]: layer {layer} is out of range for model {model_id!r} (allowed: 0..{spec.num_layers - 1})")
+    patched = config["patching"]["layers"]
+    if patched != "all":
+        for j, layer in enumerate(patched):
+            if config["layers"] != "all" and layer not in config["layers"]:
+                raise ConfigError(f"patching.layers[{j}]: layer {layer} is not among the analysed layers {config['layers']}")
+            for spec in model_specs(config):
+                if spec.num_layers is not None and layer >= spec.num_layers:
+                    raise ConfigError(f"patching.layers[{j}]: layer {layer} is out of range for model {spec.id!r} (allowed: 0..{spec.num_layers - 1})")
     if config["layers"] != "all" and len(set(config["layers"])) != len(config["layers"]):
         raise ConfigError("layers: a layer is listed twice")
     if len(set(config["sites"])) != len(config["sites"]):

@@ -97,3 +97,26 @@ def eq41_table(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
     out[f"{t2}_better_on_own_half"] = out[f"r_{t2}_ge0.5"] > out[f"r_{t2}_le0.5"]
     out["eq41_holds"] = out[f"{t1}_better_on_own_half"] & out[f"{t2}_better_on_own_half"]
     return out.reset_index()
+
+
+def patching_figure(counts: pd.DataFrame, accuracy: pd.DataFrame, model_id: str, site: str):
+    """Figure 5: rho (pairs whose patched prediction equals the reference's unpatched one)
+    per patched layer for the eight settings; one panel per tau1. Solid = basic (B),
+    dashed = swapped (S); colour = the task u of the other prompt."""
+    tau1s = list(dict.fromkeys(counts["tau1"]))
+    fig, axes = plt.subplots(1, len(tau1s), figsize=(5 * len(tau1s), 3.6), sharey=True, squeeze=False)
+    n_pairs = int(counts["n_pairs"].iloc[0])
+    for ax, tau1 in zip(axes[0], tau1s):
+        for (u, v), rows in counts[counts["tau1"] == tau1].groupby(["u", "v"]):
+            rows = rows.sort_values("layer")
+            ax.plot(rows["layer"], rows["rho"], "-o" if v == "B" else "--s", markersize=3, color=TASK_COLOURS.get(u, "black"), label=f"rho({tau1},{u},{v})")
+        ax.axhline(n_pairs, color="grey", linewidth=0.8)
+        ref = accuracy[(accuracy["prompt_set"] == "reference") & (accuracy["task"] == tau1)]
+        ax.set_title(f"tau1 = {tau1} (unpatched accuracy {ref['accuracy'].iloc[0]:.0%})")
+        ax.set_xlabel("patched layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(f"rho (of {n_pairs} pairs)")
+    fig.suptitle(f"{model_id}, site {site}: predictions unchanged by patching half the features")
+    fig.tight_layout()
+    return fig

@@ -26,7 +26,7 @@ import numpy as np
 from minormech.tasks import Task, WeightTable, examples_for, stable_seed
 
 #: Prompt sets made per (model, task); `prompt_weight_ids` says which weights each draws.
-PROMPT_SETS = ("probe_train", "probe_test", "attribution")
+PROMPT_SETS = ("probe_train", "probe_test", "attribution", "patching", "patching_ref")
 
 
 class Tokenizer(Protocol):
@@ -137,7 +137,7 @@ def prompt_weight_ids(prompt_set: str, table: WeightTable, seed: int, count: int
     rng = np.random.default_rng(stable_seed(seed, table.task, prompt_set, "weights"))
     if prompt_set == "probe_train":
         return rng.choice(table.train_ids, size=count, replace=True)
-    if prompt_set == "attribution":
+    if prompt_set in ("attribution", "patching", "patching_ref"):
         return rng.choice(len(table.weights), size=count, replace=True)
     if prompt_set == "probe_test":
         if count % len(table.test_ids):

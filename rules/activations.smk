@@ -18,6 +18,7 @@ rule activations:
     resources:
         mem_mb=8000,
         runtime=120,
+        gpu=GPUS,
     conda:
         ENV
     script:

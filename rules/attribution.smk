@@ -17,6 +17,7 @@ rule attribution:
     resources:
         mem_mb=8000,
         runtime=240,
+        gpu=GPUS,
     conda:
         ENV
     script:
@@ -24,6 +25,7 @@ rule attribution:
 
 
 rule rank_difference:
+    localrule: True
     input:
         task1=lambda wildcards: f"results/{wildcards.model}/attribution/{wildcards.pair.split('-')[0]}.safetensors",
         task2=lambda wildcards: f"results/{wildcards.model}/attribution/{wildcards.pair.split('-')[1]}.safetensors",
@@ -41,3 +43,30 @@ rule rank_difference:
         ENV
     script:
         "../workflow/scripts/rank_difference.py"
+
+
+rule patching:
+    input:
+        model=model_manifest,
+        xi=f"results/{{model}}/xi/{'-'.join(FILTER_PAIR)}.safetensors",
+        prompts=expand("results/{{model}}/prompts/{task}/{prompt_set}.jsonl", task=FILTER_PAIR, prompt_set=["patching", "patching_ref"]),
+    output:
+        counts="results/{model}/patching/{site}.csv",
+        accuracy="results/{model}/patching/{site}_accuracy.csv",
+    log:
+        "logs/patching/{model}/{site}.log",
+    params:
+        pair=FILTER_PAIR,
+        layers=lambda wildcards: patching_layers(wildcards.model),
+        patching=config["patching"],
+        device=config["compute"]["device"],
+        dtype=config["compute"]["dtype"],
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=480,
+        gpu=GPUS,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/patching.py"

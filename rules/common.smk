@@ -1,4 +1,5 @@
 # Shared helpers: config loading and validation, wildcard constraints, output paths.
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ sys.path.insert(0, workflow.basedir)  # the minormech package, also without `pip
 
 from minormech.config import ConfigError, layers_for, load_schema, model_specs, validate_config
 from minormech.prompts import PROMPT_SETS
+from minormech.shards import format_plan, storage_plan
 
 
 configfile: "config/config.yaml"
@@ -21,10 +23,42 @@ except ConfigError as error:
     sys.exit(f"config error: {error}")
 
 MODELS = {spec.id: spec for spec in model_specs(config)}
+
+
+def planned_shard_bytes():
+    """Print the storage plan; stop when it exceeds storage.limit_gb. Returns the total."""
+    rows = storage_plan(config, MODELS)
+    planned = sum(row["bytes"] or 0 for row in rows)
+    print(format_plan(rows), file=sys.stderr)
+    if planned > config["storage"]["limit_gb"] * 1e9:
+        sys.exit(
+            f"storage error: the configured shards need about {planned / 1e9:,.0f} GB, more than "
+            f"storage.limit_gb={config['storage']['limit_gb']}; restrict sites/layers/prompts or raise the limit"
+        )
+    return planned
+
+
+PLANNED_BYTES = planned_shard_bytes() if workflow.is_main_process else 0
+
+
+onstart:
+    # Runs before the first job of a real run (never in a dry run): the free-disk check.
+    if config["storage"]["check_free_disk"]:
+        existing = sum(path.stat().st_size for path in Path("results").glob("*/activations/**/*.safetensors"))
+        Path("results").mkdir(exist_ok=True)
+        free = shutil.disk_usage("results").free
+        if PLANNED_BYTES - existing > free:
+            sys.exit(
+                f"storage error: about {(PLANNED_BYTES - existing) / 1e9:,.0f} GB of shards still to write but only "
+                f"{free / 1e9:,.0f} GB free under results/; free space or set storage.check_free_disk: false"
+            )
 TASKS = list(config["tasks"])
 SITES = list(config["sites"])
 ENV = "../envs/minormech.yaml"
 THREADS = config["compute"]["threads"]
+# Rules that run the model (and probes) ask for one GPU when the config computes on CUDA;
+# the SLURM executor turns the `gpu` resource into --gpus (see slurm/config.yaml).
+GPUS = 1 if config["compute"]["device"].startswith("cuda") else 0
 
 
 wildcard_constraints:
@@ -42,7 +76,15 @@ def layers_of(model_id):
 def prompt_count(prompt_set):
     if prompt_set == "probe_test":
         return config["test_weights"] * config["prompts"]["probe_test_per_weight"]
+    if prompt_set == "patching_ref":
+        return config["prompts"]["patching"]
     return config["prompts"][prompt_set]
+
+
+def patching_layers(model_id):
+    """Layers patched for one model: `patching.layers` ('all' = the analysed layers)."""
+    chosen = config["patching"]["layers"]
+    return layers_of(model_id) if chosen == "all" else [l for l in layers_of(model_id) if l in chosen]
 
 
 def chunk_names(prompt_set):
@@ -95,6 +137,5 @@ def attribution_inputs(wildcards):
     }
     if config["attribution"]["method"] == "expected_gradients":
         for task in TASKS:
-            inputs[f"baseline_prompts_{task}"] = f"results/{wildcards.model}/prompts/{task}/probe_test.jsonl"
             inputs[f"baseline_shards_{task}"] = shard_files(wildcards.model, task, "probe_test")
     return inputs

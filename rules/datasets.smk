@@ -1,4 +1,5 @@
 rule task_dataset:
+    localrule: True
     output:
         "results/datasets/{task}.tsv",
     log:

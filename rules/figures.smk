@@ -1,4 +1,5 @@
 rule plot_fig1:
+    localrule: True
     input:
         tables=expand("results/{{model}}/probes/{task}/{{site}}/unfiltered.csv", task=TASKS),
     output:
@@ -23,6 +24,7 @@ rule plot_fig1:
 
 
 rule plot_fig2:
+    localrule: True
     input:
         xi=f"results/{{model}}/xi/{'-'.join(FILTER_PAIR)}.safetensors",
     output:
@@ -50,6 +52,7 @@ rule plot_fig2:
 
 
 rule plot_fig3:
+    localrule: True
     input:
         filtered=expand("results/{{model}}/probes/{task}/{{site}}/filtered.csv", task=FILTER_PAIR),
         unfiltered=expand("results/{{model}}/probes/{task}/{{site}}/unfiltered.csv", task=FILTER_PAIR),
@@ -79,6 +82,7 @@ rule plot_fig3:
 
 
 rule plot_fig4:
+    localrule: True
     input:
         filtered=expand("results/{{model}}/probes/{task}/{{site}}/filtered.csv", task=FILTER_PAIR),
         unfiltered=expand("results/{{model}}/probes/{task}/{{site}}/unfiltered.csv", task=FILTER_PAIR),
@@ -124,3 +128,34 @@ rule fig3:
 rule fig4:
     input:
         expand("results/{model}/figures/fig4_{site}.pdf", model=MODELS, site=SITES),
+
+
+rule plot_fig5:
+    localrule: True
+    input:
+        counts="results/{model}/patching/{site}.csv",
+        accuracy="results/{model}/patching/{site}_accuracy.csv",
+    output:
+        png=report(
+            "results/{model}/figures/fig5_{site}.png",
+            caption="../workflow/report/fig5.rst",
+            category="Figure 5: activation patching",
+            labels={"model": "{model}", "site": "{site}"},
+        ),
+        pdf="results/{model}/figures/fig5_{site}.pdf",
+        csv="results/{model}/figures/fig5_{site}.csv",
+    log:
+        "logs/plot_fig5/{model}/{site}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/plot_fig5.py"
+
+
+rule fig5:
+    input:
+        expand("results/{model}/figures/fig5_{site}.pdf", model=MODELS, site=SITES),

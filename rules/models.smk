@@ -1,4 +1,7 @@
+# Local: on a cluster it runs on the login node, which can reach the model hub when compute
+# nodes cannot; the GPU rules then load what it prepared.
 rule prepare_model:
+    localrule: True
     output:
         "results/{model}/model/manifest.json",
     log:

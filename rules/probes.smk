@@ -15,6 +15,7 @@ rule probe:
     resources:
         mem_mb=8000,
         runtime=240,
+        gpu=GPUS,
     conda:
         ENV
     script:

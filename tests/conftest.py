@@ -3,8 +3,11 @@ per test session, and the repository root for end-to-end runs."""
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from minormech.models import KNOWN_MODELS, load_model, load_tokenizer, prepare_model
+from minormech.prompts import Prompt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +33,26 @@ def smollm2_tokenizer(smollm2_manifest):
 def smollm2(smollm2_manifest):
     """(model, tokenizer) in float32 on the CPU."""
     return load_model(smollm2_manifest, "cpu", "float32")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A 3-layer Llama with random weights and grouped-query attention (2 query heads per
+    key/value head): fast enough for exact equivalence tests."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def random_prompts(n=3, seed=1, vocab=50):
+    """Prompts of different lengths with answers of 1-3 random tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        length = 6 + 2 * i
+        ids = torch.randint(1, vocab, (length,), generator=gen).tolist()
+        answer = torch.randint(1, vocab, (1 + i % 3,), generator=gen).tolist()
+        out.append(Prompt(id=i, weight_id=0, weight=[0, 0], n_examples=1, text="", answer="", input_ids=ids, answer_ids=answer))
+    return out

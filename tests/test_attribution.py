@@ -2,34 +2,13 @@
 every site against per-site autograd on a tiny random Llama."""
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import random_prompts as _prompts
 
 from minormech.attribution import AttributionSettings, attribute_prompts, layer_gradients, path_attribution, reduce_positions, site_function
 from minormech.hooks import record_sites, site_hooks
-from minormech.prompts import Prompt
 from minormech.scoring import answer_log_prob, answer_prob, teacher_forced_batch
 
 SITES = ["q", "k", "v", "o", "mlp"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(config).eval()
-    model.requires_grad_(False)
-    return model
-
-
-def _prompts(n=3):
-    gen = torch.Generator().manual_seed(1)
-    out = []
-    for i in range(n):
-        length = 6 + 2 * i
-        ids = torch.randint(1, 50, (length,), generator=gen).tolist()
-        answer = torch.randint(1, 50, (1 + i % 3,), generator=gen).tolist()
-        out.append(Prompt(id=i, weight_id=0, weight=[0, 0], n_examples=1, text="", answer="", input_ids=ids, answer_ids=answer))
-    return out
 
 
 def test_answer_log_prob_is_the_teacher_forced_product(tiny):
@@ -134,3 +113,34 @@ def test_reduce_positions():
     assert reduce_positions(a, lengths, "mean")[:, 0].tolist() == [1.0, 4.0]
     assert reduce_positions(a, lengths, "abs_sum")[:, 0].tolist() == [7.0, 8.0]
     assert reduce_positions(a, lengths, "last")[:, 0].tolist() == [4.0, 5.0]
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "integrated_gradients", "expected_gradients", "idgi", "input_x_gradient"])
+def test_every_method_runs_on_a_model(tiny, tmp_path, method):
+    """Each configured method yields one finite, deterministic [d] vector per (site, layer);
+    expected gradients take their baselines from real shards of two tasks."""
+    import numpy as np
+
+    from minormech.activations import extract_activations
+    from minormech.attribution import baseline_pool
+    from minormech.prompts import prompts_digest
+    from minormech.shards import Shard, ShardHeader, write_shard
+
+    shards = {}
+    for task, seed in (("LR", 5), ("MD", 6)):
+        prompts = _prompts(3, seed)
+        acts = extract_activations(tiny, prompts, ["k", "o"], [0, 2], 2, torch.float32, 0)
+        path = tmp_path / f"{task}.safetensors"
+        write_shard(path, ShardHeader("tiny", task, "probe_test", 0, ("k", "o"), (0, 2), "float32", prompts_digest(prompts)), acts, [p.id for p in prompts], [p.length for p in prompts])
+        shards[task] = [Shard(path)]
+    pool = baseline_pool(shards, ["k", "o"], [0, 2], 2, np.random.default_rng(0))
+    assert pool[("k", 0)][0].shape[0] == 4
+    settings = AttributionSettings(method=method, batch_size=2, steps=4, samples=3)
+    first = attribute_prompts(tiny, _prompts(3), ["k", "o"], [0, 2], settings, 0, pool)
+    second = attribute_prompts(tiny, _prompts(3), ["k", "o"], [0, 2], settings, 0, pool)
+    assert set(first) == {("k", 0), ("k", 2), ("o", 0), ("o", 2)}
+    assert first[("k", 2)].shape == (16,) and first[("o", 0)].shape == (32,)
+    for key in first:
+        assert torch.isfinite(first[key]).all() and first[key].abs().sum() > 0
+        if method != "expected_gradients":  # GradientShap draws from torch's global RNG
+            torch.testing.assert_close(first[key], second[key])

@@ -19,7 +19,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = {
     "test_weights": 8,
     "sites": ["k", "v"],
-    "prompts": {"max_prompt_tokens": 60, "probe_train": 48, "probe_test_per_weight": 2},
+    "prompts": {"max_prompt_tokens": 60, "probe_train": 48, "probe_test_per_weight": 2, "attribution": 8, "patching": 4},
+    "patching": {"layers": [0, 15, 29], "batch_size": 4, "alignment": "end"},
     "activations": {"batch_size": 8, "store_dtype": "float16", "chunks": {"probe_train": 2, "probe_test": 1}},
     "probe": {
         "regime": "improved",
@@ -64,25 +65,36 @@ def finished(workdir):
     return job_counts(one_figure.stdout), job_counts(everything.stdout)
 
 
-def test_dag_runs_to_figure_1(workdir, finished):
+def test_dag_runs_to_every_figure(workdir, finished):
+    figures = workdir / "results" / "smollm2-135m" / "figures"
     for site in ("k", "v"):
-        stem = workdir / "results" / "smollm2-135m" / "figures" / f"fig1_{site}"
-        for suffix in (".pdf", ".png", ".csv"):
-            assert stem.with_suffix(suffix).stat().st_size > 0
-        table = pd.read_csv(stem.with_suffix(".csv"))
+        for number in range(1, 6):
+            for suffix in (".pdf", ".png", ".csv"):
+                assert (figures / f"fig{number}_{site}{suffix}").stat().st_size > 0
+        table = pd.read_csv(figures / f"fig1_{site}.csv")
         assert sorted(table["task"].unique()) == ["LR", "MD"]
         assert sorted(table["layer"].unique()) == list(range(30))
         assert table["test_mse"].notna().all() and (table["test_mse"] > 0).all()
         assert (table["baseline_mse"] > 20).all()
-    for rule in ("prompts", "activations", "probe_unfiltered", "plot_fig1"):
+    xi = pd.read_csv(figures / "fig2_k.csv")
+    assert len(xi) == 30 * 192 and xi["xi"].abs().max() <= 191
+    filtered = pd.read_csv(figures / "fig3_k.csv")
+    assert set(filtered["variant"]) == {"ge0.5", "le0.5"}
+    assert set(filtered.loc[filtered["variant"] == "ge0.5", "n_kept"]) <= set(range(1, 97))
+    eq41 = pd.read_csv(figures / "fig3_k_eq41.csv")
+    assert list(eq41["layer"]) == list(range(30)) and eq41["eq41_holds"].dtype == bool
+    patching = pd.read_csv(figures / "fig5_k.csv")
+    assert len(patching) == 8 * 3 and patching["rho"].between(0, 4).all()
+    for rule in ("prompts", "activations", "probe", "attribution", "rank_difference", "patching", "plot_fig5"):
         assert list((workdir / "logs" / rule).rglob("*.log")), f"no log for {rule}"
 
 
 def test_one_figure_plans_only_what_it_needs(finished):
     one_figure, everything = finished
-    assert one_figure["probe_unfiltered"] == 2 and everything["probe_unfiltered"] == 4
+    assert one_figure["probe"] == 2 and everything["probe"] == 2 * 2 * 2  # (LR, MD) x (k, v) x (unfiltered, filtered)
     assert one_figure["plot_fig1"] == 1 and everything["plot_fig1"] == 2
     assert one_figure["activations"] == everything["activations"] == 2 * (2 + 1)
+    assert "attribution" not in one_figure and "patching" not in one_figure
 
 
 def test_nothing_is_rerun_and_figure_script_change_reruns_only_figures(workdir, finished):
@@ -90,6 +102,14 @@ def test_nothing_is_rerun_and_figure_script_change_reruns_only_figures(workdir, 
     (workdir / "workflow" / "scripts" / "plot_fig1.py").touch()
     counts = job_counts(run(workdir, "-n", "--configfile", "tiny.yaml").stdout)
     assert set(counts) == {"plot_fig1", "all"}, counts
+
+
+def test_probe_setting_change_reruns_only_probes_and_figures(workdir, finished):
+    changed = {**TINY, "probe": {**TINY["probe"], "improved": {**TINY["probe"]["improved"], "lr": 2.0e-3}}}
+    (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
+    counts = job_counts(run(workdir, "-n", "--configfile", "changed.yaml").stdout)
+    assert set(counts) <= {"probe", "plot_fig1", "plot_fig3", "plot_fig4", "all"}, counts
+    assert counts["probe"] == 8
 
 
 def test_bad_config_stops_before_any_job_with_one_line(workdir):
@@ -108,4 +128,5 @@ def test_lint_is_clean(workdir):
 def test_report_renders_every_figure(workdir, finished):
     run(workdir, "--configfile", "tiny.yaml", "--report", "report.html")
     html = (workdir / "report.html").read_text(errors="replace")
-    assert "fig1_k.png" in html and "fig1_v.png" in html
+    for number in range(1, 6):
+        assert f"fig{number}_k.png" in html and f"fig{number}_v.png" in html

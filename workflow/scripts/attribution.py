@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from minormech.activations import pad_token_id
-from minormech.attribution import AttributionSettings, attribute_prompts
+from minormech.attribution import AttributionSettings, attribute_prompts, baseline_pool
 from minormech.hooks import hook_name
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.prompts import read_prompts
@@ -25,26 +25,14 @@ model, tokenizer = load_model(manifest, params.device, params.dtype)
 prompts = read_prompts(inputs.prompts)
 
 
-def baseline_pool():
-    """Probe-test activations of every task, `n_baselines` prompts each (seeded choice)."""
-    rng = np.random.default_rng([params.seed, 31337])
-    pool = {}
-    for task in params.tasks:
-        for path in inputs[f"baseline_shards_{task}"]:
-            shard = Shard(path).expect(model_id=manifest.id, task=task, prompt_set="probe_test")
-            for site in params.sites:
-                for layer in params.layers:
-                    values = shard.read(site, layer).float()
-                    pool.setdefault((site, layer), []).extend(values[shard.offsets[i] : shard.offsets[i + 1]] for i in range(len(shard.lengths)))
-    chosen = rng.choice(len(next(iter(pool.values()))), size=min(n_baselines * len(params.tasks), len(next(iter(pool.values())))), replace=False)
-    out = {}
-    for key, rows in pool.items():
-        picked = [rows[i] for i in chosen]
-        out[key] = (torch.nn.utils.rnn.pad_sequence(picked, batch_first=True), torch.tensor([len(r) for r in picked]))
-    return out
-
-
-pool = baseline_pool() if settings.method == "expected_gradients" else None
+torch.manual_seed(params.seed)  # expected_gradients (captum GradientShap) draws from the global RNG
+pool = None
+if settings.method == "expected_gradients":
+    shards = {
+        task: [Shard(path).expect(model_id=manifest.id, task=task, prompt_set="probe_test") for path in inputs[f"baseline_shards_{task}"]]
+        for task in params.tasks
+    }
+    pool = baseline_pool(shards, params.sites, params.layers, n_baselines, np.random.default_rng([params.seed, 31337]))
 fa = attribute_prompts(model, prompts, params.sites, params.layers, settings, pad_token_id(tokenizer), pool, progress=progress(f"{wildcards.task} attribution ({settings.method})"))
 save_file(
     {hook_name(site, layer): values.contiguous() for (site, layer), values in fa.items()},

@@ -1,0 +1,111 @@
+"""The tiny DAG through `snakemake --profile slurm` on a real (one-node, local) SLURM cluster.
+
+tests/slurm_cluster.py installs Debian's slurm-wlm and munge when they are missing (root
+only) and starts munged, slurmctld and slurmd with everything under a temporary directory;
+the test is skipped, with the reason, when that is not possible. The workflow and the
+profile are copied as a fresh clone would have them and slurm/config.yaml is used as a user
+would use it; only settings of this particular cluster come from the command line:
+squeue as the status command (the test cluster has no accounting database, so no sacct),
+SLURM logs of successful jobs kept (to check them), and a short first status check (a
+speed-up). The profile's partitions are used as they are: the test cluster has a default
+partition `debug` and a partition `gpu`, where the profile sends the GPU rules.
+Takes about 10 minutes on 2 cores.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import slurm_cluster
+from test_workflow import TINY
+
+pytestmark = pytest.mark.slurm
+
+GPU_RULES = {"activations", "attribution", "patching", "probe"}
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    try:
+        started = slurm_cluster.start_cluster(tmp_path_factory.mktemp("slurm"))
+    except slurm_cluster.SlurmUnavailable as reason:
+        pytest.skip(f"no local SLURM cluster: {reason}")
+    yield started
+    slurm_cluster.stop_cluster(started)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory, repo_root):
+    work = tmp_path_factory.mktemp("slurm_workflow")
+    for name in ("Snakefile", "rules", "workflow", "config", "envs", "minormech", "slurm"):
+        source = repo_root / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
+    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    # The jobs inherit this environment (the plugin submits with sbatch --export=ALL):
+    # SLURM_CONF finds the test cluster, PATH the virtual environment's programs.
+    env = {**os.environ, **cluster.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [
+        sys.executable, "-m", "snakemake",
+        "--profile", "slurm",
+        "--configfile", "tiny.yaml",
+        "--jobs", "2",
+        "--slurm-status-command", "squeue",
+        "--slurm-keep-successful-logs",
+        "--slurm-init-seconds-before-status-checks", "5",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=3000)
+    output = result.stdout + result.stderr
+    (work / "snakemake.out").write_text(output)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{output[-6000:]}\n{cluster.log_tail()}"
+    return work, output, env
+
+
+def squeue(env, job_ids):
+    """{slurm job id: (state, partition)} of finished and running jobs (MinJobAge keeps them)."""
+    result = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%T|%P", "--jobs", ",".join(job_ids)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return {i: (state, partition) for i, state, partition in (line.split("|") for line in result.stdout.split())}
+
+
+def test_every_job_with_work_ran_as_a_slurm_job(slurm_run):
+    work, output, env = slurm_run
+    # Snakemake prints "rule NAME:" for a job it submits and "localrule NAME:" for one it
+    # runs itself (target rules such as `all`, rules marked local).
+    remote_jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)$", output, re.MULTILINE)
+    submitted = {jobid: (slurm_id, Path(log)) for jobid, slurm_id, log in SUBMITTED.findall(output)}
+    assert remote_jobs, output[-3000:]
+    assert {jobid for _, jobid in remote_jobs} == set(submitted), output[-3000:]
+    rules = {rule for rule, _ in remote_jobs}
+    assert {"task_dataset", "prompts", "activations", "probe", "attribution", "rank_difference", "patching"} <= rules
+
+    states = squeue(env, [slurm_id for slurm_id, _ in submitted.values()])
+    for rule, jobid in remote_jobs:
+        slurm_id, log = submitted[jobid]
+        assert states[slurm_id][0] == "COMPLETED", (rule, slurm_id, states[slurm_id])
+        # the profile sends the GPU rules to the partition `gpu`, the rest to the default
+        assert states[slurm_id][1] == ("gpu" if rule in GPU_RULES else "debug"), (rule, states[slurm_id])
+        # and the SLURM log goes to logs/slurm/rule_<rule>/<wildcards>/<slurm id>.log
+        assert log.is_relative_to(work / "logs" / "slurm" / f"rule_{rule}") and log.name == f"{slurm_id}.log", log
+        assert log.stat().st_size > 0
+
+
+def test_jobs_run_the_virtual_environments_python(slurm_run, cluster):
+    work, output, env = slurm_run
+    slurm_id = SUBMITTED.search(output).group(2)
+    script = subprocess.run(["scontrol", "write", "batch_script", slurm_id, "-"], env=env, capture_output=True, text=True, check=True).stdout
+    assert f"{sys.executable} -m snakemake" in script, script
+
+
+def test_figures_exist(slurm_run):
+    work, _, _ = slurm_run
+    figures = work / "results" / "smollm2-135m" / "figures"
+    for number in range(1, 6):
+        assert (figures / f"fig{number}_k.pdf").stat().st_size > 0

@@ -1,0 +1,12 @@
+"""Figure 5: patching counts rho of the eight settings per layer for one (model, site)."""
+import pandas as pd
+
+from minormech.figures import patching_figure, save_figure
+from minormech.runlog import job_logger
+
+log = job_logger(snakemake.log[0])
+counts = pd.read_csv(snakemake.input.counts)
+accuracy = pd.read_csv(snakemake.input.accuracy)
+counts.to_csv(snakemake.output.csv, index=False)
+save_figure(patching_figure(counts, accuracy, snakemake.wildcards.model, snakemake.wildcards.site), snakemake.output.pdf, snakemake.output.png)
+log.info("wrote %s", snakemake.output.pdf)
