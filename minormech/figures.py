@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 TASK_COLOURS = {"LR": "tab:red", "MD": "tab:blue"}
@@ -40,7 +41,7 @@ def probe_curves_figure(table: pd.DataFrame, model_id: str, site: str):
     return fig
 
 
-def xi_heatmap_figure(xi: "np.ndarray", layers: list[int], model_id: str, site: str, pair: tuple[str, str]):
+def xi_heatmap_figure(xi: np.ndarray, layers: list[int], model_id: str, site: str, pair: tuple[str, str]):
     """Figure 2: xi per layer (rows) and feature (columns). Red = larger rank for task 1
     (more important for it), blue = more important for task 2."""
     import numpy as np

@@ -89,3 +89,17 @@ def test_stale_shard_is_refused(tmp_path):
     changed = [Prompt(**{**vars(p), "input_ids": p.input_ids[:-1] + [7]}) for p in data.prompts]
     with pytest.raises(ValueError, match="made from other prompts"):
         ProbeData(data.shards, changed, "k", [0])
+
+
+def test_feature_masks_apply_at_read_time(tmp_path):
+    """Variant 0 sees every feature, variant 1 none: only the first can learn, and the
+    second's output is exactly zero (the mask multiplies the pooled features)."""
+    layers = [0]
+    train = _synthetic(tmp_path, 200, layers, 8, 0, "train", signal_layers={0})
+    masks = torch.stack([torch.ones(1, 8), torch.zeros(1, 8)])
+    settings = ProbeTraining(regime="improved", d_proj=16, lr=3e-3, batch_size=16, max_epochs=60, patience=10, val_fraction=0.1, seed=0)
+    probes, _ = train_probes(train, settings, max_positions=12, feature_masks=masks)
+    predictions, index = predict(probes, train, 64, feature_masks=masks)
+    mse = per_probe_mse(predictions, train.targets[index])
+    assert predictions[1].abs().max() == 0
+    assert mse[0, 0] < 2 and mse[1, 0] > 50

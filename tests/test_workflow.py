@@ -130,3 +130,20 @@ def test_report_renders_every_figure(workdir, finished):
     html = (workdir / "report.html").read_text(errors="replace")
     for number in range(1, 6):
         assert f"fig{number}_k.png" in html and f"fig{number}_v.png" in html
+
+
+def test_truncated_shard_gives_one_clear_line(workdir, finished):
+    """A damaged shard stops the job that reads it with a line naming the file and what to do;
+    nothing downstream is computed from it. (Runs last: it reruns one probe job.)"""
+    shard = workdir / "results" / "smollm2-135m" / "activations" / "LR" / "probe_train" / "chunk000.safetensors"
+    intact = shard.read_bytes()
+    target = "results/smollm2-135m/probes/LR/k/unfiltered.csv"
+    try:
+        shard.write_bytes(intact[: len(intact) // 3])
+        result = run(workdir, target, "--cores", "2", "--configfile", "tiny.yaml", "--forcerun", "probe", check=False)
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and "chunk000.safetensors: not a readable safetensors shard" in lines[0] and "delete it and rerun" in lines[0], result.stderr[-2000:]
+        assert not (workdir / target).exists()  # Snakemake removed the failed job's output
+    finally:
+        shard.write_bytes(intact)

@@ -41,7 +41,7 @@ else:
     variants, masks = [("unfiltered", "", 1.0)], None
 
 probes, summary = train_probes(
-    train, settings, max(train.max_length, test.max_length), feature_masks=masks, n_variants=len(variants), device=device,
+    train, settings, max(train.max_length, test.max_length), feature_masks=masks, device=device,
     progress=progress(f"{wildcards.task} {wildcards.site} {wildcards.probe_kind} probes ({settings.regime})"),
 )
 predictions, index = predict(probes, test, batch_size=64, feature_masks=masks.to(device) if masks is not None else None)
