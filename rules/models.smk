@@ -8,6 +8,7 @@ rule prepare_model:
         "logs/prepare_model/{model}.log",
     params:
         entry=lambda wildcards: next(e for e in config["models"] if e["id"] == wildcards.model),
+        cache_dir=config["model_cache"],
     threads: THREADS
     resources:
         mem_mb=4000,

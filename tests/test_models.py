@@ -1,6 +1,5 @@
 """Model registry and loaders: the embedded GGUF model, a local path, and a hub name
 resolved offline from an HF_HOME cache (the cluster's situation), all on real weights."""
-import json
 import os
 import shutil
 import subprocess
@@ -9,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from minormech.models import KNOWN_MODELS, ModelManifest, load_model, prepare_model, resolve_model_spec
+from minormech.models import KNOWN_MODELS, load_model, prepare_model, resolve_model_spec
 
 
 def test_registry_facts_match_the_real_model(smollm2_manifest, smollm2):
@@ -51,21 +50,23 @@ def test_local_path_model(smollm2_manifest, tmp_path):
     assert manifest.source == "path" and len(model.model.layers) == 30
 
 
-def test_hub_model_loads_offline_from_hf_home(smollm2_manifest, tmp_path):
-    """A hub name resolves from the HF_HOME cache with HF_HUB_OFFLINE=1, as on compute nodes
-    without internet. The cache is laid out as huggingface_hub lays it out."""
-    snapshot = tmp_path / "hf" / "hub" / "models--local--smollm2" / "snapshots" / ("0" * 40)
+def test_hub_model_prepared_from_a_cache_and_loaded_offline(smollm2_manifest, tmp_path):
+    """A hub model is found in the configured download cache with HF_HUB_OFFLINE=1 (as on a
+    login node after `prepare_model` ran, or a pre-filled cache), and the manifest points the
+    GPU jobs at the local snapshot. The cache is laid out as huggingface_hub lays it out."""
+    cache = tmp_path / "models"
+    snapshot = cache / "models--local--smollm2" / "snapshots" / ("0" * 40)
     shutil.copytree(smollm2_manifest.load_from, snapshot)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    manifest = ModelManifest(id="hub-smollm2", source="hub", load_from="local/smollm2", num_layers=30, site_widths={})
     code = (
-        "import json, sys; from minormech.models import ModelManifest, load_model;"
-        "m, t = load_model(ModelManifest(**json.loads(sys.argv[1])), 'cpu', 'auto');"
-        "print(len(m.model.layers), m.dtype)"
+        "import json, sys; from minormech.models import load_model, prepare_model, resolve_model_spec;"
+        "spec = resolve_model_spec({'id': 'hub-smollm2', 'hub': 'local/smollm2'});"
+        "manifest = prepare_model(spec, sys.argv[1], sys.argv[2]);"
+        "m, t = load_model(manifest, 'cpu', 'auto');"
+        "print(manifest.load_from, manifest.num_layers, len(m.model.layers), m.dtype)"
     )
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    env.pop("HF_HUB_CACHE", None)
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(vars(manifest))], env=env, capture_output=True, text=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "elsewhere")}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out"), str(cache)], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["30", "torch.float32"]
+    assert result.stdout.split() == [str(snapshot), "30", "30", "torch.float32"]
