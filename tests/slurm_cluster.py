@@ -154,9 +154,10 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
 ReturnToService=2
-# finished jobs stay visible to squeue for 10 minutes; without accounting, squeue is the
-# only way the snakemake executor learns how a job ended
-MinJobAge=600
+# finished jobs stay visible to squeue (and scontrol) for 2 hours; without accounting,
+# squeue is the only way the snakemake executor learns how a job ended, and the test reads
+# every job's final state after the run
+MinJobAge=7200
 {"GresTypes=gpu" if fake_gpus else ""}
 NodeName={hostname} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb}{gres} State=UNKNOWN
 PartitionName={PARTITIONS[0]} Nodes={hostname} Default=YES MaxTime=INFINITE State=UP
