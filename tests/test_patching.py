@@ -103,3 +103,23 @@ def test_basic_and_swapped_differ_when_u_is_tau1(tiny):
     assert all(0 <= r["rho"] <= 4 and r["fraction"] == r["rho"] / 4 for r in rows)
     assert set(accuracy) == {"reference:LR", "reference:MD", "patching:LR", "patching:MD"}
     assert passes == 2 * (4 + 8 * len(LAYERS))
+
+
+def test_bfloat16_path_runs_on_cpu(tiny):
+    """The GPU configs compute in bfloat16: the same code (extraction, patching from a
+    layer's cached input) runs in bfloat16 here, within bfloat16 precision of a full forward."""
+    import copy
+
+    from minormech.activations import extract_activations
+
+    model = copy.deepcopy(tiny).to(torch.bfloat16)
+    prompts = random_prompts(3)
+    stored = extract_activations(model, prompts, ["k", "mlp"], [1], 2, torch.bfloat16, 0)
+    assert stored[("k", 1)].dtype == torch.bfloat16 and torch.isfinite(stored[("k", 1)].float()).all()
+    base = unpatched_run(model, prompts, ["k"], [1], 0)
+    source = unpatched_run(model, random_prompts(3, 2), ["k"], [1], 0)
+    keep = _half(16)
+    from_layer, _ = patched_first_logits(model, base, source, "k", 1, keep)
+    with torch.no_grad(), site_hooks(model, ["k"], [1], patch_hook(base, source, "k", 1, keep, "end")):
+        full = model(base.input_ids, attention_mask=base.attention_mask).logits[torch.arange(3), base.lengths - 1].float()
+    torch.testing.assert_close(from_layer, full, rtol=2e-2, atol=2e-2)
