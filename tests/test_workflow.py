@@ -147,3 +147,15 @@ def test_truncated_shard_gives_one_clear_line(workdir, finished):
         assert not (workdir / target).exists()  # Snakemake removed the failed job's output
     finally:
         shard.write_bytes(intact)
+
+
+@pytest.mark.slow
+def test_default_config_end_to_end(tmp_path, repo_root):
+    """The README's main job: the embedded default config through all five figures
+    (about 11 minutes on 2 cores; run with `pytest -m slow`)."""
+    for name in ("Snakefile", "rules", "workflow", "config", "envs", "minormech"):
+        source = repo_root / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    run(tmp_path, "--cores", "2")
+    for number in range(1, 6):
+        assert (tmp_path / "results" / "smollm2-135m" / "figures" / f"fig{number}_k.pdf").stat().st_size > 0
