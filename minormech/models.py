@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,4 +245,3 @@ def load_tokenizer(manifest: ModelManifest):
 def set_threads(threads: int) -> None:
     """Use exactly the cores Snakemake gave the job (torch defaults to all cores)."""
     torch.set_num_threads(max(1, threads))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
