@@ -142,6 +142,10 @@ class ProbeData:
         return len(self.prompts)
 
     @property
+    def width(self) -> int:
+        return self.shards[0].width(self.site, self.layers[0])
+
+    @property
     def max_length(self) -> int:
         return max(p.length for p in self.prompts)
 
@@ -231,7 +235,7 @@ def train_probes(
 ) -> tuple[StackedProbes, dict]:
     """Train V x L probes on `train` on `device` (V = number of feature masks [V, L, d], or 1
     without masks); returns the probes and a summary of the run."""
-    d_feat = train._chunk(0).values.shape[-1]
+    d_feat = train.width
     n_variants = 1 if feature_masks is None else feature_masks.shape[0]
     probes = StackedProbes(n_variants, len(train.layers), d_feat, settings.d_proj, 2, max_positions, settings.seed).to(device)
     if feature_masks is not None:

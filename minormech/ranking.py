@@ -13,6 +13,9 @@ kept or dropped together.
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from minormech.hooks import hook_name
 
 #: The filtered probes of SPEC "Filter": (op, h) applied to each task's probe.
 FILTER_VARIANTS: tuple[tuple[str, float], ...] = ((">=", 0.5), ("<=", 0.5), (">=", 0.25), ("<=", 0.75))
@@ -48,3 +51,8 @@ def filter_mask(xi: np.ndarray, op: str, h: float) -> np.ndarray:
     if op == "<=":
         return h <= q
     raise ValueError(f"filter op must be '>=' or '<=', got {op!r}")
+
+
+def site_keep_masks(xi: dict[str, torch.Tensor], site: str, layers: list[int], op: str, h: float) -> torch.Tensor:
+    """[layers, width] bool keep-masks of one site from a saved xi map (hook name -> xi)."""
+    return torch.stack([torch.as_tensor(filter_mask(xi[hook_name(site, layer)].numpy(), op, h)) for layer in layers])

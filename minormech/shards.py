@@ -139,6 +139,10 @@ class Shard:
                 )
         return self
 
+    def width(self, site: str, layer: int) -> int:
+        """Feature width of one (site, layer), from the header alone."""
+        return self._file.get_slice(hook_name(site, layer)).get_shape()[-1]
+
     def read(self, site: str, layer: int) -> torch.Tensor:
         """[total tokens, width] activations of one (site, layer): one contiguous read."""
         name = hook_name(site, layer)

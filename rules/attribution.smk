@@ -49,7 +49,8 @@ rule patching:
     input:
         model=model_manifest,
         xi=f"results/{{model}}/xi/{'-'.join(FILTER_PAIR)}.safetensors",
-        prompts=expand("results/{{model}}/prompts/{task}/{prompt_set}.jsonl", task=FILTER_PAIR, prompt_set=["patching", "patching_ref"]),
+        reference=expand("results/{{model}}/prompts/{task}/patching_ref.jsonl", task=FILTER_PAIR),
+        others=expand("results/{{model}}/prompts/{task}/patching.jsonl", task=FILTER_PAIR),
     output:
         counts="results/{model}/patching/{site}.csv",
         accuracy="results/{model}/patching/{site}_accuracy.csv",

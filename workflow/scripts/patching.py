@@ -2,15 +2,13 @@
 import time
 
 import pandas as pd
-import torch
 from safetensors.torch import load_file
 
 from minormech.activations import pad_token_id
-from minormech.hooks import hook_name
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.patching import filter_op, patching_counts
 from minormech.prompts import read_prompts
-from minormech.ranking import filter_mask
+from minormech.ranking import site_keep_masks
 from minormech.runlog import job_logger, progress
 
 log = job_logger(snakemake.log[0])
@@ -19,15 +17,13 @@ set_threads(snakemake.threads)
 manifest = ModelManifest.read(inputs.model)
 model, tokenizer = load_model(manifest, params.device, params.dtype)
 pair, site = list(params.pair), wildcards.site
-prompt_file = {(path.split("/")[-2], path.split("/")[-1].removesuffix(".jsonl")): path for path in inputs.prompts}
-reference = {task: read_prompts(prompt_file[(task, "patching_ref")]) for task in pair}
-others = {task: read_prompts(prompt_file[(task, "patching")]) for task in pair}
+reference = dict(zip(pair, map(read_prompts, inputs.reference)))
+others = dict(zip(pair, map(read_prompts, inputs.others)))
 xi = load_file(inputs.xi)
-keep = {
-    (tau1, site, layer): torch.as_tensor(filter_mask(xi[hook_name(site, layer)].numpy(), filter_op(tau1, pair), 0.5))
-    for tau1 in pair
-    for layer in params.layers
-}
+keep = {}
+for tau1 in pair:
+    for layer, mask in zip(params.layers, site_keep_masks(xi, site, params.layers, filter_op(tau1, pair), 0.5)):
+        keep[(tau1, site, layer)] = mask
 start = time.perf_counter()
 rows, accuracy, passes = patching_counts(
     model, reference, others, pair, [site], params.layers, keep, params.patching["batch_size"], pad_token_id(tokenizer),

@@ -8,11 +8,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from minormech.hooks import hook_name
 from minormech.models import resolve_device, set_threads
 from minormech.probes import ProbeData, ProbeTraining, mean_baseline_mse, per_probe_mse, predict, train_probes
 from minormech.prompts import read_prompts
-from minormech.ranking import FILTER_VARIANTS, filter_mask, variant_name
+from minormech.ranking import FILTER_VARIANTS, site_keep_masks, variant_name
 from minormech.runlog import job_logger, progress
 from minormech.shards import Shard
 from minormech.tasks import WeightTable
@@ -34,9 +33,7 @@ test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test")
 if wildcards.probe_kind == "filtered":
     xi = load_file(inputs.xi)
     variants = [(variant_name(op, h), op, h) for op, h in FILTER_VARIANTS]
-    masks = torch.stack(
-        [torch.stack([torch.as_tensor(filter_mask(xi[hook_name(wildcards.site, layer)].numpy(), op, h)) for layer in params.layers]) for _, op, h in variants]
-    ).float()
+    masks = torch.stack([site_keep_masks(xi, wildcards.site, params.layers, op, h) for _, op, h in variants]).float()
 else:
     variants, masks = [("unfiltered", "", 1.0)], None
 
