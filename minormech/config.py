@@ -2,19 +2,23 @@
 cannot express (layers against each model's depth, duplicate model ids, ...).
 
 Every problem becomes one ConfigError whose message starts with the offending key and
-says what is allowed, so a typo stops the workflow before any job runs.
+says what is allowed, so a typo stops the workflow before any job runs. Nothing here
+loads a model or a tokenizer: validation runs whenever Snakemake parses the workflow.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import yaml
 
 from minormech.models import ModelSpec, resolve_model_spec
-from minormech.tasks import TASKS, get_task, value_grid
+from minormech.prompts import format_example
+from minormech.tasks import TASKS, Task, get_task, value_grid
 
 
 class ConfigError(ValueError):
@@ -32,22 +36,111 @@ def _key_path(parts) -> str:
     return text or "(top level)"
 
 
+def _describe(schema: dict, plural: bool = False) -> str:
+    """What a schema allows, in words: 'an integer >= 1', "'all' or a non-empty list of integers >= 0"."""
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        return f"{'values from' if plural else 'one of'} {schema['enum']}"
+    for key in ("oneOf", "anyOf"):
+        if key in schema:
+            return " or ".join(_describe(sub, plural) for sub in schema[key])
+    kind = schema.get("type", "string" if "pattern" in schema else None)
+    if isinstance(kind, list):
+        return " or ".join(_describe({**schema, "type": k}, plural) for k in kind)
+    if kind == "array":
+        items = _describe(schema["items"], plural=True) if "items" in schema else "values"
+        low, high = schema.get("minItems", 0), schema.get("maxItems")
+        if high is not None and low == high:
+            return f"a list of {low} {items}"
+        return f"a {'non-empty ' if low >= 1 else ''}list of {items}"
+    if kind in ("integer", "number"):
+        noun = {"integer": ("an integer", "integers"), "number": ("a number", "numbers")}[kind][plural]
+        bounds = [f"{op} {schema[key]}" for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")) if key in schema]
+        return " ".join([noun, " and ".join(bounds)]).strip()
+    if kind == "string":
+        noun = "strings" if plural else "a string"
+        return f"{noun} matching {schema['pattern']}" if "pattern" in schema else noun
+    if kind == "boolean":
+        return "true or false"
+    if kind == "null":
+        return "null"
+    if kind == "object":
+        return f"{'mappings' if plural else 'a mapping'} with keys {sorted(schema.get('properties', {}))}"
+    return "see config/config.schema.yaml"
+
+
+def _branch_for(error: jsonschema.ValidationError) -> jsonschema.ValidationError | None:
+    """For a oneOf/anyOf failure on a list or mapping where exactly one branch takes that
+    kind of value ('all' or a list of layers), the error inside that branch."""
+    kind = {list: "array", dict: "object"}.get(type(error.instance))
+    branches = [i for i, sub in enumerate(error.validator_value) if sub.get("type") == kind]
+    if kind is None or len(branches) != 1:
+        return None
+    inside = [e for e in error.context if e.relative_schema_path[0] == branches[0]]
+    return min(inside, key=lambda e: -len(e.absolute_path)) if inside else None
+
+
 def _schema_message(error: jsonschema.ValidationError) -> str:
+    if error.validator in ("oneOf", "anyOf"):
+        error = _branch_for(error) or error
     key = _key_path(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         return f"{key}: unknown key(s) {extra}; allowed keys: {allowed}"
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        return f"{key}: missing key(s) {missing}; required keys: {error.validator_value}"
     if error.validator == "enum":
         return f"{key}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
-    if error.validator in ("oneOf", "anyOf"):
-        hints = "; ".join(sorted({sub.message for sub in error.context}))
-        return f"{key}: {error.instance!r} is not valid ({hints})"
-    return f"{key}: {error.message}"
+    return f"{key}: {error.instance!r} is not allowed; allowed values: {_describe(error.schema)}"
+
+
+def _model_config_problem(config_file: Path) -> str | None:
+    """Why a local model's config.json cannot give the layer count and site widths, or None."""
+    if not config_file.is_file():
+        return "has no config.json"
+    try:
+        cfg = json.loads(config_file.read_text())
+    except (OSError, ValueError) as error:
+        return f"has a config.json that is not readable JSON ({error})"
+    missing = [key for key in ("num_hidden_layers", "hidden_size", "num_attention_heads") if not isinstance(cfg, dict) or key not in cfg]
+    if missing:
+        return f"has a config.json without {missing} (not a Llama-style causal LM)"
+    return None
+
+
+def longest_example(task: Task) -> str:
+    """The longest example text Algorithm 1 can draw for a task: the widest input value in
+    every feature and the widest output over every (x, w) in the value grid."""
+    grid = value_grid(task)
+    outputs = np.concatenate([task.output(grid, w) for w in grid])
+    widest_x = max((int(v) for v in (task.value_low, task.value_high)), key=lambda v: len(str(v)))
+    widest_y = max((int(outputs.min()), int(outputs.max())), key=lambda v: len(str(v)))
+    return format_example([widest_x] * task.dimension, widest_y)
+
+
+def min_prompt_tokens(task: Task) -> int:
+    """A token budget that holds any one example of the task whatever the tokenizer: no
+    tokenizer needs more tokens than the text has bytes, plus one (a SentencePiece word
+    marker at the start). Conservative: SmolLM2 needs 23 tokens for the longest LR
+    example, this bound is 41."""
+    return len(longest_example(task).encode()) + 1
 
 
 def model_specs(config: dict[str, Any]) -> list[ModelSpec]:
     return [resolve_model_spec(entry) for entry in config["models"]]
+
+
+def prompt_count(config: dict[str, Any], prompt_set: str) -> int:
+    """Prompts in one prompt set of one task: the prompts rule makes this many, and the
+    scripts that read a prompt file check it against this count."""
+    if prompt_set == "probe_test":
+        return config["test_weights"] * config["prompts"]["probe_test_per_weight"]
+    if prompt_set == "patching_ref":
+        return config["prompts"]["patching"]
+    return config["prompts"][prompt_set]
 
 
 def layers_for(config: dict[str, Any], spec: ModelSpec) -> list[int]:
@@ -68,26 +161,52 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
 
     for i, name in enumerate(config["tasks"]):
         if name not in TASKS:
-            raise ConfigError(f"tasks[{i}]: unknown task {name!r}; known tasks: {sorted(TASKS)}")
+            raise ConfigError(f"tasks[{i}]: unknown task {name!r}; allowed values: {sorted(TASKS)}")
         n_weights = len(value_grid(get_task(name)))
         if config["test_weights"] >= n_weights:
-            raise ConfigError(f"test_weights: {config['test_weights']} leaves no training weights; task {name} has {n_weights} weight vectors")
+            raise ConfigError(f"test_weights: {config['test_weights']} leaves no training weights; task {name} has {n_weights} weight vectors (allowed values: 1..{n_weights - 1})")
+    if len(set(config["tasks"])) != len(config["tasks"]):
+        raise ConfigError(f"tasks: a task is listed twice in {config['tasks']}; allowed values: distinct task names")
+
+    budget = config["prompts"]["max_prompt_tokens"]
+    needed = {name: min_prompt_tokens(get_task(name)) for name in config["tasks"]}
+    widest = max(needed, key=needed.get)
+    if budget < needed[widest]:
+        raise ConfigError(
+            f"prompts.max_prompt_tokens: {budget} may not hold one example: the longest {widest} example, "
+            f"{longest_example(get_task(widest))!r}, has {needed[widest] - 1} characters and a tokenizer may need "
+            f"a token for each (plus one); allowed values: an integer >= {needed[widest]}"
+        )
 
     for i, pair in enumerate(config["task_pairs"]):
         for j, name in enumerate(pair):
             if name not in config["tasks"]:
-                raise ConfigError(f"task_pairs[{i}][{j}]: {name!r} is not in tasks {config['tasks']}")
+                raise ConfigError(f"task_pairs[{i}][{j}]: {name!r} is not in tasks; allowed values: {config['tasks']}")
         if pair[0] == pair[1]:
-            raise ConfigError(f"task_pairs[{i}]: a pair needs two different tasks, got {pair}")
+            raise ConfigError(f"task_pairs[{i}]: a pair needs two different tasks, got {pair}; allowed values: two different names from {config['tasks']}")
+
+    if config["layers"] != "all" and len(set(config["layers"])) != len(config["layers"]):
+        raise ConfigError(f"layers: a layer is listed twice in {config['layers']}; allowed values: distinct layer indices")
+    if len(set(config["sites"])) != len(config["sites"]):
+        raise ConfigError(f"sites: a site is listed twice in {config['sites']}; allowed values: distinct sites")
 
     ids = [entry["id"] for entry in config["models"]]
     for i, model_id in enumerate(ids):
         if ids.index(model_id) != i:
-            raise ConfigError(f"models[{i}].id: duplicate model id {model_id!r}; every id names one output folder")
+            raise ConfigError(f"models[{i}].id: duplicate model id {model_id!r}; every id names one output folder, so allowed values: an id not used by another entry")
+        path = config["models"][i].get("path")
+        if path is not None:
+            if not Path(path).is_dir():
+                raise ConfigError(f"models[{i}].path: {path} does not exist or is not a directory; allowed values: a local directory with a transformers model (config.json, *.safetensors weights, tokenizer files)")
+            problem = _model_config_problem(Path(path) / "config.json")
+            if problem:
+                raise ConfigError(f"models[{i}].path: {path} {problem}; allowed values: a local directory with a transformers model (config.json, *.safetensors weights, tokenizer files)")
         try:
             spec = resolve_model_spec(config["models"][i])
         except KeyError as error:
             raise ConfigError(f"models[{i}].id: {error.args[0].removeprefix('models: ')}") from None
+        if config["layers"] == "all" and spec.num_layers is None:
+            raise ConfigError(f"layers: 'all' needs the layer count of model {model_id!r}, which is known only after it is loaded; allowed values: a list of layer indices")
         if config["layers"] != "all" and spec.num_layers is not None:
             for j, layer in enumerate(config["layers"]):
                 if not 0 <= layer < spec.num_layers:
@@ -96,14 +215,10 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
     if patched != "all":
         for j, layer in enumerate(patched):
             if config["layers"] != "all" and layer not in config["layers"]:
-                raise ConfigError(f"patching.layers[{j}]: layer {layer} is not among the analysed layers {config['layers']}")
+                raise ConfigError(f"patching.layers[{j}]: layer {layer} is not among the analysed layers; allowed values: {config['layers']}")
             for spec in model_specs(config):
                 if spec.num_layers is not None and layer >= spec.num_layers:
                     raise ConfigError(f"patching.layers[{j}]: layer {layer} is out of range for model {spec.id!r} (allowed: 0..{spec.num_layers - 1})")
-    if config["layers"] != "all" and len(set(config["layers"])) != len(config["layers"]):
-        raise ConfigError("layers: a layer is listed twice")
-    if len(set(config["sites"])) != len(config["sites"]):
-        raise ConfigError("sites: a site is listed twice")
 
     chunks = config["activations"]["chunks"]
     sizes = {
@@ -112,5 +227,5 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
     }
     for prompt_set, n_chunks in chunks.items():
         if n_chunks > sizes[prompt_set]:
-            raise ConfigError(f"activations.chunks.{prompt_set}: {n_chunks} chunks for {sizes[prompt_set]} prompts; use at most {sizes[prompt_set]}")
+            raise ConfigError(f"activations.chunks.{prompt_set}: {n_chunks} chunks for {sizes[prompt_set]} prompts; allowed values: 1..{sizes[prompt_set]}")
 

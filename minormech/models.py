@@ -112,8 +112,8 @@ def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
         )
     if known is None:
         raise KeyError(
-            f"models: unknown model id {model_id!r}; known ids: {sorted(KNOWN_MODELS)} "
-            "(or give 'hub: <name>' or 'path: <dir>' for a new id)"
+            f"models: unknown model id {model_id!r}; allowed values: {sorted(KNOWN_MODELS)}, "
+            "or any id with 'hub: <name>' or 'path: <dir>'"
         )
     return known
 
@@ -164,15 +164,40 @@ class ModelManifest:
 
     @classmethod
     def read(cls, path: str | Path) -> "ModelManifest":
+        """Read a manifest; a missing or damaged one, or one naming a model directory that
+        is gone, raises FileNotFoundError naming the manifest and what to do."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: model manifest missing; rerun the prepare_model rule")
-        return cls(**json.loads(path.read_text()))
+            raise FileNotFoundError(f"{path}: model manifest missing; rerun snakemake, which remakes it (rule prepare_model)")
+        try:
+            manifest = cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as error:
+            raise FileNotFoundError(f"{path}: not a model manifest ({error}); delete it and rerun") from None
+        if not Path(manifest.load_from).is_dir():
+            raise FileNotFoundError(
+                f"{path}: the model directory it names, {manifest.load_from}, does not exist; "
+                "delete the manifest and rerun, which prepares the model again"
+            )
+        return manifest
 
 
 #: Hub files the pipeline needs; Llama repositories also ship original/*.pth checkpoints
-#: (as large as the model) that transformers does not read.
-HUB_IGNORE = ["original/*", "*.pth", "*.gguf"]
+#: (as large as the model) that transformers does not read. Pickle checkpoints are never
+#: downloaded or loaded: weights come from safetensors (or the embedded GGUF) only.
+HUB_IGNORE = ["original/*", "*.pth", "*.pt", "*.bin", "*.ckpt", "*.pkl", "*.gguf"]
+
+
+def require_safetensors(model_id: str, directory: str | Path) -> None:
+    """Refuse a model directory without safetensors weights: the pipeline loads no pickle
+    checkpoints (pytorch_model.bin, *.pt), which can run code when loaded."""
+    directory = Path(directory)
+    if not any(directory.glob("*.safetensors")):
+        pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        found = f" (found {pickled[:3]})" if pickled else ""
+        raise FileNotFoundError(
+            f"model {model_id}: {directory} has no *.safetensors weights{found}; this pipeline loads no "
+            "pickle checkpoints: convert the weights to safetensors (transformers' save_pretrained writes them)"
+        )
 
 
 def prepare_model(spec: ModelSpec, out_dir: str | Path, cache_dir: str | None = None) -> ModelManifest:
@@ -207,11 +232,13 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path, cache_dir: str | None = 
         from huggingface_hub import snapshot_download
 
         load_from = snapshot_download(spec.location, cache_dir=cache_dir, ignore_patterns=HUB_IGNORE)
+        require_safetensors(spec.id, load_from)
         config = AutoConfig.from_pretrained(load_from)
     else:
         if not Path(spec.location).is_dir():
-            raise FileNotFoundError(f"model {spec.id}: path {spec.location} does not exist or is not a directory")
+            raise FileNotFoundError(f"model {spec.id}: path {spec.location} does not exist or is not a directory; fix models[].path in the config")
         load_from = str(Path(spec.location).resolve())
+        require_safetensors(spec.id, load_from)
         config = AutoConfig.from_pretrained(load_from)
     num_layers, widths = _facts_from_config(config.to_dict())
     return ModelManifest(id=spec.id, source=spec.source, load_from=load_from, num_layers=num_layers, site_widths=widths)
@@ -228,9 +255,10 @@ def load_model(manifest: ModelManifest, device: str = "cpu", dtype: str = "auto"
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     if not Path(manifest.load_from).is_dir():
-        raise FileNotFoundError(f"model {manifest.id}: {manifest.load_from} does not exist; rerun prepare_model (or delete its manifest)")
+        raise FileNotFoundError(f"model {manifest.id}: {manifest.load_from} does not exist; delete its manifest (results/{manifest.id}/model/manifest.json) and rerun")
+    require_safetensors(manifest.id, manifest.load_from)
     tokenizer = AutoTokenizer.from_pretrained(manifest.load_from)
-    model = AutoModelForCausalLM.from_pretrained(manifest.load_from, dtype=torch_dtype).to(torch_device)
+    model = AutoModelForCausalLM.from_pretrained(manifest.load_from, dtype=torch_dtype, use_safetensors=True).to(torch_device)
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer

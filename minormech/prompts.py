@@ -189,18 +189,29 @@ def write_prompts(path: str | Path, prompts: Sequence[Prompt]) -> None:
     os.replace(tmp, path)
 
 
-def read_prompts(path: str | Path) -> list[Prompt]:
-    """Read a prompt file; a missing or damaged file raises ValueError naming it."""
+def read_prompts(path: str | Path, expected_count: int | None = None) -> list[Prompt]:
+    """Read a prompt file; a missing, damaged or incomplete file raises ValueError naming it.
+
+    Prompt ids must run 0..n-1 in order, and with `expected_count` n must equal it, so a
+    file cut at a line boundary is refused rather than read as a smaller prompt set.
+    """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: prompt file does not exist; rerun the prompts rule for it")
+        raise ValueError(f"{path}: prompt file does not exist; rerun snakemake, which remakes it (rule prompts)")
     prompts = []
     with open(path) as handle:
         for line_no, line in enumerate(handle, 1):
             try:
-                prompts.append(Prompt(**json.loads(line)))
+                prompt = Prompt(**json.loads(line))
             except (json.JSONDecodeError, TypeError) as error:
-                raise ValueError(f"{path}:{line_no}: not a prompt record ({error}); delete it and rerun") from None
+                raise ValueError(f"{path}:{line_no}: not a prompt record ({error}); the file is damaged: delete it and rerun") from None
+            if prompt.id != line_no - 1:
+                raise ValueError(f"{path}:{line_no}: prompt id {prompt.id}, expected {line_no - 1}; the file is damaged: delete it and rerun")
+            prompts.append(prompt)
+    if not prompts:
+        raise ValueError(f"{path}: prompt file is empty; delete it and rerun")
+    if expected_count is not None and len(prompts) != expected_count:
+        raise ValueError(f"{path}: {len(prompts)} prompts but the config asks for {expected_count}; the file is incomplete or stale: delete it and rerun")
     return prompts
 
 

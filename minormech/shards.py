@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from minormech.hooks import hook_name
 from minormech.models import ModelSpec
@@ -109,7 +109,7 @@ class Shard:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            raise ShardError(f"{self.path}: shard does not exist; rerun the activations rule for it")
+            raise ShardError(f"{self.path}: shard does not exist; rerun snakemake, which remakes it (rule activations)")
         try:
             self._file = safe_open(str(self.path), framework="pt")
             meta = self._file.metadata() or {}
@@ -148,16 +148,35 @@ class Shard:
         name = hook_name(site, layer)
         if site not in self.header.sites or layer not in self.header.layers:
             raise ShardError(
-                f"{self.path}: has no {name} (sites {list(self.header.sites)}, layers "
-                f"{list(self.header.layers)}); rerun the activations rule with the current config"
+                f"{self.path}: has no {name} (it holds sites {list(self.header.sites)}, layers "
+                f"{list(self.header.layers)}); it was made by another configuration: delete it and rerun"
             )
         try:
             values = self._file.get_tensor(name)
         except Exception as error:
             raise ShardError(f"{self.path}: cannot read {name} ({error}); delete it and rerun") from None
         if values.shape[0] != int(self.offsets[-1]):
-            raise ShardError(f"{self.path}: {name} has {values.shape[0]} rows, lengths say {int(self.offsets[-1])}")
+            raise ShardError(f"{self.path}: {name} has {values.shape[0]} rows, lengths say {int(self.offsets[-1])}; the shard is damaged: delete it and rerun")
         return values
+
+
+def load_tensors(path: str | Path, needed: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """A whole small safetensors file (attribution map, xi) with the same kind of one-line
+    error as shards: missing, damaged, or without a tensor this run needs."""
+    path = Path(path)
+    if not path.exists():
+        raise ShardError(f"{path}: does not exist; rerun snakemake, which remakes it")
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for bad headers
+        raise ShardError(f"{path}: not a readable safetensors file ({error}); it is truncated or damaged: delete it and rerun") from None
+    missing = [name for name in needed if name not in tensors]
+    if missing:
+        raise ShardError(
+            f"{path}: has no {missing[0]} ({len(missing)} of the {len(needed)} tensors this run needs are missing); "
+            "it was made by another configuration: delete it and rerun"
+        )
+    return tensors
 
 
 def shard_bytes(n_tokens: int, widths: dict[str, int], sites: Sequence[str], n_layers: int, store_dtype: str) -> int:

@@ -1,4 +1,5 @@
 # Shared helpers: config loading and validation, wildcard constraints, output paths.
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -10,11 +11,18 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)  # the minormech package, also without `pip install -e .`
 
 from minormech.config import ConfigError, layers_for, load_schema, model_specs, validate_config
+from minormech.config import prompt_count as config_prompt_count
 from minormech.prompts import PROMPT_SETS
 from minormech.shards import format_plan, storage_plan
 
 
 configfile: "config/config.yaml"
+
+
+# Nothing is written outside the working directory except caches the user placed: matplotlib
+# would keep its font cache in ~/.cache/matplotlib, so unless MPLCONFIGDIR is set it goes
+# under .snakemake/ here (jobs, local or SLURM, inherit this environment).
+os.environ.setdefault("MPLCONFIGDIR", str(Path(".snakemake/matplotlib").resolve()))
 
 
 try:
@@ -74,11 +82,7 @@ def layers_of(model_id):
 
 
 def prompt_count(prompt_set):
-    if prompt_set == "probe_test":
-        return config["test_weights"] * config["prompts"]["probe_test_per_weight"]
-    if prompt_set == "patching_ref":
-        return config["prompts"]["patching"]
-    return config["prompts"][prompt_set]
+    return config_prompt_count(config, prompt_set)
 
 
 def patching_layers(model_id):

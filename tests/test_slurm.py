@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import slurm_cluster
-from test_workflow import TINY
+from workflow_helpers import TINY
 
 pytestmark = pytest.mark.slurm
 

@@ -4,65 +4,14 @@ The workflow is copied into a temporary directory, as a fresh clone would be, an
 through the `snakemake` command line (the Python API has no stable reference in 9.x).
 """
 
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import yaml
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+from workflow_helpers import TINY, copy_workflow, error_lines, job_counts, run  # noqa: F401 (TINY: used by test_slurm)
 
-TINY = {
-    "test_weights": 8,
-    "sites": ["k", "v"],
-    "prompts": {"max_prompt_tokens": 60, "probe_train": 48, "probe_test_per_weight": 2, "attribution": 8, "patching": 4},
-    "patching": {"layers": [0, 15, 29], "batch_size": 4, "alignment": "end"},
-    "activations": {"batch_size": 8, "store_dtype": "float16", "chunks": {"probe_train": 2, "probe_test": 1}},
-    "probe": {
-        "regime": "improved",
-        "d_proj": 32,
-        "seed": 0,
-        "keep_in_memory": True,
-        "paper": {"lr": 1.0e-4, "batch_size": 1, "steps": 100},
-        "improved": {"lr": 1.0e-3, "batch_size": 8, "max_epochs": 3, "patience": 2, "val_fraction": 0.2},
-    },
-}
-
-
-def run(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def job_counts(dry_run_output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    table = dry_run_output.split("Job stats:")[1].split("total")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, repo_root):
-    work = tmp_path_factory.mktemp("workflow")
-    for name in ("Snakefile", "rules", "workflow", "config", "envs", "minormech"):
-        source = repo_root / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
-    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    return work
-
-
-@pytest.fixture(scope="module")
-def finished(workdir):
-    """Dry run of one figure before anything exists, then the whole DAG."""
-    one_figure = run(workdir, "results/smollm2-135m/figures/fig1_k.pdf", "-n", "--configfile", "tiny.yaml")
-    everything = run(workdir, "-n", "--configfile", "tiny.yaml")
-    run(workdir, "--cores", "2", "--configfile", "tiny.yaml")
-    return job_counts(one_figure.stdout), job_counts(everything.stdout)
+# The `workdir` and `finished` fixtures (the tiny config's whole DAG, run once per session
+# and shared with tests/test_reliability.py) are in conftest.py.
 
 
 def test_dag_runs_to_every_figure(workdir, finished):
@@ -142,7 +91,7 @@ def test_truncated_shard_gives_one_clear_line(workdir, finished):
         shard.write_bytes(intact[: len(intact) // 3])
         result = run(workdir, target, "--cores", "2", "--configfile", "tiny.yaml", "--forcerun", "probe", check=False)
         assert result.returncode != 0
-        lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        lines = error_lines(result.stderr)
         assert len(lines) == 1 and "chunk000.safetensors: not a readable safetensors shard" in lines[0] and "delete it and rerun" in lines[0], result.stderr[-2000:]
         assert not (workdir / target).exists()  # Snakemake removed the failed job's output
     finally:
@@ -153,9 +102,7 @@ def test_truncated_shard_gives_one_clear_line(workdir, finished):
 def test_default_config_end_to_end(tmp_path, repo_root):
     """The README's main job: the embedded default config through all five figures
     (about 11 minutes on 2 cores; run with `pytest -m slow`)."""
-    for name in ("Snakefile", "rules", "workflow", "config", "envs", "minormech"):
-        source = repo_root / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    copy_workflow(repo_root, tmp_path)
     run(tmp_path, "--cores", "2")
     for number in range(1, 6):
         assert (tmp_path / "results" / "smollm2-135m" / "figures" / f"fig{number}_k.pdf").stat().st_size > 0

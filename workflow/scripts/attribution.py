@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from minormech.activations import pad_token_id
 from minormech.attribution import AttributionSettings, attribute_prompts, baseline_pool
+from minormech.config import prompt_count
 from minormech.hooks import hook_name
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.prompts import read_prompts
@@ -22,7 +23,7 @@ n_baselines = options.pop("baseline_prompts")
 settings = AttributionSettings(**options)
 manifest = ModelManifest.read(inputs.model)
 model, tokenizer = load_model(manifest, params.device, params.dtype)
-prompts = read_prompts(inputs.prompts)
+prompts = read_prompts(inputs.prompts, prompt_count(snakemake.config, "attribution"))
 
 
 torch.manual_seed(params.seed)  # expected_gradients (captum GradientShap) draws from the global RNG

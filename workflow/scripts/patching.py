@@ -2,14 +2,16 @@
 import time
 
 import pandas as pd
-from safetensors.torch import load_file
 
 from minormech.activations import pad_token_id
+from minormech.config import prompt_count
+from minormech.hooks import hook_name
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.patching import filter_op, patching_counts
 from minormech.prompts import read_prompts
 from minormech.ranking import site_keep_masks
 from minormech.runlog import job_logger, progress
+from minormech.shards import load_tensors
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
@@ -17,12 +19,12 @@ set_threads(snakemake.threads)
 manifest = ModelManifest.read(inputs.model)
 model, tokenizer = load_model(manifest, params.device, params.dtype)
 pair, site = list(params.pair), wildcards.site
-reference = dict(zip(pair, map(read_prompts, inputs.reference)))
-others = dict(zip(pair, map(read_prompts, inputs.others)))
-xi = load_file(inputs.xi)
+reference = {task: read_prompts(path, prompt_count(snakemake.config, "patching_ref")) for task, path in zip(pair, inputs.reference)}
+others = {task: read_prompts(path, prompt_count(snakemake.config, "patching")) for task, path in zip(pair, inputs.others)}
+xi = load_tensors(inputs.xi, [hook_name(site, layer) for layer in params.layers])
 keep = {}
 for tau1 in pair:
-    for layer, mask in zip(params.layers, site_keep_masks(xi, site, params.layers, filter_op(tau1, pair), 0.5)):
+    for layer, mask in zip(params.layers, site_keep_masks(xi, site, params.layers, filter_op(tau1, pair), params.patching["h"])):
         keep[(tau1, site, layer)] = mask
 start = time.perf_counter()
 rows, accuracy, passes = patching_counts(

@@ -6,14 +6,16 @@ from dataclasses import asdict
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from minormech.config import prompt_count
 from minormech.models import resolve_device, set_threads
 from minormech.probes import ProbeData, ProbeTraining, mean_baseline_mse, per_probe_mse, predict, train_probes
 from minormech.prompts import read_prompts
 from minormech.ranking import FILTER_VARIANTS, site_keep_masks, variant_name
 from minormech.runlog import job_logger, progress
-from minormech.shards import Shard
+from minormech.hooks import hook_name
+from minormech.shards import Shard, load_tensors
 from minormech.tasks import WeightTable
 
 log = job_logger(snakemake.log[0])
@@ -25,13 +27,13 @@ settings = ProbeTraining.from_config(params.probe)
 
 def site_data(prompt_file, shard_files, prompt_set):
     shards = [Shard(path).expect(model_id=wildcards.model, task=wildcards.task, prompt_set=prompt_set) for path in shard_files]
-    return ProbeData(shards, read_prompts(prompt_file), wildcards.site, params.layers, params.probe["keep_in_memory"])
+    return ProbeData(shards, read_prompts(prompt_file, prompt_count(snakemake.config, prompt_set)), wildcards.site, params.layers, params.probe["keep_in_memory"])
 
 
 train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train")
 test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test")
 if wildcards.probe_kind == "filtered":
-    xi = load_file(inputs.xi)
+    xi = load_tensors(inputs.xi, [hook_name(wildcards.site, layer) for layer in params.layers])
     variants = [(variant_name(op, h), op, h) for op, h in FILTER_VARIANTS]
     masks = torch.stack([site_keep_masks(xi, wildcards.site, params.layers, op, h) for _, op, h in variants]).float()
 else:

@@ -1,0 +1,366 @@
+"""Reliability (issue 7): a run killed with SIGKILL while activation shards are being
+written resumes to the same results; damaged or foreign inputs stop the job that reads them
+with one line naming the file and what to do; bad configs stop before any job; the same
+config and seed give identical outputs; nothing is loaded through pickle and nothing is
+written outside the working directory.
+
+The uninterrupted reference is the tiny config's whole DAG (the session fixture `finished`,
+also used by tests/test_workflow.py). The interrupted run uses the same config in another
+directory, so every file it writes comes from processes independent of the reference's:
+comparing the two checks resuming and determinism at once. README, "Interrupted runs and
+errors", lists what the user sees in each case.
+"""
+
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from minormech.models import ModelManifest, load_model, prepare_model, resolve_model_spec
+from minormech.prompts import read_prompts
+from test_config import BAD
+from workflow_helpers import SNAKEMAKE, TINY, copy_workflow, error_lines, isolated_env, job_counts, run
+
+MODEL = "results/smollm2-135m"
+#: What the interrupted run asks for: figure 1's table (probes of both tasks), xi (attribution
+#: of both tasks) and the patching counts of site k; every activation shard is needed.
+TARGETS = [f"{MODEL}/figures/fig1_k.csv", f"{MODEL}/xi/LR-MD.safetensors", f"{MODEL}/patching/k.csv"]
+N_SHARDS = 2 * (TINY["activations"]["chunks"]["probe_train"] + TINY["activations"]["chunks"]["probe_test"])
+
+
+def shards(work: Path) -> list[Path]:
+    return sorted(work.glob(f"{MODEL}/activations/*/*/chunk*.safetensors"))
+
+
+def shards_in_progress(work: Path) -> list[Path]:
+    """Logs of activation jobs that are computing their shard: their forward passes have
+    started (the log shows the progress bar) and the shard is not written yet."""
+    logs = (work / "logs" / "activations" / "smollm2-135m").glob("*/*/chunk*.log")
+    return [log for log in logs
+            if not (work / MODEL / "activations" / log.relative_to(work / "logs" / "activations" / "smollm2-135m").with_suffix(".safetensors")).exists()
+            and "forward passes" in log.read_text(errors="replace")]
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL Snakemake and every process below it (its jobs), as a power cut or the OOM
+    killer would: nobody gets to clean up."""
+    victims = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    os.killpg(process.pid, signal.SIGKILL)  # the session Popen started: Snakemake and its jobs
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, repo_root, workdir, finished):
+    """The tiny config killed (SIGKILL) while an activation job computes its shard, after at
+    least one shard was written, then resumed exactly as the README says. HOME and TMPDIR point at empty
+    directories throughout, to see what a run writes outside its working directory.
+
+    The model manifest is copied from the reference run (it points at the model that run
+    prepared), which spares the ~30 s GGUF conversion; everything after it is computed here.
+    """
+    root = tmp_path_factory.mktemp("resume")
+    work = copy_workflow(repo_root, root / "work")
+    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (work / MODEL / "model").mkdir(parents=True)
+    (work / MODEL / "model" / "manifest.json").write_bytes((workdir / MODEL / "model" / "manifest.json").read_bytes())
+    env = isolated_env(root / "outside_killed")
+
+    with open(root / "killed.out", "w") as out:
+        process = subprocess.Popen([*SNAKEMAKE, *TARGETS, "--cores", "2", "--configfile", "tiny.yaml"], cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while not (shards(work) and shards_in_progress(work)):
+            assert process.poll() is None, f"the run ended before it could be killed:\n{(root / 'killed.out').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no activation job started within 10 minutes"
+            time.sleep(0.02)
+        in_progress = shards_in_progress(work)
+        kill_tree(process)
+    at_kill = shards(work)
+    leftovers = sorted(p.name for p in work.glob(f"{MODEL}/activations/*/*/*.tmp"))
+    locks = sorted(p.name for p in (work / ".snakemake" / "locks").iterdir())
+
+    env = isolated_env(root / "outside")
+    not_unlocked = run(work, *TARGETS, "--cores", "2", "--configfile", "tiny.yaml", check=False, env=env)
+    # The README's two commands, with the killed run's targets and config.
+    run(work, "--unlock", env=env)
+    resumed_run = run(work, *TARGETS, "--cores", "2", "--rerun-incomplete", "--configfile", "tiny.yaml", env=env)
+    return {"work": work, "outside_killed": root / "outside_killed", "outside": root / "outside", "at_kill": at_kill, "in_progress": in_progress,
+            "leftovers": leftovers, "locks": locks, "not_unlocked": not_unlocked, "resumed": resumed_run}
+
+
+def content(path: Path) -> bytes | tuple:
+    """A file's bytes; for safetensors, its header as parsed JSON and its data bytes. The
+    safetensors writer orders the metadata keys of the header at random (a Rust HashMap),
+    so two writes of the same tensors and metadata can differ in header bytes only."""
+    data = path.read_bytes()
+    if path.suffix != ".safetensors":
+        return data
+    n = struct.unpack("<Q", data[:8])[0]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def identical_files(first: Path, second: Path, pattern: str) -> list[str]:
+    """Relative paths matching pattern under both roots; asserts both hold the same files
+    with the same bytes (safetensors: the same header content and the same data bytes)."""
+    names = sorted(str(p.relative_to(first)) for p in first.glob(pattern))
+    assert names and names == sorted(str(p.relative_to(second)) for p in second.glob(pattern)), pattern
+    differ = [name for name in names if content(first / name) != content(second / name)]
+    assert not differ, f"differ between the runs: {differ}"
+    return names
+
+
+# ----------------------------------------------------------------------------- kill and resume
+
+
+def test_killed_run_resumes_to_the_results_of_an_uninterrupted_run(resumed, workdir):
+    work = resumed["work"]
+    assert 1 <= len(resumed["at_kill"]) < N_SHARDS, "the kill came outside the activation stage"
+    assert resumed["in_progress"], "no activation job was computing its shard when the run was killed"
+    assert resumed["locks"], "SIGKILL leaves Snakemake's lock behind"
+    assert not [name for name in resumed["leftovers"] if not name.endswith(".safetensors.tmp")]
+    # Without --unlock Snakemake refuses and says what to do.
+    assert resumed["not_unlocked"].returncode != 0 and "--unlock" in resumed["not_unlocked"].stdout + resumed["not_unlocked"].stderr
+    # The resumed run makes only the shards the killed run had not finished.
+    log = resumed["resumed"].stdout + resumed["resumed"].stderr
+    assert len(re.findall(r"^rule activations:$|^localrule activations:$", log, re.MULTILINE)) == N_SHARDS - len(resumed["at_kill"]), log[-3000:]
+    assert not list(work.glob(f"{MODEL}/activations/*/*/*.tmp")), "a killed job's temporary shard was left behind"
+    # Final tables: identical bytes, so identical probe MSEs and patching counts (CPU,
+    # fixed seeds, the same thread count in both runs).
+    identical_files(work, workdir, f"{MODEL}/probes/*/k/unfiltered.csv")
+    identical_files(work, workdir, f"{MODEL}/figures/fig1_k.csv")
+    identical_files(work, workdir, f"{MODEL}/patching/k*.csv")
+    identical_files(work, workdir, f"{MODEL}/xi/*.safetensors")
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def test_same_config_and_seed_give_identical_outputs(resumed, workdir):
+    """Datasets, prompts, activation shards, attribution maps and xi of two runs of the same
+    config and seed, in different directories and processes, are bitwise identical."""
+    work = resumed["work"]
+    identical_files(work, workdir, "results/datasets/*.tsv")
+    assert len(identical_files(work, workdir, f"{MODEL}/prompts/*/*.jsonl")) == 2 * 5
+    assert len(identical_files(work, workdir, f"{MODEL}/activations/*/*/chunk*.safetensors")) == N_SHARDS
+    identical_files(work, workdir, f"{MODEL}/attribution/*.safetensors")
+    identical_files(work, workdir, f"{MODEL}/xi/*.safetensors")
+
+
+# ----------------------------------------------------------------------------- safety
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
+
+
+def test_nothing_written_outside_the_working_directory(resumed):
+    """HOME and TMPDIR of the resumed run (which ran plots, probes, attribution and
+    patching) hold no file: matplotlib's font cache went to .snakemake/matplotlib. Empty
+    directories are allowed: Snakemake creates ~/.cache/snakemake/snakemake/source-cache on
+    every start, and torch's fused Adam creates $TMPDIR/torchinductor_$USER, both empty.
+    The killed run leaves only Snakemake's own scratch copies of the workflow (in its
+    runtime source cache and $TMPDIR/snakemake*), which it deletes when it exits normally."""
+    assert files_under(resumed["outside"]) == []
+    assert list((resumed["work"] / ".snakemake" / "matplotlib").glob("fontlist*.json"))
+    killed = files_under(resumed["outside_killed"])
+    assert all(name.startswith(("home/.cache/snakemake/snakemake/source-cache/snakemake-runtime-cache/", "tmp/snakemake")) for name in killed), killed
+
+
+PICKLE_PATTERNS = {
+    "pickle module": re.compile(r"\bimport (c?pickle|dill|joblib|cloudpickle)\b|\bfrom (c?pickle|dill|joblib|cloudpickle) import\b|\bpickle\.loads?\("),
+    "torch.load without weights_only=True": re.compile(r"torch\.load\((?![^)]*weights_only\s*=\s*True)"),
+    "numpy allow_pickle": re.compile(r"allow_pickle\s*=\s*True"),
+    "pandas read_pickle": re.compile(r"read_pickle\("),
+    "remote code": re.compile(r"trust_remote_code\s*=\s*True"),
+}
+
+
+def test_pipeline_code_loads_nothing_through_pickle(repo_root):
+    files = [*(repo_root / "minormech").glob("*.py"), *(repo_root / "workflow" / "scripts").glob("*.py"), *(repo_root / "rules").glob("*.smk"), repo_root / "Snakefile"]
+    found = [f"{path.relative_to(repo_root)}:{n}: {what}" for path in files for n, line in enumerate(path.read_text().splitlines(), 1)
+             for what, pattern in PICKLE_PATTERNS.items() if pattern.search(line)]
+    assert not found, found
+    # Every transformers model load asks for safetensors (the GGUF conversion reads GGUF).
+    models_py = (repo_root / "minormech" / "models.py").read_text()
+    loads = re.findall(r"AutoModelForCausalLM\.from_pretrained\(([^\n]*)\)", models_py)
+    assert loads and all("use_safetensors=True" in args or "gguf_file=" in args for args in loads), loads
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    """A model directory with only pytorch_model.bin (a pickle) is refused before anything
+    reads it, when prepared and when loaded."""
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # written, never loaded
+    message = r"has no \*\.safetensors weights \(found \['pytorch_model\.bin'\]\); this pipeline loads no pickle checkpoints"
+    with pytest.raises(FileNotFoundError, match=message):
+        prepare_model(resolve_model_spec({"id": "pickled", "path": str(tmp_path)}), tmp_path / "out")
+    manifest = ModelManifest(id="pickled", source="path", load_from=str(tmp_path), num_layers=2, site_widths={})
+    with pytest.raises(FileNotFoundError, match=message):
+        load_model(manifest, "cpu", "float32")
+
+
+# ----------------------------------------------------------------------------- corrupt inputs
+
+
+def rewrite_shard(path: Path, model_id: str | None = None, keep_site: str | None = None) -> None:
+    """Turn a shard into one from another model (header) or another site (tensors and header)."""
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    tensors = load_file(str(path))
+    if model_id:
+        meta["model_id"] = model_id
+    if keep_site:
+        tensors = {name: value for name, value in tensors.items() if not name.startswith("blocks.") or name.endswith(f"hook_{keep_site}")}
+        meta["sites"] = f'["{keep_site}"]'
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.fixture(scope="module")
+def corrupted(resumed):
+    """One run of three jobs (--keep-going), each reading one damaged input: LR's first
+    training shard taken from another model, MD's from another site (v only), LR's
+    attribution prompts cut at a line boundary. The inputs are restored afterwards."""
+    work = resumed["work"]
+    damaged = {
+        "model": work / MODEL / "activations/LR/probe_train/chunk000.safetensors",
+        "site": work / MODEL / "activations/MD/probe_train/chunk001.safetensors",
+        "prompts": work / MODEL / "prompts/LR/attribution.jsonl",
+    }
+    intact = {key: (path.read_bytes(), path.stat().st_mtime_ns) for key, path in damaged.items()}
+    targets = [f"{MODEL}/probes/LR/k/unfiltered.csv", f"{MODEL}/probes/MD/k/unfiltered.csv", f"{MODEL}/attribution/LR.safetensors"]
+    try:
+        rewrite_shard(damaged["model"], model_id="llama-3.2-3b")
+        rewrite_shard(damaged["site"], keep_site="v")
+        damaged["prompts"].write_text("".join(intact["prompts"][0].decode().splitlines(keepends=True)[:-1]))
+        result = run(work, *targets, "--cores", "2", "--keep-going", "--configfile", "tiny.yaml", "--forcerun", "probe", "attribution", check=False)
+    finally:
+        for key, path in damaged.items():
+            path.write_bytes(intact[key][0])
+            os.utime(path, ns=(intact[key][1],) * 2)
+    assert result.returncode != 0
+    lines = error_lines(result.stderr)
+    assert len(lines) == 3, result.stderr[-3000:]
+    for target in targets:
+        assert not (work / target).exists(), f"{target} was written from a damaged input"
+    return {key: next((line for line in lines if str(path.relative_to(work)) in line), None) for key, path in damaged.items()}
+
+
+def test_shard_from_another_model(corrupted):
+    assert corrupted["model"] and re.fullmatch(
+        r"error: results/smollm2-135m/activations/LR/probe_train/chunk000\.safetensors: shard has model_id='llama-3\.2-3b' but this run "
+        r"expects 'smollm2-135m'; it was made by another configuration: delete it and rerun \(details: logs/probe/smollm2-135m/LR/k/unfiltered\.log\)",
+        corrupted["model"]), corrupted["model"]
+
+
+def test_shard_from_another_site(corrupted):
+    assert corrupted["site"] and re.fullmatch(
+        r"error: results/smollm2-135m/activations/MD/probe_train/chunk001\.safetensors: has no blocks\.0\.hook_k \(it holds sites \['v'\], "
+        r"layers \[0, .*, 29\]\); it was made by another configuration: delete it and rerun \(details: logs/probe/smollm2-135m/MD/k/unfiltered\.log\)",
+        corrupted["site"]), corrupted["site"]
+
+
+def test_prompt_file_cut_short(corrupted):
+    assert corrupted["prompts"] and re.fullmatch(
+        r"error: results/smollm2-135m/prompts/LR/attribution\.jsonl: 7 prompts but the config asks for 8; the file is incomplete or "
+        r"stale: delete it and rerun \(details: logs/attribution/smollm2-135m/LR\.log\)",
+        corrupted["prompts"]), corrupted["prompts"]
+
+
+def test_deleted_prompt_file_is_made_again_identically(resumed):
+    """A deleted prompt file is an output Snakemake can make: the next run plans its job
+    (reason 'Missing output files') and everything that reads it, and the file comes back
+    byte for byte, since prompts are seeded."""
+    work = resumed["work"]
+    path = work / MODEL / "prompts/LR/probe_test.jsonl"
+    intact = path.read_bytes()
+    path.unlink()
+    plan = run(work, f"{MODEL}/probes/LR/k/unfiltered.csv", "-n", "--configfile", "tiny.yaml")
+    assert f"reason: Missing output files: {MODEL}/prompts/LR/probe_test.jsonl" in plan.stdout
+    counts = job_counts(plan.stdout)
+    assert counts["prompts"] == 1 and counts["activations"] == 1, counts  # the file, and the shard made from it
+    run(work, str(path.relative_to(work)), "--cores", "2", "--configfile", "tiny.yaml")
+    assert path.read_bytes() == intact
+
+
+def test_prompt_file_deleted_under_a_running_job_is_one_clear_line(tmp_path):
+    """What a job reports when its prompt file vanished (deleted while the run was going)."""
+    with pytest.raises(ValueError, match=r"missing\.jsonl: prompt file does not exist; rerun snakemake, which remakes it \(rule prompts\)$"):
+        read_prompts(tmp_path / "missing.jsonl")
+
+
+def test_model_directory_gone(resumed):
+    """The prepared model directory a manifest names has disappeared (moved, cleaned up):
+    the job that loads it says which manifest to delete."""
+    work = resumed["work"]
+    manifest, shard = work / MODEL / "model/manifest.json", work / MODEL / "activations/MD/probe_test/chunk000.safetensors"
+    intact = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (manifest, shard)}
+    try:
+        manifest.write_text(manifest.read_text().replace('"load_from": "', '"load_from": "/nonexistent'))
+        os.utime(manifest, ns=(intact[manifest][1],) * 2)  # only the directory is gone: nothing downstream looks stale
+        result = run(work, str(shard.relative_to(work)), "--cores", "2", "--configfile", "tiny.yaml", "--forcerun", "activations", check=False)
+    finally:
+        for path, (data, mtime) in intact.items():
+            path.parent.mkdir(parents=True, exist_ok=True)  # Snakemake removed the failed job's output and its folder
+            path.write_bytes(data)
+            os.utime(path, ns=(mtime, mtime))
+    assert result.returncode != 0
+    assert error_lines(result.stderr) == [
+        f"error: {MODEL}/model/manifest.json: the model directory it names, /nonexistent{ModelManifest.read(manifest).load_from}, does not exist; "
+        "delete the manifest and rerun, which prepares the model again (details: logs/activations/smollm2-135m/MD/probe_test/chunk000.log)"
+    ], result.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- bad configs
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, repo_root):
+    return copy_workflow(repo_root, tmp_path_factory.mktemp("pristine"))
+
+
+def overlay(key: str, value) -> dict:
+    """A config overlay setting one dotted key (Snakemake merges overlays into the default)."""
+    *parents, last = key.split(".")
+    node = {last: value}
+    for part in reversed(parents):
+        node = {part: node}
+    return node
+
+
+#: One case of each way a config fails before any job: the schema (an unknown key; h out of
+#: its bounds), a check the schema cannot express (the prompt budget) and a model path.
+#: Every kind is covered by tests/test_config.py::test_bad_values_name_their_key, which
+#: calls validate_config, the function the workflow runs first.
+WORKFLOW_BAD = [case for case in BAD if (case[0], case[1], str(case[2])) in {
+    ("unknown key", "probe.improved.lr_rate", "0.001"), ("max_prompt_tokens too small", "prompts.max_prompt_tokens", "40"),
+    ("h outside (0, 1)", "patching.h", "1.5"), ("model path missing", "models", str([{"id": "mine", "path": "/nonexistent/model"}])),
+}]
+
+
+@pytest.mark.parametrize("kind,key,value,message", WORKFLOW_BAD, ids=[f"{c[0]}: {c[1]}" for c in WORKFLOW_BAD])
+def test_bad_config_stops_before_any_job(pristine, kind, key, value, message):
+    (pristine / "bad.yaml").write_text(yaml.safe_dump(overlay(key, value)))
+    result = run(pristine, "--cores", "2", "--configfile", "bad.yaml", check=False)
+    assert result.returncode != 0
+    # Snakemake's own notice that an overlay extends config/config.yaml, then our one line.
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("Config file config/config.yaml is extended")]
+    assert len(lines) == 1 and lines[0].startswith("config error: ") and re.match(message, lines[0].removeprefix("config error: ")), result.stderr
+    assert not (pristine / "results").exists() and not (pristine / "logs").exists()

@@ -1,0 +1,68 @@
+"""Helpers for tests that run the real Snakemake workflow through its command line (the
+Python API has no stable reference in 9.x): the tiny config, a fresh copy of the workflow
+as a clone would have it, and a runner that reports Snakemake's output when it fails."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+#: What a clone holds that the workflow needs.
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "config", "envs", "minormech")
+
+TINY = {
+    "test_weights": 8,
+    "sites": ["k", "v"],
+    "prompts": {"max_prompt_tokens": 60, "probe_train": 48, "probe_test_per_weight": 2, "attribution": 8, "patching": 4},
+    "patching": {"layers": [0, 15, 29], "batch_size": 4, "alignment": "end"},
+    "activations": {"batch_size": 8, "store_dtype": "float16", "chunks": {"probe_train": 2, "probe_test": 1}},
+    "probe": {
+        "regime": "improved",
+        "d_proj": 32,
+        "seed": 0,
+        "keep_in_memory": True,
+        "paper": {"lr": 1.0e-4, "batch_size": 1, "steps": 100},
+        "improved": {"lr": 1.0e-3, "batch_size": 8, "max_epochs": 3, "patience": 2, "val_fraction": 0.2},
+    },
+}
+
+
+def copy_workflow(repo_root: Path, destination: Path, extra: tuple[str, ...] = ()) -> Path:
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in (*WORKFLOW_FILES, *extra):
+        source = repo_root / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, destination / name)
+    return destination
+
+
+def run(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    table = dry_run_output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The one-line job errors rule scripts print (minormech.runlog)."""
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def isolated_env(root: Path) -> dict[str, str]:
+    """The environment with HOME and TMPDIR pointing at empty directories under root and no
+    user-configured cache locations, to see what a run writes outside its working directory."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "HF_HOME", "HF_HUB_CACHE", "TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    for name, key in (("home", "HOME"), ("tmp", "TMPDIR")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        env[key] = str(root / name)
+    return env
