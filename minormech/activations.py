@@ -50,25 +50,31 @@ def extract_activations(
     """activations[(site, layer)] = [sum of prompt lengths, width] on the CPU, in prompt order.
 
     The hook copies each site's unpadded rows straight into a preallocated CPU buffer, so
-    no site's output stays alive on the device for longer than its own layer.
+    no site's output stays alive on the device for longer than its own layer. On a GPU the
+    buffers are pinned and the copies asynchronous: the rows to keep are found once per
+    batch (one host sync), each hook queues its gather, cast and device-to-host copy behind
+    the layer's compute, and the batch ends with one synchronize.
     """
     device = next(model.parameters()).device
+    pinned = device.type == "cuda"
     total = sum(p.length for p in prompts)
     buffers: dict[tuple[str, int], torch.Tensor] = {}
-    cursor = {"start": 0, "keep": None}
+    cursor = {"start": 0, "rows": None}
 
     def store(site: str, layer: int, output: torch.Tensor) -> None:
-        rows = output[cursor["keep"]].to("cpu", store_dtype)
+        rows = output.flatten(0, 1).index_select(0, cursor["rows"]).to(store_dtype)
         key = (site, layer)
         if key not in buffers:
-            buffers[key] = torch.empty((total, output.shape[-1]), dtype=store_dtype)
-        buffers[key][cursor["start"] : cursor["start"] + rows.shape[0]] = rows
+            buffers[key] = torch.empty((total, output.shape[-1]), dtype=store_dtype, pin_memory=pinned)
+        buffers[key][cursor["start"] : cursor["start"] + rows.shape[0]].copy_(rows, non_blocking=pinned)
 
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
     with site_hooks(model, sites, layers, store):
         for batch in progress(batches, len(batches)):
             ids, mask = right_padded_batch(batch, pad_id, device)
-            cursor["keep"] = mask.bool()
+            cursor["rows"] = mask.flatten().nonzero().squeeze(1)  # row-major: prompt by prompt, position by position
             model.model(input_ids=ids, attention_mask=mask, use_cache=False)
-            cursor["start"] += int(mask.sum())
+            cursor["start"] += int(cursor["rows"].numel())
+    if pinned:
+        torch.cuda.synchronize(device)
     return buffers

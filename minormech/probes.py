@@ -42,19 +42,30 @@ class StackedProbes(nn.Module):
     Input A is [L, B, S, d] (the L layers' activations, padded to S positions); optional
     feature masks [V, L, d] zero features per variant (filtered probes) at read time.
     Output is [V, L, B, d_out].
+
+    Each probe's initial values come from its own generator, seeded by (seed, variant id,
+    layer id): a probe starts the same whether it is trained alone or in any stack, so
+    stacking never changes a result (and tests can compare the two exactly).
     """
 
-    def __init__(self, n_variants: int, n_layers: int, d_feat: int, d_proj: int, d_out: int, max_positions: int, seed: int):
+    def __init__(self, n_variants: int, n_layers: int, d_feat: int, d_proj: int, d_out: int, max_positions: int, seed: int,
+                 layer_ids: Sequence[int] | None = None, variant_ids: Sequence[int] | None = None):
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-
-        def uniform(shape, fan_in):  # nn.Linear's default initialisation, seeded
-            bound = 1.0 / math.sqrt(fan_in)
-            return torch.empty(shape).uniform_(-bound, bound, generator=generator)
-
-        self.w_proj = nn.Parameter(uniform((n_variants, n_layers, d_proj, d_feat), d_feat))
+        layer_ids = list(range(n_layers)) if layer_ids is None else list(layer_ids)
+        variant_ids = list(range(n_variants)) if variant_ids is None else list(variant_ids)
+        if len(layer_ids) != n_layers or len(variant_ids) != n_variants:
+            raise ValueError(f"{len(variant_ids)} variant ids and {len(layer_ids)} layer ids for {n_variants} x {n_layers} probes")
+        w_proj = torch.empty(n_variants, n_layers, d_proj, d_feat)
+        w_out = torch.empty(n_variants, n_layers, d_out, d_proj)
+        for v, variant in enumerate(variant_ids):
+            for l, layer in enumerate(layer_ids):
+                generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, variant, layer]).generate_state(1)[0]))
+                # nn.Linear's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+                w_proj[v, l].uniform_(-1 / math.sqrt(d_feat), 1 / math.sqrt(d_feat), generator=generator)
+                w_out[v, l].uniform_(-1 / math.sqrt(d_proj), 1 / math.sqrt(d_proj), generator=generator)
+        self.w_proj = nn.Parameter(w_proj)
         self.position_logits = nn.Parameter(torch.zeros(n_variants, n_layers, max_positions))
-        self.w_out = nn.Parameter(uniform((n_variants, n_layers, d_out, d_proj), d_proj))
+        self.w_out = nn.Parameter(w_out)
 
     @property
     def max_positions(self) -> int:
@@ -232,12 +243,15 @@ def train_probes(
     feature_masks: torch.Tensor | None = None,
     device: torch.device = torch.device("cpu"),
     progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
+    variant_ids: Sequence[int] | None = None,
 ) -> tuple[StackedProbes, dict]:
     """Train V x L probes on `train` on `device` (V = number of feature masks [V, L, d], or 1
-    without masks); returns the probes and a summary of the run."""
+    without masks); returns the probes and a summary of the run. `variant_ids` name the
+    masks' variants for seeding (default 0..V-1); layers are named by `train.layers`."""
     d_feat = train.width
     n_variants = 1 if feature_masks is None else feature_masks.shape[0]
-    probes = StackedProbes(n_variants, len(train.layers), d_feat, settings.d_proj, 2, max_positions, settings.seed).to(device)
+    probes = StackedProbes(n_variants, len(train.layers), d_feat, settings.d_proj, 2, max_positions, settings.seed,
+                           layer_ids=train.layers, variant_ids=variant_ids).to(device)
     if feature_masks is not None:
         feature_masks = feature_masks.to(device)
     optimizer = torch.optim.Adam(probes.parameters(), lr=settings.lr, fused=True)  # one kernel for all parameters: ~30% faster steps here

@@ -11,22 +11,24 @@ Layout of a shard:
   dtype and the SHA-256 of the prompts it was made from, so that a reader can refuse a
   shard that belongs to another run.
 
-safetensors cannot append and ``save_file`` peaks near twice the data in memory, so a
-shard is written whole, from memory, to a temporary name and renamed: a killed job
-leaves no file that looks complete.
+safetensors cannot append, so a shard is written whole from memory (``save_tensors``
+streams each tensor's bytes instead of building the file in memory as ``save_file``
+does) to a temporary name and renamed: a killed job leaves no file that looks complete.
+The same config and seed give byte-identical files (tensor names and metadata sorted).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from minormech.hooks import hook_name
 from minormech.models import ModelSpec
@@ -77,6 +79,48 @@ class ShardHeader:
         )
 
 
+_SAFETENSORS_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically and reproducibly.
+
+    safetensors' own ``save_file`` builds the whole file in memory (about twice the data at
+    its peak) and writes the metadata keys in a random order, so two runs that compute
+    identical tensors write different bytes. This writer emits the format directly: the
+    header (tensor names and metadata keys sorted), then each tensor's bytes streamed from
+    its memory, into a temporary name that is renamed when complete. Any safetensors
+    reader reads the result; the arguments are save_file's.
+    """
+    path = Path(path)
+    names = sorted(tensors)
+    entries: dict[str, dict] = {}
+    offset = 0
+    for name in names:
+        tensor = tensors[name]
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"{path}: tensor {name} has dtype {tensor.dtype}, which safetensors cannot store")
+        size = tensor.numel() * tensor.element_size()
+        entries[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header = {"__metadata__": dict(sorted((metadata or {}).items())), **entries} if metadata else entries
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for name in names:
+            tensor = tensors[name].detach().to("cpu").contiguous()
+            if tensor.numel():
+                handle.write(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the temporary file is private; the result is shared like any output
+    os.replace(tmp, path)
+
+
 def write_shard(
     path: str | Path,
     header: ShardHeader,
@@ -95,12 +139,7 @@ def write_shard(
         if values.shape[0] != total:
             raise ValueError(f"{hook_name(site, layer)} has {values.shape[0]} rows, expected {total}")
         tensors[hook_name(site, layer)] = values.contiguous()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header.to_metadata())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # the temporary file is private; the shard is shared like any output
-    os.replace(tmp, path)
+    save_tensors(tensors, path, header.to_metadata())
 
 
 class Shard:

@@ -8,7 +8,7 @@ rule attribution:
     params:
         sites=SITES,
         layers=lambda wildcards: layers_of(wildcards.model),
-        attribution=config["attribution"],
+        attribution=canonical(config["attribution"]),
         tasks=TASKS,
         seed=config["seed"],
         device=config["compute"]["device"],
@@ -59,7 +59,7 @@ rule patching:
     params:
         pair=FILTER_PAIR,
         layers=lambda wildcards: patching_layers(wildcards.model),
-        patching=config["patching"],
+        patching=canonical(config["patching"]),
         device=config["compute"]["device"],
         dtype=config["compute"]["dtype"],
     threads: THREADS

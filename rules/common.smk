@@ -77,6 +77,18 @@ wildcard_constraints:
     chunk=r"\d{3}",
 
 
+def canonical(value):
+    """A config section with its keys sorted at every level. Snakemake reruns a job when the
+    text of its params changes, and a dict's text follows its key order: without this, a
+    config rewritten with keys in another order (yaml.safe_dump sorts them) would rerun
+    every GPU job whose params hold a section."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
 def layers_of(model_id):
     return layers_for(config, MODELS[model_id])
 

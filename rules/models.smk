@@ -7,7 +7,7 @@ rule prepare_model:
     log:
         "logs/prepare_model/{model}.log",
     params:
-        entry=lambda wildcards: next(e for e in config["models"] if e["id"] == wildcards.model),
+        entry=lambda wildcards: canonical(next(e for e in config["models"] if e["id"] == wildcards.model)),
         cache_dir=config["model_cache"],
     threads: THREADS
     resources:

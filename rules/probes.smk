@@ -9,7 +9,7 @@ rule probe:
         "logs/probe/{model}/{task}/{site}/{probe_kind}.log",
     params:
         layers=lambda wildcards: layers_of(wildcards.model),
-        probe=config["probe"],
+        probe=canonical(config["probe"]),
         device=config["compute"]["device"],
     threads: THREADS
     resources:

@@ -1,7 +1,10 @@
 import pytest
 import torch
 
-from minormech.shards import Shard, ShardError, ShardHeader, shard_bytes, write_shard
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from minormech.shards import Shard, ShardError, ShardHeader, save_tensors, shard_bytes, write_shard
 
 
 def _header(**over):
@@ -53,3 +56,22 @@ def test_truncated_shard_is_named(tmp_path):
 
 def test_shard_bytes():
     assert shard_bytes(600, {"k": 1024, "q": 3072}, ["k", "q"], 28, "bfloat16") == 600 * 28 * 4096 * 2
+
+
+def test_save_tensors_is_a_reproducible_safetensors_file(tmp_path):
+    """safetensors reads what save_tensors writes (every stored dtype, empty and 0-d tensors),
+    and the same tensors and metadata give the same bytes whatever their insertion order."""
+    tensors = {
+        "b": torch.randn(3, 5).to(torch.bfloat16), "a": torch.randn(7).half(), "c": torch.arange(4),
+        "d": torch.randn(2, 2), "empty": torch.zeros(0, 3), "scalar": torch.tensor(1.5), "mask": torch.tensor([True, False]),
+    }
+    save_tensors(tensors, tmp_path / "one.safetensors", {"z": "1", "a": "2"})
+    save_tensors(dict(reversed(list(tensors.items()))), tmp_path / "two.safetensors", {"a": "2", "z": "1"})
+    assert (tmp_path / "one.safetensors").read_bytes() == (tmp_path / "two.safetensors").read_bytes()
+    loaded = load_file(str(tmp_path / "one.safetensors"))
+    assert loaded.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor)
+    with safe_open(str(tmp_path / "one.safetensors"), framework="pt") as handle:
+        assert handle.metadata() == {"a": "2", "z": "1"}
+    assert not list(tmp_path.glob("*.tmp"))

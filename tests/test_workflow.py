@@ -61,6 +61,26 @@ def test_probe_setting_change_reruns_only_probes_and_figures(workdir, finished):
     assert counts["probe"] == 8
 
 
+def test_config_with_keys_in_another_order_reruns_nothing(workdir, finished):
+    """Params hold whole config sections; a config whose keys come in another order (as
+    yaml.safe_dump or an editor may write them) must not rerun any job."""
+
+    def reversed_keys(node):
+        if isinstance(node, dict):
+            return {key: reversed_keys(node[key]) for key in reversed(list(node))}
+        return node
+
+    merged = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    for key, value in TINY.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+    (workdir / "reordered.yaml").write_text(yaml.safe_dump(reversed_keys(merged), sort_keys=False))
+    plans = [run(workdir, "-n", "--configfile", "tiny.yaml", *extra).stdout for extra in ([], ["--configfile", "reordered.yaml"])]
+    # Other tests in this module touch scripts; whatever the plan is, the order of keys must not change it.
+    counts = [job_counts(plan) if "Job stats:" in plan else {} for plan in plans]
+    assert counts[0] == counts[1], counts
+    assert "Params have changed" not in plans[1]
+
+
 def test_bad_config_stops_before_any_job_with_one_line(workdir):
     (workdir / "bad.yaml").write_text("sites: [k, z]\n")
     result = run(workdir, "-n", "--configfile", "tiny.yaml", "--configfile", "bad.yaml", check=False)
@@ -83,7 +103,8 @@ def test_report_renders_every_figure(workdir, finished):
 
 def test_truncated_shard_gives_one_clear_line(workdir, finished):
     """A damaged shard stops the job that reads it with a line naming the file and what to do;
-    nothing downstream is computed from it. (Runs last: it reruns one probe job.)"""
+    nothing downstream is computed from it. The shard and the probe table are restored
+    afterwards: the tiny run is shared by later test modules."""
     shard = workdir / "results" / "smollm2-135m" / "activations" / "LR" / "probe_train" / "chunk000.safetensors"
     intact = shard.read_bytes()
     target = "results/smollm2-135m/probes/LR/k/unfiltered.csv"
@@ -96,6 +117,7 @@ def test_truncated_shard_gives_one_clear_line(workdir, finished):
         assert not (workdir / target).exists()  # Snakemake removed the failed job's output
     finally:
         shard.write_bytes(intact)
+        run(workdir, target, "--cores", "2", "--configfile", "tiny.yaml")
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from minormech.activations import pad_token_id
 from minormech.attribution import AttributionSettings, attribute_prompts, baseline_pool
@@ -13,7 +12,7 @@ from minormech.hooks import hook_name
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
-from minormech.shards import Shard
+from minormech.shards import Shard, save_tensors
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
@@ -35,7 +34,7 @@ if settings.method == "expected_gradients":
     }
     pool = baseline_pool(shards, params.sites, params.layers, n_baselines, np.random.default_rng([params.seed, 31337]))
 fa = attribute_prompts(model, prompts, params.sites, params.layers, settings, pad_token_id(tokenizer), pool, progress=progress(f"{wildcards.task} attribution ({settings.method})"))
-save_file(
+save_tensors(
     {hook_name(site, layer): values.contiguous() for (site, layer), values in fa.items()},
     snakemake.output[0],
     metadata={"model_id": manifest.id, "task": wildcards.task, "settings": json.dumps(asdict(settings)), "n_prompts": str(len(prompts))},

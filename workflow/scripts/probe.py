@@ -6,7 +6,6 @@ from dataclasses import asdict
 
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 
 from minormech.config import prompt_count
 from minormech.models import resolve_device, set_threads
@@ -15,7 +14,7 @@ from minormech.prompts import read_prompts
 from minormech.ranking import FILTER_VARIANTS, site_keep_masks, variant_name
 from minormech.runlog import job_logger, progress
 from minormech.hooks import hook_name
-from minormech.shards import Shard, load_tensors
+from minormech.shards import Shard, load_tensors, save_tensors
 from minormech.tasks import WeightTable
 
 log = job_logger(snakemake.log[0])
@@ -56,7 +55,7 @@ for v, (name, op, h) in enumerate(variants):
                      "layer": layer, "test_mse": test_mse[v, l].item(), "baseline_mse": baseline, "n_kept": n_kept,
                      "n_train": len(train), "n_test": len(test)})
 pd.DataFrame(rows).to_csv(snakemake.output.table, index=False)
-save_file(
+save_tensors(
     {"predictions": predictions.contiguous(), "targets": targets, "prompt_ids": torch.tensor([test.prompts[i].id for i in index])},
     snakemake.output.predictions,
     metadata={"layers": json.dumps(params.layers), "variants": json.dumps([v[0] for v in variants])},

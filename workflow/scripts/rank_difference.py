@@ -1,11 +1,10 @@
 """xi = rank(FA_task1) - rank(FA_task2) per (site, layer) (paper eq. 34, minormech.ranking)."""
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from minormech.ranking import rank_difference
 from minormech.runlog import job_logger
-from minormech.shards import load_tensors
+from minormech.shards import load_tensors, save_tensors
 from minormech.tasks import stable_seed
 
 log = job_logger(snakemake.log[0])
@@ -16,5 +15,5 @@ xi = {}
 for key in sorted(fa1):
     rng = np.random.default_rng(stable_seed(snakemake.params.seed, snakemake.wildcards.pair, key))
     xi[key] = torch.as_tensor(rank_difference(fa1[key].numpy(), fa2[key].numpy(), rng))
-save_file(xi, snakemake.output[0], metadata={"pair": snakemake.wildcards.pair})
+save_tensors(xi, snakemake.output[0], metadata={"pair": snakemake.wildcards.pair})
 log.info("xi for %d (site, layer) keys", len(xi))
