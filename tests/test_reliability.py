@@ -250,25 +250,21 @@ def corrupted(resumed):
     return {key: next((line for line in lines if str(path.relative_to(work)) in line), None) for key, path in damaged.items()}
 
 
-def test_shard_from_another_model(corrupted):
-    assert corrupted["model"] and re.fullmatch(
-        r"error: results/smollm2-135m/activations/LR/probe_train/chunk000\.safetensors: shard has model_id='llama-3\.2-3b' but this run "
-        r"expects 'smollm2-135m'; it was made by another configuration: delete it and rerun \(details: logs/probe/smollm2-135m/LR/k/unfiltered\.log\)",
-        corrupted["model"]), corrupted["model"]
+#: What the user sees for each damaged input of the `corrupted` fixture (one line each).
+CORRUPT_INPUT_LINES = {
+    "model": r"error: results/smollm2-135m/activations/LR/probe_train/chunk000\.safetensors: shard has model_id='llama-3\.2-3b' but this run "
+             r"expects 'smollm2-135m'; it was made by another configuration: delete it and rerun \(details: logs/probe/smollm2-135m/LR/k/unfiltered\.log\)",
+    "site": r"error: results/smollm2-135m/activations/MD/probe_train/chunk001\.safetensors: has no blocks\.0\.hook_k \(it holds sites \['v'\], "
+            r"layers \[0, .*, 29\]\); it was made by another configuration: delete it and rerun \(details: logs/probe/smollm2-135m/MD/k/unfiltered\.log\)",
+    "prompts": r"error: results/smollm2-135m/prompts/LR/attribution\.jsonl: 7 prompts but the config asks for 8; the file is incomplete or "
+               r"stale: delete it and rerun \(details: logs/attribution/smollm2-135m/LR\.log\)",
+}
 
 
-def test_shard_from_another_site(corrupted):
-    assert corrupted["site"] and re.fullmatch(
-        r"error: results/smollm2-135m/activations/MD/probe_train/chunk001\.safetensors: has no blocks\.0\.hook_k \(it holds sites \['v'\], "
-        r"layers \[0, .*, 29\]\); it was made by another configuration: delete it and rerun \(details: logs/probe/smollm2-135m/MD/k/unfiltered\.log\)",
-        corrupted["site"]), corrupted["site"]
-
-
-def test_prompt_file_cut_short(corrupted):
-    assert corrupted["prompts"] and re.fullmatch(
-        r"error: results/smollm2-135m/prompts/LR/attribution\.jsonl: 7 prompts but the config asks for 8; the file is incomplete or "
-        r"stale: delete it and rerun \(details: logs/attribution/smollm2-135m/LR\.log\)",
-        corrupted["prompts"]), corrupted["prompts"]
+@pytest.mark.parametrize("damage", sorted(CORRUPT_INPUT_LINES), ids=["shard_from_another_model", "prompt_file_cut_short", "shard_from_another_site"])
+def test_corrupt_input_gives_one_clear_line(corrupted, damage):
+    """A shard from another model, a shard from another site, a prompt file cut short."""
+    assert corrupted[damage] and re.fullmatch(CORRUPT_INPUT_LINES[damage], corrupted[damage]), corrupted[damage]
 
 
 def test_deleted_prompt_file_is_made_again_identically(resumed):
