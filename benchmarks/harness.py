@@ -66,7 +66,7 @@ def caching_jobs(args, prompts_file: Path, work: Path) -> list[dict]:
     return [{"impl": impl, "sites": sites, **{k: v for k, v in r.items() if k not in ("impl", "sites")}} for (impl, sites), r in best.items()]
 
 
-def rows_from(args, floor, caching, probes, attribution, patching, incremental, widths: dict[str, int]) -> list[dict]:
+def rows_from(floor, caching, probes, attribution, patching, incremental, widths: dict[str, int]) -> list[dict]:
     """One row per reported figure: stage, measure, value, target, met, detail."""
     rows = []
 
@@ -170,7 +170,6 @@ def main() -> None:
     base, source = rest[: args.patching_prompts], rest[args.patching_prompts : 2 * args.patching_prompts]
     n_layers = len(model.model.layers)
     probes = probe_stacking(model, pad_id, train, test, SITES, work, args.probe_steps, args.d_proj, args.batch_size, args.solo_probes, log) if "probes" in stages else []
-    log("probes done") if probes else None
     attribution = attribution_cost(model, pad_id, attribution_set, SITES, 4, args.repeats, ["saliency", "input_x_gradient"]) if "attribution" in stages else []
     patch_layers = sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 1})
     patching = patching_cost(model, pad_id, base, source, "k", patch_layers, args.repeats) if "patching" in stages else []
@@ -179,7 +178,7 @@ def main() -> None:
     dtype = next(model.parameters()).dtype
     floor = {"rate": matmul_rate(next(model.parameters()).device, dtype), "dtype": str(dtype).replace("torch.", ""),
              "parameters": sum(p.numel() for p in model.parameters())}
-    rows = rows_from(args, floor, caching, probes, attribution, patching, incremental, widths)
+    rows = rows_from(floor, caching, probes, attribution, patching, incremental, widths)
     print_table(rows)
     machine = f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if args.device.startswith("cuda"):

@@ -57,7 +57,7 @@ def probe_stacking(model, pad_id: int, train_prompts, test_prompts, sites, work:
         masks = torch.ones(1 + N_FILTER_VARIANTS, len(layers), train.width)
         masks[1:] = (torch.rand(N_FILTER_VARIANTS, len(layers), train.width, generator=generator) < 0.5).float()
         masks = masks.to(device)
-        train.batches(1).__next__()  # chunk read into memory before any timing
+        next(train.batches(1))  # the chunk is read into memory before any timing
         with stopwatch(device) as stacked_time:
             stacked, _ = train_probes(train, settings, max_positions, feature_masks=masks, device=device)
         predictions, index = predict(stacked, test, 64, feature_masks=masks)
@@ -70,7 +70,7 @@ def probe_stacking(model, pad_id: int, train_prompts, test_prompts, sites, work:
         for v, l in timed:
             alone_train = ProbeData([train_shard], train_prompts, site, [layers[l]])
             alone_test = ProbeData([test_shard], test_prompts, site, [layers[l]])
-            alone_train.batches(1).__next__()
+            next(alone_train.batches(1))
             mask = masks[v : v + 1, l : l + 1]
             with stopwatch(device) as alone_time:
                 alone, _ = train_probes(alone_train, settings, max_positions, feature_masks=mask, device=device, variant_ids=[v])
