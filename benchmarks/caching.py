@@ -89,13 +89,14 @@ def copy_and_write(path: Path, prompts, sites, layers, store_dtype: str, run_bat
         keep = mask.bool()
         for key, values in run_batch(ids, mask).items():
             rows[key].append(values.reshape(*values.shape[:2], -1)[keep].to("cpu", dtype))
-    activations = {key: torch.cat(parts) for key, parts in rows.items()}
-    write_shard(path, header(prompts, sites, layers, store_dtype), activations, [p.id for p in prompts], [p.length for p in prompts])
+    write_benchmark_shard(path, prompts, sites, layers, store_dtype, {key: torch.cat(parts) for key, parts in rows.items()})
 
 
-def header(prompts, sites, layers, store_dtype) -> ShardHeader:
-    return ShardHeader(model_id="benchmark", task="LR", prompt_set="probe_train", chunk=0, sites=tuple(sites),
-                       layers=tuple(layers), store_dtype=store_dtype, prompts_sha256=prompts_digest(prompts))
+def write_benchmark_shard(path: Path, prompts, sites, layers, store_dtype: str, activations, prompt_set: str = "probe_train") -> None:
+    """One shard as the activations rule writes it (header of a model named 'benchmark')."""
+    header = ShardHeader(model_id="benchmark", task="LR", prompt_set=prompt_set, chunk=0, sites=tuple(sites),
+                         layers=tuple(layers), store_dtype=store_dtype, prompts_sha256=prompts_digest(prompts))
+    write_shard(path, header, activations, [p.id for p in prompts], [p.length for p in prompts])
 
 
 def transformer_lens_runner(model, tokenizer, sites, layers, device):
@@ -172,7 +173,7 @@ def main() -> None:
     elif args.impl == "minormech":
         def job():
             activations = extract_activations(model, prompts, args.sites, layers, args.batch_size, STORE_DTYPES[args.store_dtype], pad_id)
-            write_shard(path, header(prompts, args.sites, layers, args.store_dtype), activations, [p.id for p in prompts], [p.length for p in prompts])
+            write_benchmark_shard(path, prompts, args.sites, layers, args.store_dtype, activations)
     else:
         runner = (transformer_lens_runner(model, tokenizer, args.sites, layers, device) if args.impl == "transformer_lens"
                   else nnsight_runner(model, tokenizer, args.sites, layers))

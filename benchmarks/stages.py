@@ -14,26 +14,24 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from benchmarks.caching import write_benchmark_shard
 from benchmarks.common import best_of, stopwatch
 from minormech.activations import extract_activations
 from minormech.attribution import AttributionSettings, attribute_prompts
 from minormech.hooks import site_hooks
 from minormech.patching import last_logits, patch_hook, patched_first_logits, unpatched_run
 from minormech.probes import ProbeData, ProbeTraining, per_probe_mse, predict, train_probes
-from minormech.prompts import Prompt, prompts_digest
+from minormech.prompts import Prompt
 from minormech.scoring import answer_prob, teacher_forced_batch
-from minormech.shards import STORE_DTYPES, Shard, ShardHeader, write_shard
+from minormech.shards import STORE_DTYPES, Shard
 
 #: Filter variants per site beside the unfiltered probe (SPEC "Filter": h in {0.5, 0.25}, op in {<=, >=}).
 N_FILTER_VARIANTS = 4
 
 
 def _write_set_shard(path: Path, model, prompts: Sequence[Prompt], sites, layers, batch_size: int, pad_id: int, prompt_set: str) -> Shard:
-    store_dtype = "float16"
-    activations = extract_activations(model, prompts, sites, layers, batch_size, STORE_DTYPES[store_dtype], pad_id)
-    header = ShardHeader(model_id="benchmark", task="LR", prompt_set=prompt_set, chunk=0, sites=tuple(sites), layers=tuple(layers),
-                         store_dtype=store_dtype, prompts_sha256=prompts_digest(prompts))
-    write_shard(path, header, activations, [p.id for p in prompts], [p.length for p in prompts])
+    activations = extract_activations(model, prompts, sites, layers, batch_size, STORE_DTYPES["float16"], pad_id)
+    write_benchmark_shard(path, prompts, sites, layers, "float16", activations, prompt_set)
     return Shard(path)
 
 
