@@ -52,8 +52,8 @@ def probe_stacking(model, pad_id: int, train_prompts, test_prompts, sites, work:
         train = ProbeData([train_shard], train_prompts, site, layers)
         test = ProbeData([test_shard], test_prompts, site, layers)
         generator = torch.Generator().manual_seed(1)
-        masks = torch.ones(1 + N_FILTER_VARIANTS, len(layers), train.width)
-        masks[1:] = (torch.rand(N_FILTER_VARIANTS, len(layers), train.width, generator=generator) < 0.5).float()
+        masks = torch.ones(1 + N_FILTER_VARIANTS, len(layers), train.width(site))
+        masks[1:] = (torch.rand(N_FILTER_VARIANTS, len(layers), train.width(site), generator=generator) < 0.5).float()
         masks = masks.to(device)
         next(train.batches(1))  # the chunk is read into memory before any timing
         with stopwatch(device) as stacked_time:

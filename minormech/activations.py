@@ -37,7 +37,7 @@ def pad_token_id(tokenizer) -> int:
 
 
 @torch.inference_mode()
-def extract_activations(
+def extract_stacked(
     model,
     prompts: Sequence[Prompt],
     sites: Sequence[str],
@@ -46,27 +46,30 @@ def extract_activations(
     store_dtype: torch.dtype,
     pad_id: int,
     progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
-) -> dict[tuple[str, int], torch.Tensor]:
-    """activations[(site, layer)] = [sum of prompt lengths, width] on the CPU, in prompt order.
+    on_device: bool = False,
+) -> dict[str, torch.Tensor]:
+    """activations[site] = [layers, sum of prompt lengths, width], in prompt order; on the
+    CPU, or on the model's device with `on_device` (stream mode hands them to probes there).
 
-    The hook copies each site's unpadded rows straight into a preallocated CPU buffer, so
-    no site's output stays alive on the device for longer than its own layer. On a GPU the
-    buffers are pinned and the copies asynchronous: the rows to keep are found once per
-    batch (one host sync), each hook queues its gather, cast and device-to-host copy behind
-    the layer's compute, and the batch ends with one synchronize.
+    The hook copies each site's unpadded rows straight into a preallocated buffer, so no
+    site's output stays alive on the device for longer than its own layer. On a GPU the
+    host buffers are pinned and the copies asynchronous: the rows to keep are found once
+    per batch (one host sync), each hook queues its gather, cast and device-to-host copy
+    behind the layer's compute, and the batch ends with one synchronize.
     """
     device = next(model.parameters()).device
-    pinned = device.type == "cuda"
+    pinned = device.type == "cuda" and not on_device
     total = sum(p.length for p in prompts)
-    buffers: dict[tuple[str, int], torch.Tensor] = {}
+    layer_slot = {layer: i for i, layer in enumerate(layers)}
+    buffers: dict[str, torch.Tensor] = {}
     cursor = {"start": 0, "rows": None}
 
     def store(site: str, layer: int, output: torch.Tensor) -> None:
         rows = output.flatten(0, 1).index_select(0, cursor["rows"]).to(store_dtype)
-        key = (site, layer)
-        if key not in buffers:
-            buffers[key] = torch.empty((total, output.shape[-1]), dtype=store_dtype, pin_memory=pinned)
-        buffers[key][cursor["start"] : cursor["start"] + rows.shape[0]].copy_(rows, non_blocking=pinned)
+        if site not in buffers:
+            buffers[site] = torch.empty((len(layers), total, output.shape[-1]), dtype=store_dtype,
+                                        device=device if on_device else "cpu", pin_memory=pinned)
+        buffers[site][layer_slot[layer], cursor["start"] : cursor["start"] + rows.shape[0]].copy_(rows, non_blocking=pinned)
 
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
     with site_hooks(model, sites, layers, store):
@@ -78,3 +81,19 @@ def extract_activations(
     if pinned:
         torch.cuda.synchronize(device)
     return buffers
+
+
+def extract_activations(
+    model,
+    prompts: Sequence[Prompt],
+    sites: Sequence[str],
+    layers: Sequence[int],
+    batch_size: int,
+    store_dtype: torch.dtype,
+    pad_id: int,
+    progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
+) -> dict[tuple[str, int], torch.Tensor]:
+    """activations[(site, layer)] = [sum of prompt lengths, width] on the CPU, in prompt
+    order (views into extract_stacked's buffers): what a shard holds."""
+    stacked = extract_stacked(model, prompts, sites, layers, batch_size, store_dtype, pad_id, progress)
+    return {(site, layer): stacked[site][i] for site in sites for i, layer in enumerate(layers)}

@@ -21,10 +21,11 @@ keeping each probe's best state.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -94,33 +95,78 @@ def per_probe_mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 @dataclass
 class ProbeBatch:
-    activations: torch.Tensor  # [L, B, S, d] float32
+    """Prompts of one optimizer step (or evaluation batch), every site the source holds."""
+
+    activations: dict[str, torch.Tensor]  # site -> [L, B, S, d] float32
     lengths: torch.Tensor  # [B]
     targets: torch.Tensor  # [B, 2] float32
-    prompt_index: torch.Tensor  # [B] position of each prompt in ProbeData order
+    prompt_index: torch.Tensor  # [B] position of each prompt in the source's order
 
     def to(self, device: torch.device) -> "ProbeBatch":
-        return ProbeBatch(self.activations.to(device), self.lengths.to(device), self.targets.to(device), self.prompt_index)
+        return ProbeBatch({site: a.to(device) for site, a in self.activations.items()}, self.lengths.to(device), self.targets.to(device), self.prompt_index)
 
 
-class _Chunk:
-    """One shard's activations for one site, all requested layers stacked: [L, T, d]."""
+class PackedActivations:
+    """Activations of consecutive prompts, all requested layers stacked and every token of
+    every prompt packed without padding: values[site] is [L, T, d] (a shard chunk, or one
+    group of forward passes in stream mode)."""
 
-    def __init__(self, shard: Shard, site: str, layers: Sequence[int]):
-        self.values = torch.stack([shard.read(site, layer) for layer in layers])
-        self.lengths = shard.lengths
-        self.offsets = shard.offsets
+    def __init__(self, values: dict[str, torch.Tensor], lengths: torch.Tensor, offsets: torch.Tensor):
+        self.values, self.lengths, self.offsets = values, lengths, offsets
 
-    def gather(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded [L, B, S, d] float32 and lengths [B] for the chunk's prompts `rows`."""
+    @classmethod
+    def from_shard(cls, shard: Shard, site: str, layers: Sequence[int]) -> "PackedActivations":
+        return cls({site: torch.stack([shard.read(site, layer) for layer in layers])}, shard.lengths, shard.offsets)
+
+    def gather(self, rows: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Padded [L, B, S, d] float32 per site and lengths [B] for the prompts `rows`."""
         lengths = self.lengths[rows]
         width = int(lengths.max())
         positions = torch.arange(width)
         index = self.offsets[rows][:, None] + positions[None, :]
         valid = positions[None, :] < lengths[:, None]
         index = torch.where(valid, index, self.offsets[rows][:, None])  # pad rows repeat a real row, masked later
-        gathered = self.values[:, index.reshape(-1)].reshape(self.values.shape[0], len(rows), width, -1)
-        return gathered.float(), lengths
+        gathered = {}
+        for site, values in self.values.items():
+            flat = index.reshape(-1).to(values.device)
+            gathered[site] = values[:, flat].reshape(values.shape[0], len(rows), width, -1).float()
+        return gathered, lengths
+
+
+def batch_order(chunk_sizes: Sequence[int], batch_size: int, select: np.ndarray | None = None, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+    """One pass's batches as prompt indices (bool mask `select` over all prompts). Prompts
+    are split into chunks of `chunk_sizes` (the shards of shard mode); with rng, chunks and
+    the prompts inside each chunk come in random order, and no batch spans two chunks, so
+    shard mode holds one shard at a time. Stream mode uses the same order, so both sources
+    train on the same sequence of batches."""
+    starts = np.cumsum([0, *chunk_sizes])
+    chunk_order = np.arange(len(chunk_sizes))
+    if rng is not None:
+        chunk_order = rng.permutation(chunk_order)
+    for c in chunk_order:
+        rows = np.arange(starts[c], starts[c + 1])
+        if select is not None:
+            rows = rows[select[starts[c] : starts[c + 1]]]
+        if len(rows) == 0:
+            continue
+        if rng is not None:
+            rows = rng.permutation(rows)
+        for b in range(0, len(rows), batch_size):
+            yield rows[b : b + batch_size]
+
+
+class ActivationSource(Protocol):
+    """Where probes read activations: shards on disk (ProbeData) or the model itself
+    (minormech.stream.StreamSource). Both give the same batches for the same order."""
+
+    prompts: list[Prompt]
+    targets: torch.Tensor
+    layers: list[int]
+    chunk_sizes: list[int]
+
+    def width(self, site: str) -> int: ...
+
+    def read(self, order: Iterable[np.ndarray]) -> Iterator[ProbeBatch]: ...
 
 
 class ProbeData:
@@ -135,7 +181,7 @@ class ProbeData:
         by_id = {p.id: p for p in prompts}
         self.shards = list(shards)
         self.site, self.layers, self.keep_in_memory = site, list(layers), keep_in_memory
-        self._cache: dict[int, _Chunk] = {}
+        self._cache: dict[int, PackedActivations] = {}
         self.chunk_prompts: list[list[Prompt]] = []
         for shard in self.shards:
             missing = [int(i) for i in shard.prompt_ids if int(i) not in by_id]
@@ -147,48 +193,41 @@ class ProbeData:
             self.chunk_prompts.append(chunk_prompts)
         self.prompts = [p for chunk in self.chunk_prompts for p in chunk]
         self.targets = torch.tensor([p.weight for p in self.prompts], dtype=torch.float32)
-        self._chunk_start = np.cumsum([0] + [len(c) for c in self.chunk_prompts])
+        self.chunk_sizes = [len(c) for c in self.chunk_prompts]
+        self._chunk_start = np.cumsum([0, *self.chunk_sizes])
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    @property
-    def width(self) -> int:
-        return self.shards[0].width(self.site, self.layers[0])
+    def width(self, site: str) -> int:
+        return self.shards[0].width(site, self.layers[0])
 
     @property
     def max_length(self) -> int:
         return max(p.length for p in self.prompts)
 
-    def _chunk(self, i: int) -> _Chunk:
+    def _chunk(self, i: int) -> PackedActivations:
         if i in self._cache:
             return self._cache[i]
-        chunk = _Chunk(self.shards[i], self.site, self.layers)
+        chunk = PackedActivations.from_shard(self.shards[i], self.site, self.layers)
         if self.keep_in_memory:
             self._cache[i] = chunk
         return chunk
 
+    def read(self, order: Iterable[np.ndarray]) -> Iterator[ProbeBatch]:
+        """The batches of `order` (prompt indices, each batch inside one chunk)."""
+        for rows in order:
+            c = int(np.searchsorted(self._chunk_start, rows[0], side="right")) - 1
+            local = rows - self._chunk_start[c]
+            if local.min() < 0 or local.max() >= self.chunk_sizes[c]:
+                raise ValueError(f"a batch spans two shards ({self.shards[c].path} and another); batch_order never makes one")
+            activations, lengths = self._chunk(c).gather(local)
+            index = torch.as_tensor(rows)
+            yield ProbeBatch(activations, lengths, self.targets[index], index)
+
     def batches(self, batch_size: int, select: np.ndarray | None = None, rng: np.random.Generator | None = None) -> Iterator[ProbeBatch]:
-        """Batches of the selected prompts (bool mask over ProbeData order); with rng, chunks
-        and the prompts inside each chunk come in random order."""
-        chunk_order = np.arange(len(self.shards))
-        if rng is not None:
-            chunk_order = rng.permutation(chunk_order)
-        for c in chunk_order:
-            start, stop = self._chunk_start[c], self._chunk_start[c + 1]
-            rows = np.arange(stop - start)
-            if select is not None:
-                rows = rows[select[start:stop]]
-            if len(rows) == 0:
-                continue
-            if rng is not None:
-                rows = rng.permutation(rows)
-            chunk = self._chunk(c)
-            for b in range(0, len(rows), batch_size):
-                part = rows[b : b + batch_size]
-                activations, lengths = chunk.gather(part)
-                index = torch.as_tensor(start + part)
-                yield ProbeBatch(activations, lengths, self.targets[index], index)
+        """Batches of the selected prompts in `batch_order`."""
+        return self.read(batch_order(self.chunk_sizes, batch_size, select, rng))
 
 
 # ----------------------------------------------------------------------------- training
@@ -224,16 +263,91 @@ def validation_mask(weight_ids: Sequence[int], fraction: float, seed: int) -> np
     return np.isin(np.asarray(weight_ids), held_out)
 
 
+@dataclass
+class ProbeGroup:
+    """Probes trained as one stack: every layer of one site, times the variants (feature
+    masks [V, L, d]; None = one unfiltered variant). A shard-mode probe job trains one
+    group; a stream job trains all groups of its (model, task) from the same forwards.
+    `variant_ids` name the masks' variants for seeding (default 0..V-1); `name` is what
+    logs call the group (default: the site)."""
+
+    site: str
+    feature_masks: torch.Tensor | None = None
+    variant_ids: Sequence[int] | None = None
+    name: str = ""
+
+
+class ProbeStack:
+    """One group's probes, optimizer and early-stopping state. Each stack has its own Adam,
+    so groups trained side by side (stream mode) follow exactly the steps they would
+    follow alone (shard mode)."""
+
+    def __init__(self, group: ProbeGroup, width: int, layers: Sequence[int], settings: ProbeTraining, max_positions: int, device: torch.device):
+        n_variants = 1 if group.feature_masks is None else group.feature_masks.shape[0]
+        self.site, self.name = group.site, group.name or group.site
+        self.probes = StackedProbes(n_variants, len(layers), width, settings.d_proj, 2, max_positions, settings.seed,
+                                    layer_ids=layers, variant_ids=group.variant_ids).to(device)
+        self.masks = None if group.feature_masks is None else group.feature_masks.to(device)
+        self.optimizer = torch.optim.Adam(self.probes.parameters(), lr=settings.lr, fused=True)  # one kernel for all parameters: ~30% faster steps here
+        self.active = True
+
+    def __call__(self, batch: ProbeBatch) -> torch.Tensor:
+        return self.probes(batch.activations[self.site], batch.lengths, self.masks)
+
+    def step(self, batch: ProbeBatch) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = per_probe_mse(self(batch), batch.targets)
+        losses.sum().backward()
+        self.optimizer.step()
+        return losses.detach()
+
+
 @torch.no_grad()
+def predict_stacks(stacks: Sequence[ProbeStack], source: ActivationSource, batch_size: int, select: np.ndarray | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(predictions [V, L, N, 2] per stack on the CPU, prompt indices [N]) for the selected
+    prompts in source order, every stack from the same batches."""
+    device = stacks[0].probes.w_proj.device
+    outputs: list[list[torch.Tensor]] = [[] for _ in stacks]
+    indices = []
+    for batch in source.read(batch_order(source.chunk_sizes, batch_size, select)):
+        batch = batch.to(device)
+        for out, stack in zip(outputs, stacks):
+            out.append(stack(batch).cpu())
+        indices.append(batch.prompt_index)
+    return [torch.cat(out, dim=2) for out in outputs], torch.cat(indices)
+
+
 def predict(probes: StackedProbes, data: ProbeData, batch_size: int, select: np.ndarray | None = None, feature_masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predictions [V, L, N, 2] on the CPU, prompt indices [N]) for the selected prompts, in data order."""
+    """(predictions [V, L, N, 2] on the CPU, prompt indices [N]) of one site's probes."""
     device = probes.w_proj.device
     outputs, indices = [], []
-    for batch in data.batches(batch_size, select):
-        batch = batch.to(device)
-        outputs.append(probes(batch.activations, batch.lengths, feature_masks).cpu())
-        indices.append(batch.prompt_index)
+    with torch.no_grad():
+        for batch in data.batches(batch_size, select):
+            batch = batch.to(device)
+            outputs.append(probes(batch.activations[data.site], batch.lengths, feature_masks).cpu())
+            indices.append(batch.prompt_index)
     return torch.cat(outputs, dim=2), torch.cat(indices)
+
+
+def train_probe_groups(
+    train: ActivationSource,
+    groups: Sequence[ProbeGroup],
+    settings: ProbeTraining,
+    max_positions: int,
+    device: torch.device = torch.device("cpu"),
+    progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
+    eval_batch_size: int = 256,
+) -> tuple[list[ProbeStack], list[dict]]:
+    """Train every group on `train`, all from the same batches (one read of the source per
+    step); returns the trained stacks and a summary per group. `eval_batch_size` is the
+    batch of validation passes (stream mode: a forward batch)."""
+    stacks = [ProbeStack(group, train.width(group.site), train.layers, settings, max_positions, device) for group in groups]
+    rng = np.random.default_rng([settings.seed, 104729])
+    if settings.regime == "paper":
+        return stacks, _train_fixed_steps(train, stacks, settings, rng, device, progress)
+    if settings.regime == "improved":
+        return stacks, _train_early_stopping(train, stacks, settings, rng, device, progress, eval_batch_size)
+    raise ValueError(f"probe.regime: unknown regime {settings.regime!r}; choose paper or improved")
 
 
 def train_probes(
@@ -245,88 +359,77 @@ def train_probes(
     progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
     variant_ids: Sequence[int] | None = None,
 ) -> tuple[StackedProbes, dict]:
-    """Train V x L probes on `train` on `device` (V = number of feature masks [V, L, d], or 1
-    without masks); returns the probes and a summary of the run. `variant_ids` name the
-    masks' variants for seeding (default 0..V-1); layers are named by `train.layers`."""
-    d_feat = train.width
-    n_variants = 1 if feature_masks is None else feature_masks.shape[0]
-    probes = StackedProbes(n_variants, len(train.layers), d_feat, settings.d_proj, 2, max_positions, settings.seed,
-                           layer_ids=train.layers, variant_ids=variant_ids).to(device)
-    if feature_masks is not None:
-        feature_masks = feature_masks.to(device)
-    optimizer = torch.optim.Adam(probes.parameters(), lr=settings.lr, fused=True)  # one kernel for all parameters: ~30% faster steps here
-    rng = np.random.default_rng([settings.seed, 104729])
-
-    def step(batch: ProbeBatch) -> torch.Tensor:
-        batch = batch.to(device)
-        optimizer.zero_grad(set_to_none=True)
-        losses = per_probe_mse(probes(batch.activations, batch.lengths, feature_masks), batch.targets)
-        losses.sum().backward()
-        optimizer.step()
-        return losses.detach()
-
-    if settings.regime == "paper":
-        return probes, _train_fixed_steps(train, settings, rng, step, progress)
-    if settings.regime == "improved":
-        return probes, _train_early_stopping(probes, train, settings, rng, step, feature_masks, progress)
-    raise ValueError(f"probe.regime: unknown regime {settings.regime!r}; choose paper or improved")
+    """Train the V x L probes of one site (shard mode's probe job): one group."""
+    stacks, summaries = train_probe_groups(train, [ProbeGroup(train.site, feature_masks, variant_ids)], settings, max_positions, device, progress)
+    return stacks[0].probes, summaries[0]
 
 
-def _train_fixed_steps(train, settings, rng, step, progress) -> dict:
+def _train_fixed_steps(train: ActivationSource, stacks: Sequence[ProbeStack], settings: ProbeTraining, rng, device, progress) -> list[dict]:
     """The paper's regime: `steps` optimizer steps of `batch_size` prompts, cycling through
     the training prompts in a fresh random order each pass."""
 
-    def endless() -> Iterator[ProbeBatch]:
+    def endless() -> Iterator[np.ndarray]:
         while True:
-            yield from train.batches(settings.batch_size, rng=rng)
+            yield from batch_order(train.chunk_sizes, settings.batch_size, rng=rng)
 
-    batches = endless()
-    last = None
-    for _ in progress(range(settings.steps), settings.steps):
-        last = step(next(batches))
-    passes = settings.steps * settings.batch_size / len(train)
-    return {"regime": "paper", "steps": settings.steps, "passes_over_data": passes, "final_train_loss": last.mean().item()}
+    last = [None] * len(stacks)
+    for batch in progress(train.read(itertools.islice(endless(), settings.steps)), settings.steps):
+        batch = batch.to(device)
+        last = [stack.step(batch) for stack in stacks]
+    passes = settings.steps * settings.batch_size / len(train.prompts)
+    return [{"regime": "paper", "steps": settings.steps, "passes_over_data": passes, "final_train_loss": loss.mean().item()} for loss in last]
 
 
-def _train_early_stopping(probes, train, settings, rng, step, feature_masks, progress) -> dict:
+def _train_early_stopping(train: ActivationSource, stacks: Sequence[ProbeStack], settings: ProbeTraining, rng, device, progress, eval_batch_size: int) -> list[dict]:
     """Batches over the training weights minus a validation split; after each epoch every
-    probe whose validation MSE improved keeps its parameters; training stops when no probe
-    improved for `patience` epochs. Each probe ends at its own best epoch."""
+    probe whose validation MSE improved keeps its parameters; a stack stops when none of its
+    probes improved for `patience` epochs (the others go on). Each probe ends at its own
+    best epoch."""
     is_val = validation_mask([p.weight_id for p in train.prompts], settings.val_fraction, settings.seed)
-    best_mse = None
-    best_state = {name: p.detach().clone() for name, p in probes.named_parameters()}
-    best_epoch = torch.zeros(probes.w_proj.shape[:2], dtype=torch.long)
-    epochs_without_gain, steps = 0, 0
+    best_mse: list[torch.Tensor | None] = [None] * len(stacks)
+    best_state = [{name: p.detach().clone() for name, p in s.probes.named_parameters()} for s in stacks]
+    best_epoch = [torch.zeros(s.probes.w_proj.shape[:2], dtype=torch.long) for s in stacks]
+    epochs_without_gain, epochs, steps = [0] * len(stacks), [0] * len(stacks), [0] * len(stacks)
     for epoch in progress(range(settings.max_epochs), settings.max_epochs):
-        for batch in train.batches(settings.batch_size, select=~is_val, rng=rng):
-            step(batch)
-            steps += 1
-        predictions, index = predict(probes, train, 256, select=is_val, feature_masks=feature_masks)
-        val_mse = per_probe_mse(predictions, train.targets[index])
-        improved = val_mse < best_mse if best_mse is not None else torch.ones_like(val_mse, dtype=torch.bool)
-        if improved.any():
-            best_mse = val_mse if best_mse is None else torch.where(improved, val_mse, best_mse)
-            best_epoch[improved] = epoch
-            for name, param in probes.named_parameters():
-                mask = improved.to(param.device)
-                best_state[name][mask] = param.detach()[mask]
-            epochs_without_gain = 0
-        else:
-            epochs_without_gain += 1
-        log.info("epoch %d: mean validation MSE %.3f (best %.3f)", epoch, val_mse.mean(), best_mse.mean())
-        if epochs_without_gain >= settings.patience:
+        active = [i for i, s in enumerate(stacks) if s.active]
+        if not active:
             break
-    with torch.no_grad():
-        for name, param in probes.named_parameters():
-            param.copy_(best_state[name])
-    return {
-        "regime": "improved",
-        "epochs": epoch + 1,
-        "steps": steps,
-        "n_validation_prompts": int(is_val.sum()),
-        "best_epoch": best_epoch.tolist(),
-        "best_validation_mse": best_mse.tolist(),
-    }
+        for batch in train.read(batch_order(train.chunk_sizes, settings.batch_size, select=~is_val, rng=rng)):
+            batch = batch.to(device)
+            for i in active:
+                stacks[i].step(batch)
+                steps[i] += 1
+        predictions, index = predict_stacks([stacks[i] for i in active], train, eval_batch_size, select=is_val)
+        for i, prediction in zip(active, predictions):
+            epochs[i] = epoch + 1
+            val_mse = per_probe_mse(prediction, train.targets[index])
+            improved = val_mse < best_mse[i] if best_mse[i] is not None else torch.ones_like(val_mse, dtype=torch.bool)
+            if improved.any():
+                best_mse[i] = val_mse if best_mse[i] is None else torch.where(improved, val_mse, best_mse[i])
+                best_epoch[i][improved] = epoch
+                for name, param in stacks[i].probes.named_parameters():
+                    mask = improved.to(param.device)
+                    best_state[i][name][mask] = param.detach()[mask]
+                epochs_without_gain[i] = 0
+            else:
+                epochs_without_gain[i] += 1
+            log.info("epoch %d, %s: mean validation MSE %.3f (best %.3f)", epoch, stacks[i].name, val_mse.mean(), best_mse[i].mean())
+            if epochs_without_gain[i] >= settings.patience:
+                stacks[i].active = False
+    summaries = []
+    for i, stack in enumerate(stacks):
+        with torch.no_grad():
+            for name, param in stack.probes.named_parameters():
+                param.copy_(best_state[i][name])
+        summaries.append({
+            "regime": "improved",
+            "epochs": epochs[i],
+            "steps": steps[i],
+            "n_validation_prompts": int(is_val.sum()),
+            "best_epoch": best_epoch[i].tolist(),
+            "best_validation_mse": best_mse[i].tolist(),
+        })
+    return summaries
 
 
 def mean_baseline_mse(train_weights: torch.Tensor, test_targets: torch.Tensor) -> float:

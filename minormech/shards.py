@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from minormech.hooks import hook_name
-from minormech.models import ModelSpec
 
 SHARD_FORMAT_VERSION = "1"
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -218,39 +218,13 @@ def load_tensors(path: str | Path, needed: Sequence[str] = ()) -> dict[str, torc
     return tensors
 
 
+def chunk_rows(n_prompts: int, n_chunks: int) -> list[np.ndarray]:
+    """Prompt indices of each chunk of a prompt set (activations.chunks): shard mode writes
+    one shard per chunk; stream mode shuffles by the same chunks, so both train alike."""
+    return np.array_split(np.arange(n_prompts), n_chunks)
+
+
 def shard_bytes(n_tokens: int, widths: dict[str, int], sites: Sequence[str], n_layers: int, store_dtype: str) -> int:
     """Bytes of activation data for n_tokens tokens (the files add a few KB of header)."""
     itemsize = STORE_DTYPES[store_dtype].itemsize
     return n_tokens * n_layers * sum(widths[s] for s in sites) * itemsize
-
-
-#: Tokens a prompt adds to its example budget: the context sentence, the blank line after
-#: it and special tokens (about 25-30 with the Llama 3 and SmolLM2 tokenizers; rounded up).
-CONTEXT_TOKENS = 40
-
-
-def storage_plan(config: dict, models: dict[str, ModelSpec]) -> list[dict]:
-    """Bytes the configured shards take per (model, site), from the prompt counts and an
-    upper estimate of prompt length (max_prompt_tokens + CONTEXT_TOKENS)."""
-    prompts = config["prompts"]
-    per_task = prompts["probe_train"] + config["test_weights"] * prompts["probe_test_per_weight"]
-    tokens = per_task * len(config["tasks"]) * (prompts["max_prompt_tokens"] + CONTEXT_TOKENS)
-    rows = []
-    for model_id, spec in models.items():
-        n_layers = spec.num_layers if config["layers"] == "all" else len(config["layers"])
-        for site in config["sites"]:
-            if n_layers is None or site not in spec.site_widths:
-                rows.append({"model": model_id, "site": site, "bytes": None})
-                continue
-            rows.append({"model": model_id, "site": site, "bytes": shard_bytes(tokens, spec.site_widths, [site], n_layers, config["activations"]["store_dtype"])})
-    return rows
-
-
-def format_plan(rows: list[dict]) -> str:
-    lines = ["storage plan (activation shards, all tasks, estimated):"]
-    for row in rows:
-        size = "unknown (layer count or width not known before loading)" if row["bytes"] is None else f"{row['bytes'] / 1e9:,.1f} GB"
-        lines.append(f"  {row['model']:<16} site {row['site']:<4} {size}")
-    total = sum(r["bytes"] or 0 for r in rows)
-    lines.append(f"  total {total / 1e9:,.1f} GB")
-    return "\n".join(lines)

@@ -13,7 +13,7 @@ sys.path.insert(0, workflow.basedir)  # the minormech package, also without `pip
 from minormech.config import ConfigError, layers_for, load_schema, model_specs, validate_config
 from minormech.config import prompt_count as config_prompt_count
 from minormech.prompts import PROMPT_SETS
-from minormech.shards import format_plan, storage_plan
+from minormech.storage import format_plan, plan_storage, test_shards_needed
 
 
 configfile: "config/config.yaml"
@@ -33,15 +33,22 @@ except ConfigError as error:
 MODELS = {spec.id: spec for spec in model_specs(config)}
 
 
+STORAGE_PLAN = plan_storage(config, MODELS)
+PROBE_SOURCES = {plan.model: plan.source for plan in STORAGE_PLAN}
+SHARD_MODELS = [model for model, source in PROBE_SOURCES.items() if source == "shards"]
+STREAM_MODELS = [model for model, source in PROBE_SOURCES.items() if source == "stream"]
+
+
 def planned_shard_bytes():
-    """Print the storage plan; stop when it exceeds storage.limit_gb. Returns the total."""
-    rows = storage_plan(config, MODELS)
-    planned = sum(row["bytes"] or 0 for row in rows)
-    print(format_plan(rows), file=sys.stderr)
+    """Print the storage plan; stop when the shards this run writes exceed
+    storage.limit_gb. Returns their total."""
+    planned = sum(plan.written_bytes(test_shards_needed(config)) for plan in STORAGE_PLAN)
+    print(format_plan(STORAGE_PLAN, config), file=sys.stderr)
     if planned > config["storage"]["limit_gb"] * 1e9:
         sys.exit(
             f"storage error: the configured shards need about {planned / 1e9:,.0f} GB, more than "
-            f"storage.limit_gb={config['storage']['limit_gb']}; restrict sites/layers/prompts or raise the limit"
+            f"storage.limit_gb={config['storage']['limit_gb']}; set probe.source: stream (or auto), "
+            "restrict sites/layers/prompts, or raise the limit"
         )
     return planned
 
@@ -142,6 +149,16 @@ def probe_inputs(wildcards):
     if wildcards.probe_kind == "filtered":
         inputs["xi"] = f"results/{wildcards.model}/xi/{'-'.join(FILTER_PAIR)}.safetensors"
     return inputs
+
+
+#: Stream jobs train both kinds for every task (filtered variants need the first pair's xi).
+STREAM_PROBE_KINDS = ["unfiltered", "filtered"]
+
+
+def stream_outputs(suffix):
+    """One stream job's files: every site and probe kind of one (model, task), site-major
+    (the order workflow/scripts/stream_probes.py writes them in)."""
+    return expand("results/{{model}}/probes/{{task}}/{site}/{kind}" + suffix, site=SITES, kind=STREAM_PROBE_KINDS)
 
 
 def attribution_inputs(wildcards):

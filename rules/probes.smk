@@ -1,22 +1,68 @@
-rule probe:
-    input:
-        unpack(probe_inputs),
-    output:
-        table="results/{model}/probes/{task}/{site}/{probe_kind}.csv",
-        predictions="results/{model}/probes/{task}/{site}/{probe_kind}_predictions.safetensors",
-        summary="results/{model}/probes/{task}/{site}/{probe_kind}.json",
-    log:
-        "logs/probe/{model}/{task}/{site}/{probe_kind}.log",
-    params:
-        layers=lambda wildcards: layers_of(wildcards.model),
-        probe=canonical(config["probe"]),
-        device=config["compute"]["device"],
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=GPUS,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/probe.py"
+# Probes read activations from shards (rule probe: one job per site and probe kind) or
+# from the model itself (rule stream_probes: one job per model and task). The storage plan
+# in common.smk assigns each model one source (probe.source); both rules write the same
+# files, so the figures do not depend on the choice.
+
+if SHARD_MODELS:
+
+    rule probe:
+        input:
+            unpack(probe_inputs),
+        output:
+            table="results/{model}/probes/{task}/{site}/{probe_kind}.csv",
+            predictions="results/{model}/probes/{task}/{site}/{probe_kind}_predictions.safetensors",
+            summary="results/{model}/probes/{task}/{site}/{probe_kind}.json",
+        log:
+            "logs/probe/{model}/{task}/{site}/{probe_kind}.log",
+        wildcard_constraints:
+            model="|".join(SHARD_MODELS),
+        params:
+            layers=lambda wildcards: layers_of(wildcards.model),
+            probe=canonical(config["probe"]),
+            device=config["compute"]["device"],
+        threads: THREADS
+        resources:
+            mem_mb=8000,
+            runtime=240,
+            gpu=GPUS,
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/probe.py"
+
+
+if STREAM_MODELS:
+
+    rule stream_probes:
+        input:
+            dataset="results/datasets/{task}.tsv",
+            probe_train_prompts="results/{model}/prompts/{task}/probe_train.jsonl",
+            probe_test_prompts="results/{model}/prompts/{task}/probe_test.jsonl",
+            model=model_manifest,
+            xi=f"results/{{model}}/xi/{'-'.join(FILTER_PAIR)}.safetensors",
+        output:
+            tables=stream_outputs(".csv"),
+            predictions=stream_outputs("_predictions.safetensors"),
+            summaries=stream_outputs(".json"),
+        log:
+            "logs/stream_probes/{model}/{task}.log",
+        wildcard_constraints:
+            model="|".join(STREAM_MODELS),
+        params:
+            sites=SITES,
+            kinds=STREAM_PROBE_KINDS,
+            layers=lambda wildcards: layers_of(wildcards.model),
+            probe=canonical(config["probe"]),
+            chunks=canonical(config["activations"]["chunks"]),
+            forward_batch_size=config["activations"]["batch_size"],
+            device=config["compute"]["device"],
+            dtype=config["compute"]["dtype"],
+        threads: THREADS
+        resources:
+            mem_mb=16000,
+            runtime=720,
+            gpu=GPUS,
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/stream_probes.py"

@@ -4,6 +4,9 @@ The workflow is copied into a temporary directory, as a fresh clone would be, an
 through the `snakemake` command line (the Python API has no stable reference in 9.x).
 """
 
+import os
+import shutil
+
 import pandas as pd
 import pytest
 import yaml
@@ -118,6 +121,32 @@ def test_truncated_shard_gives_one_clear_line(workdir, finished):
     finally:
         shard.write_bytes(intact)
         run(workdir, target, "--cores", "2", "--configfile", "tiny.yaml")
+
+
+def test_stream_mode_matches_shard_mode_through_the_workflow(tmp_path, workdir, finished):
+    """probe.source: stream on a copy of the finished tiny run (results hard-linked, probe
+    results removed): only the stream jobs and the probe figures run, no activation shard
+    is read, and every (task, site, variant, layer) test MSE matches shard mode's. Shards
+    hold float16 and stream mode the model's float32, so they agree to float16 rounding:
+    measured at most 1.3e-5 relative; the bound is 1e-3."""
+    copy = tmp_path / "stream"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("results", "logs", ".snakemake"))
+    shutil.copytree(workdir / "results", copy / "results", copy_function=os.link)
+    shutil.rmtree(copy / "results" / "smollm2-135m" / "probes")
+    shutil.rmtree(copy / "results" / "smollm2-135m" / "activations")  # stream mode must not need them
+    (copy / "stream.yaml").write_text(yaml.safe_dump({**TINY, "probe": {**TINY["probe"], "source": "stream"}}))
+    plan = run(copy, "-n", "--configfile", "stream.yaml")
+    assert job_counts(plan.stdout) == {"stream_probes": 2, "plot_fig1": 2, "plot_fig3": 2, "plot_fig4": 2, "all": 1}
+    run(copy, "--cores", "2", "--configfile", "stream.yaml")
+    for task in ("LR", "MD"):
+        for site in ("k", "v"):
+            for kind in ("unfiltered", "filtered"):
+                relative = f"results/smollm2-135m/probes/{task}/{site}/{kind}.csv"
+                shards, stream = pd.read_csv(workdir / relative), pd.read_csv(copy / relative)
+                assert list(stream["variant"]) == list(shards["variant"]) and list(stream["layer"]) == list(shards["layer"])
+                difference = ((stream["test_mse"] - shards["test_mse"]).abs() / shards["test_mse"]).max()
+                assert difference <= 1e-3, f"{relative}: {difference:.2e}"
+    assert "stream" in (copy / "logs" / "stream_probes" / "smollm2-135m" / "LR.log").read_text()
 
 
 @pytest.mark.slow

@@ -1,21 +1,19 @@
 """Record every configured (site, layer) for one chunk of a prompt set and write its shard."""
 import time
 
-import numpy as np
-
 from minormech.activations import extract_activations, pad_token_id
 from minormech.config import prompt_count
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.prompts import prompts_digest, read_prompts
 from minormech.runlog import job_logger, progress
-from minormech.shards import STORE_DTYPES, ShardHeader, write_shard
+from minormech.shards import STORE_DTYPES, ShardHeader, chunk_rows, write_shard
 
 log = job_logger(snakemake.log[0])
 params, wildcards = snakemake.params, snakemake.wildcards
 set_threads(snakemake.threads)
 chunk = int(wildcards.chunk)
 all_prompts = read_prompts(snakemake.input.prompts, prompt_count(snakemake.config, wildcards.prompt_set))
-prompts = [all_prompts[i] for i in np.array_split(np.arange(len(all_prompts)), params.n_chunks)[chunk]]
+prompts = [all_prompts[i] for i in chunk_rows(len(all_prompts), params.n_chunks)[chunk]]
 manifest = ModelManifest.read(snakemake.input.model)
 model, tokenizer = load_model(manifest, params.device, params.dtype)
 start = time.perf_counter()

@@ -1,0 +1,103 @@
+"""The storage plan: how many bytes of activation shards a config would write, and where
+probes therefore read their activations from (probe.source).
+
+Shards hold every token of every probe prompt for every configured (site, layer). At the
+paper's scale that is terabytes per task, so `probe.source: auto` trains a model's probes
+from streamed activations (minormech.stream) when its shards would exceed
+`storage.limit_gb`, and from shards otherwise. Every run prints the plan before any job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from minormech.config import prompt_count
+from minormech.models import ModelSpec
+from minormech.shards import shard_bytes
+
+#: Tokens a prompt adds to its example budget: the context sentence, the blank line after
+#: it and special tokens (about 25-30 with the Llama 3 and SmolLM2 tokenizers; rounded up).
+CONTEXT_TOKENS = 40
+
+PROBE_SETS = ("probe_train", "probe_test")
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Shard bytes one model's probes would need (None: widths or layer count unknown
+    before the model is loaded), per site and prompt set, and the source its probes use."""
+
+    model: str
+    site_bytes: dict[str, dict[str, int | None]]  # site -> prompt set -> bytes, all tasks
+    source: str  # shards | stream
+    reason: str
+
+    @property
+    def shard_mode_bytes(self) -> int | None:
+        """Bytes shard mode would write for this model's probes (None if unknown)."""
+        sizes = [b for sets in self.site_bytes.values() for b in sets.values()]
+        return None if any(b is None for b in sizes) else sum(sizes)
+
+    def written_bytes(self, test_shards_needed: bool) -> int:
+        """Bytes this run writes: every probe shard in shard mode; in stream mode only the
+        probe-test shards, and only when something else reads them (expected gradients)."""
+        if self.source == "shards":
+            return self.shard_mode_bytes or 0
+        if not test_shards_needed:
+            return 0
+        return sum(sets["probe_test"] or 0 for sets in self.site_bytes.values())
+
+
+def test_shards_needed(config: dict) -> bool:
+    """Expected-gradients attribution takes its baselines from probe-test shards."""
+    return config["attribution"]["method"] == "expected_gradients"
+
+
+def plan_storage(config: dict, models: dict[str, ModelSpec]) -> list[ModelPlan]:
+    """One ModelPlan per model, from prompt counts and an upper estimate of prompt length
+    (max_prompt_tokens + CONTEXT_TOKENS tokens per prompt)."""
+    tokens_per_prompt = config["prompts"]["max_prompt_tokens"] + CONTEXT_TOKENS
+    limit = config["storage"]["limit_gb"] * 1e9
+    chosen = config["probe"]["source"]
+    plans = []
+    for model_id, spec in models.items():
+        n_layers = spec.num_layers if config["layers"] == "all" else len(config["layers"])
+        site_bytes = {}
+        for site in config["sites"]:
+            known = n_layers is not None and site in spec.site_widths
+            site_bytes[site] = {
+                prompt_set: shard_bytes(prompt_count(config, prompt_set) * len(config["tasks"]) * tokens_per_prompt, spec.site_widths, [site],
+                                        n_layers, config["activations"]["store_dtype"]) if known else None
+                for prompt_set in PROBE_SETS
+            }
+        plan = ModelPlan(model_id, site_bytes, "shards", "")
+        total = plan.shard_mode_bytes
+        if chosen != "auto":
+            source, reason = chosen, f"probe.source: {chosen}"
+        elif total is None:
+            source, reason = "shards", "probe.source: auto, size unknown before loading; set probe.source: stream to be sure"
+        elif total > limit:
+            source, reason = "stream", f"probe.source: auto, shards would exceed storage.limit_gb={config['storage']['limit_gb']:g}"
+        else:
+            source, reason = "shards", f"probe.source: auto, shards fit in storage.limit_gb={config['storage']['limit_gb']:g}"
+        plans.append(ModelPlan(model_id, site_bytes, source, reason))
+    return plans
+
+
+def _gb(n_bytes: int | None) -> str:
+    return "unknown" if n_bytes is None else f"{n_bytes / 1e9:,.1f} GB"
+
+
+def format_plan(plans: list[ModelPlan], config: dict) -> str:
+    """The plan every run prints: shard-mode bytes per (model, site), each model's probe
+    source and the bytes this run will write."""
+    needed = test_shards_needed(config)
+    lines = ["storage plan (activation shards of the probe prompts, all tasks, estimated):"]
+    for plan in plans:
+        for site, sets in plan.site_bytes.items():
+            total = None if any(b is None for b in sets.values()) else sum(sets.values())
+            lines.append(f"  {plan.model:<16} site {site:<4} {_gb(total):>12} in shard mode")
+        lines.append(f"  {plan.model:<16} all sites {_gb(plan.shard_mode_bytes):>12} in shard mode")
+        lines.append(f"  {plan.model:<16} probes from {plan.source} ({plan.reason}): writes {_gb(plan.written_bytes(needed))} of shards")
+    lines.append(f"  total written {_gb(sum(p.written_bytes(needed) for p in plans))} (storage.limit_gb={config['storage']['limit_gb']:g})")
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""Stream mode: probes learn from activations as the model computes them; no shards.
+
+At the paper's scale the activation cache does not fit on disk (Llama-3.2-3B, 20000
+prompts of 600 tokens, five sites of 28 layers: about 7.6 TB per task). The probe pools
+before it projects, so every probe of a model can learn from one forward pass:
+StreamSource runs the prompts a pass needs through the model, a forward batch at a time,
+and hands the probes the same batches ProbeData would read from shards (same order,
+same padding, the model's dtype where shards hold their store dtype). A pass over the
+data costs one forward per prompt, so the paper regime (20000 steps of one prompt, each
+prompt once) runs the model once per prompt; the improved regime runs it once per
+prompt and epoch, plus the validation prompts each epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from minormech.activations import extract_stacked
+from minormech.probes import PackedActivations, ProbeBatch
+from minormech.prompts import Prompt
+
+
+class StreamSource:
+    """Activations of `sites` x `layers` for `prompts`, computed on demand by `model`.
+
+    `chunk_sizes` are the shards shard mode would have (activations.chunks), so that
+    batch_order shuffles both sources the same way. `forward_prompts` counts the prompts
+    run through the model, for logs and tests.
+    """
+
+    def __init__(self, model, prompts: Sequence[Prompt], sites: Sequence[str], layers: Sequence[int], widths: dict[str, int],
+                 forward_batch_size: int, pad_id: int, chunk_sizes: Sequence[int]):
+        if sum(chunk_sizes) != len(prompts):
+            raise ValueError(f"chunk sizes {list(chunk_sizes)[:5]}... add up to {sum(chunk_sizes)}, not the {len(prompts)} prompts")
+        self.model, self.sites, self.layers, self.widths = model, list(sites), list(layers), widths
+        self.prompts = list(prompts)
+        self.targets = torch.tensor([p.weight for p in self.prompts], dtype=torch.float32)
+        self.forward_batch_size, self.pad_id = forward_batch_size, pad_id
+        self.chunk_sizes = list(chunk_sizes)
+        self.dtype = next(model.parameters()).dtype
+        self.forward_prompts = 0
+
+    def width(self, site: str) -> int:
+        return self.widths[site]
+
+    def read(self, order: Iterable[np.ndarray]) -> Iterator[ProbeBatch]:
+        """The batches of `order`. Consecutive batches are gathered until they fill a
+        forward batch (batch-1 steps of the paper regime share forwards); a larger batch
+        runs in several forwards."""
+        pending: list[np.ndarray] = []
+        for rows in order:
+            pending.append(rows)
+            if sum(len(r) for r in pending) >= self.forward_batch_size:
+                yield from self._run(pending)
+                pending = []
+        if pending:
+            yield from self._run(pending)
+
+    def _run(self, batches: list[np.ndarray]) -> Iterator[ProbeBatch]:
+        rows = np.concatenate(batches)
+        prompts = [self.prompts[i] for i in rows]
+        values = extract_stacked(self.model, prompts, self.sites, self.layers, self.forward_batch_size, self.dtype, self.pad_id, on_device=True)
+        lengths = torch.tensor([p.length for p in prompts])
+        offsets = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), lengths[:-1]]), 0)
+        packed = PackedActivations(values, lengths, offsets)
+        self.forward_prompts += len(prompts)
+        start = 0
+        for batch_rows in batches:
+            activations, batch_lengths = packed.gather(np.arange(start, start + len(batch_rows)))
+            index = torch.as_tensor(batch_rows)
+            yield ProbeBatch(activations, batch_lengths, self.targets[index], index)
+            start += len(batch_rows)

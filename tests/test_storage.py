@@ -1,0 +1,66 @@
+"""The storage plan: shard bytes per config and each model's probe source (probe.source)."""
+import copy
+
+import pytest
+import yaml
+
+from workflow_helpers import copy_workflow, job_counts, run
+
+from minormech.config import model_specs
+from minormech.storage import plan_storage
+
+
+@pytest.fixture(scope="module")
+def configs(repo_root):
+    default = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    merged = {}
+    for name in ("llama-3.2-3b", "llama-3.1-8b"):
+        config = copy.deepcopy(default)
+        config.update(yaml.safe_load((repo_root / "config" / f"{name}.yaml").read_text()))
+        merged[name] = config
+    return {"default": default, **merged}
+
+
+def _plan(config):
+    (plan,) = plan_storage(config, {spec.id: spec for spec in model_specs(config)})
+    return plan
+
+
+def test_paper_configs_stream_their_probes_and_write_no_shards(configs):
+    for name, terabytes in (("llama-3.2-3b", 19.4), ("llama-3.1-8b", 28.2)):
+        plan = _plan(configs[name])
+        # 2 tasks x 24000 prompts x 640 tokens x layers x (sum of widths) x 2 bytes (README table)
+        assert plan.shard_mode_bytes / 1e12 == pytest.approx(terabytes, abs=0.05)
+        assert plan.source == "stream" and "exceed storage.limit_gb=1000" in plan.reason
+        assert plan.written_bytes(test_shards_needed=False) == 0
+        # expected-gradients attribution still reads probe-test shards: only those are written
+        test_bytes = plan.written_bytes(test_shards_needed=True)
+        assert 0 < test_bytes < plan.shard_mode_bytes / 5
+
+
+def test_auto_keeps_shards_under_the_limit_and_explicit_sources_win(configs):
+    default = _plan(configs["default"])
+    assert default.source == "shards" and 1e9 < default.shard_mode_bytes < 2e9  # site k, 2 tasks
+    assert default.written_bytes(False) == default.shard_mode_bytes
+    small_limit = copy.deepcopy(configs["default"])
+    small_limit["storage"]["limit_gb"] = 1
+    assert _plan(small_limit).source == "stream"
+    for source in ("shards", "stream"):
+        forced = copy.deepcopy(configs["llama-3.2-3b"])
+        forced["probe"]["source"] = source
+        assert _plan(forced).source == source and _plan(forced).reason == f"probe.source: {source}"
+
+
+def test_paper_config_dry_run_prints_the_plan_and_plans_stream_jobs(tmp_path, repo_root):
+    work = copy_workflow(repo_root, tmp_path / "work")
+    result = run(work, "-n", "--configfile", "config/llama-3.2-3b.yaml")
+    assert "llama-3.2-3b     site k      1,761.6 GB in shard mode" in result.stderr
+    assert "llama-3.2-3b     probes from stream (probe.source: auto, shards would exceed storage.limit_gb=1000): writes 0.0 GB of shards" in result.stderr
+    assert "total written 0.0 GB (storage.limit_gb=1000)" in result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["stream_probes"] == 2 and "activations" not in counts and "probe" not in counts
+
+    (work / "shards.yaml").write_text(yaml.safe_dump({"probe": {"source": "shards"}}))
+    refused = run(work, "-n", "--configfile", "config/llama-3.2-3b.yaml", "shards.yaml", check=False)
+    assert refused.returncode == 1
+    assert "storage error: the configured shards need about 19,378 GB, more than storage.limit_gb=1000; set probe.source: stream (or auto)" in refused.stderr
