@@ -8,6 +8,7 @@ Ratios (target in brackets):
 - caching job / plain ``model(input_ids)`` forward over the same batches          [<= 1.10]
 - shard bytes on disk / (tokens x features x bytes per value)                     [<= 1.05]
 - all probes of a (model, task) one at a time / stacked, same test MSE           [>= 20]
+- stream-mode training pass over N prompts / N plain forwards, same batches     [<= 1.3]
 - attribution over every (site, layer) per prompt / one forward per prompt        [<= 4]
 - patched pass from the cached layer input / full patched forward      [~ (L - layer) / L]
 - our caching job vs TransformerLens run_with_cache and nnsight trace: time and peak memory
@@ -31,11 +32,11 @@ import torch
 
 from benchmarks.common import REPO, benchmark_prompts, load_benchmark_model, matmul_rate
 from benchmarks.incremental import incremental_cost
-from benchmarks.stages import attribution_cost, patching_cost, probe_stacking
+from benchmarks.stages import attribution_cost, patching_cost, probe_stacking, stream_cost
 from minormech.activations import pad_token_id
 from minormech.models import SITES
 
-TARGETS = {"caching": 1.10, "shard_bytes": 1.05, "probe_speedup": 20.0, "attribution": 4.0}
+TARGETS = {"caching": 1.10, "shard_bytes": 1.05, "probe_speedup": 20.0, "stream": 1.3, "attribution": 4.0}
 
 
 def log(message: str) -> None:
@@ -66,7 +67,7 @@ def caching_jobs(args, prompts_file: Path, work: Path) -> list[dict]:
     return [{"impl": impl, "sites": sites, **{k: v for k, v in r.items() if k not in ("impl", "sites")}} for (impl, sites), r in best.items()]
 
 
-def rows_from(floor, caching, probes, attribution, patching, incremental, widths: dict[str, int]) -> list[dict]:
+def rows_from(floor, caching, probes, stream, attribution, patching, incremental, widths: dict[str, int]) -> list[dict]:
     """One row per reported figure: stage, measure, value, target, met, detail."""
     rows = []
 
@@ -105,6 +106,11 @@ def rows_from(floor, caching, probes, attribution, patching, incremental, widths
         add("probes", f"one at a time / stacked, site {row['site']} ({row['probes']} probes)", row["speedup"], f">= {TARGETS['probe_speedup']}",
             row["speedup"] >= TARGETS["probe_speedup"],
             f"{row['stacked_s']:.1f} s stacked vs {row['alone_s']:.1f} s alone ({row['probes_timed_alone']} timed), {row['steps']} steps; max relative test-MSE difference {row['max_rel_mse_diff']:.1e}")
+    for row in stream:
+        target = row["probe_batch"] == row["forward_batch"]
+        add("stream", f"stream pass / plain forwards, sites [{row['sites']}] ({row['probes']} probes), probe batch {row['probe_batch']}", row["ratio"],
+            f"<= {TARGETS['stream']}" if target else "", (row["ratio"] <= TARGETS["stream"]) if target else "",
+            f"{row['stream_s']:.2f} s vs {row['plain_s']:.2f} s, {row['prompts']} prompts in forward batches of {row['forward_batch']}")
     for row in attribution:
         add("attribution", f"{row['method']} per prompt, {row['sites']} sites x {row['layers']} layers / one forward", row["ratio"],
             f"<= {TARGETS['attribution']}", row["ratio"] <= TARGETS["attribution"],
@@ -145,10 +151,10 @@ def main() -> None:
     parser.add_argument("--patching-prompts", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-peers", action="store_true", help="skip TransformerLens and nnsight")
-    parser.add_argument("--only", nargs="+", choices=["caching", "probes", "attribution", "patching", "incremental"], default=None)
+    parser.add_argument("--only", nargs="+", choices=["caching", "probes", "stream", "attribution", "patching", "incremental"], default=None)
     parser.add_argument("--out", type=Path, default=None, help="CSV path (default benchmarks/results/<model>-<device>.csv)")
     args = parser.parse_args()
-    stages = set(args.only or ["caching", "probes", "attribution", "patching", "incremental"])
+    stages = set(args.only or ["caching", "probes", "stream", "attribution", "patching", "incremental"])
     out = args.out or REPO / "benchmarks" / "results" / f"{args.model}-{args.device}.csv"
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -170,6 +176,7 @@ def main() -> None:
     base, source = rest[: args.patching_prompts], rest[args.patching_prompts : 2 * args.patching_prompts]
     n_layers = len(model.model.layers)
     probes = probe_stacking(model, pad_id, train, test, SITES, work, args.probe_steps, args.d_proj, args.batch_size, args.solo_probes, log) if "probes" in stages else []
+    stream = stream_cost(model, pad_id, train, [["k"], SITES], args.batch_size, args.d_proj, args.repeats, log) if "stream" in stages else []
     attribution = attribution_cost(model, pad_id, attribution_set, SITES, 4, args.repeats, ["saliency", "input_x_gradient"]) if "attribution" in stages else []
     patch_layers = sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 1})
     patching = patching_cost(model, pad_id, base, source, "k", patch_layers, args.repeats) if "patching" in stages else []
@@ -178,7 +185,7 @@ def main() -> None:
     dtype = next(model.parameters()).dtype
     floor = {"rate": matmul_rate(next(model.parameters()).device, dtype), "dtype": str(dtype).replace("torch.", ""),
              "parameters": sum(p.numel() for p in model.parameters())}
-    rows = rows_from(floor, caching, probes, attribution, patching, incremental, widths)
+    rows = rows_from(floor, caching, probes, stream, attribution, patching, incremental, widths)
     print_table(rows)
     machine = f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if args.device.startswith("cuda"):

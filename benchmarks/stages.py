@@ -1,6 +1,6 @@
 """In-process timings of the pipeline's own stages, each a ratio inside one run:
-stacked probes vs one at a time, attribution vs one forward, patching from a cached
-layer input vs a full patched forward.
+stacked probes vs one at a time, a stream-mode training pass vs plain forwards,
+attribution vs one forward, patching from a cached layer input vs a full patched forward.
 
 Every stage calls the functions the rule scripts call (minormech), on the same prompts
 and batch sizes as the forward it is compared with.
@@ -16,14 +16,15 @@ import torch
 
 from benchmarks.caching import write_benchmark_shard
 from benchmarks.common import best_of, stopwatch
-from minormech.activations import extract_activations
+from minormech.activations import extract_activations, right_padded_batch
 from minormech.attribution import AttributionSettings, attribute_prompts
 from minormech.hooks import site_hooks
 from minormech.patching import last_logits, patch_hook, patched_first_logits, unpatched_run
-from minormech.probes import ProbeData, ProbeTraining, per_probe_mse, predict, train_probes
+from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, batch_order, per_probe_mse, predict, train_probe_groups, train_probes
 from minormech.prompts import Prompt
 from minormech.scoring import answer_prob, teacher_forced_batch
 from minormech.shards import STORE_DTYPES, Shard
+from minormech.stream import StreamSource
 
 #: Filter variants per site beside the unfiltered probe (SPEC "Filter": h in {0.5, 0.25}, op in {<=, >=}).
 N_FILTER_VARIANTS = 4
@@ -137,3 +138,52 @@ def patching_cost(model, pad_id: int, base_prompts, source_prompts, site: str, p
         rows.append({"site": site, "layer": layer, "full_s": full_s, "from_cache_s": cached_s, "ratio": cached_s / full_s,
                      "expected": (n_layers - layer) / n_layers})
     return rows
+
+
+def stream_cost(model, pad_id: int, prompts: Sequence[Prompt], site_sets: Sequence[Sequence[str]], batch_size: int, d_proj: int,
+                repeats: int, log) -> list[dict]:
+    """Seconds of one stream-mode training pass over N prompts / seconds of N plain
+    forwards (``model(input_ids, attention_mask)``) over the same batches.
+
+    The pass is what the stream job spends on its training prompts: the decoder over each
+    forward batch with every site recorded, then one optimizer step of every probe of the
+    job (per site: 1 unfiltered + 4 filtered variants x all layers) per probe batch. Rows:
+    probe batch = forward batch (the improved regime's batching, the issue's target), and
+    probe batch 1 (the paper regime: `batch_size` steps per forward)."""
+    device = next(model.parameters()).device
+    layers = list(range(len(model.model.layers)))
+    chunk_sizes = [len(prompts)]
+    order = list(batch_order(chunk_sizes, batch_size, rng=np.random.default_rng(0)))
+    widths = {"q": model.config.num_attention_heads * model.config.head_dim, "k": model.config.num_key_value_heads * model.config.head_dim,
+              "v": model.config.num_key_value_heads * model.config.head_dim, "o": model.config.hidden_size, "mlp": model.config.hidden_size}
+
+    def plain():
+        with torch.inference_mode():
+            for rows in order:
+                ids, mask = right_padded_batch([prompts[i] for i in rows], pad_id, device)
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+
+    plain()  # warm-up
+    plain_s = best_of(repeats, device, plain)
+    rows_out = []
+    for sites in site_sets:
+        generator = torch.Generator().manual_seed(1)
+        groups = [ProbeGroup(site, masks, name=f"{site} {kind}") for site in sites for kind, masks in
+                  (("unfiltered", None), ("filtered", (torch.rand(N_FILTER_VARIANTS, len(layers), widths[site], generator=generator) < 0.5).float()))]
+        for probe_batch in (batch_size, 1):
+            steps = len(prompts) // probe_batch
+            # one pass: N prompts in N / probe_batch steps; the same batch order as `plain` when probe_batch = batch_size
+            settings = ProbeTraining(regime="paper", d_proj=d_proj, lr=1e-4, batch_size=probe_batch, steps=steps, seed=0)
+            max_positions = max(p.length for p in prompts)
+
+            def stream_pass():
+                source = StreamSource(model, prompts, sites, layers, widths, batch_size, pad_id, chunk_sizes)
+                train_probe_groups(source, groups, settings, max_positions, device)
+                assert source.forward_prompts == len(prompts)
+
+            stream_s = best_of(repeats, device, stream_pass)
+            rows_out.append({"sites": " ".join(sites), "probes": sum(len(layers) * (1 if g.feature_masks is None else N_FILTER_VARIANTS) for g in groups),
+                             "prompts": len(prompts), "forward_batch": batch_size, "probe_batch": probe_batch,
+                             "stream_s": stream_s, "plain_s": plain_s, "ratio": stream_s / plain_s})
+            log(f"stream {rows_out[-1]}")
+    return rows_out

@@ -13,6 +13,10 @@ is one slice of the same parameter tensors, and the summed loss gives each slice
 exactly its own gradient. Adam is element-wise, so stacked training is the same
 optimisation as training each probe alone, at the cost of one batched pass.
 
+Activations come from an ActivationSource: ProbeData reads shards (one site per job),
+minormech.stream.StreamSource runs the model (every site of a (model, task) in one job).
+Both serve the batches of `batch_order`, so the two train the same probes alike.
+
 Two regimes (SPEC): ``paper`` = Adam, lr 1e-4, batch 1, a fixed number of steps
 (20000 in the paper, one fresh prompt per step); ``improved`` (paper App. D.1) =
 batches, a validation split of training weights, early stopping on validation MSE,

@@ -158,7 +158,7 @@ STREAM_PROBE_KINDS = ["unfiltered", "filtered"]
 def stream_outputs(suffix):
     """One stream job's files: every site and probe kind of one (model, task), site-major
     (the order workflow/scripts/stream_probes.py writes them in)."""
-    return expand("results/{{model}}/probes/{{task}}/{site}/{kind}" + suffix, site=SITES, kind=STREAM_PROBE_KINDS)
+    return expand("results/{{model}}/probes/{{task}}/{site}/{kind}{suffix}", site=SITES, kind=STREAM_PROBE_KINDS, suffix=suffix)
 
 
 def attribution_inputs(wildcards):

@@ -26,7 +26,8 @@ from workflow_helpers import TINY
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = {"activations", "attribution", "patching", "probe"}
+GPU_RULES = {"activations", "attribution", "patching", "probe"}  # the tiny config keeps shards; stream_probes goes to gpu too
+GPU_PARTITION_RULES = GPU_RULES | {"stream_probes"}
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
 
@@ -98,7 +99,7 @@ def test_every_job_with_work_ran_as_a_slurm_job(slurm_run):
         slurm_id, log = submitted[jobid]
         assert states[slurm_id][0] == "COMPLETED", (rule, slurm_id, states[slurm_id])
         # the profile sends the GPU rules to the partition `gpu`, the rest to the default
-        assert states[slurm_id][1] == ("gpu" if rule in GPU_RULES else "debug"), (rule, states[slurm_id])
+        assert states[slurm_id][1] == ("gpu" if rule in GPU_PARTITION_RULES else "debug"), (rule, states[slurm_id])
         # and the SLURM log goes to logs/slurm/rule_<rule>/<wildcards>/<slurm id>.log
         assert log.is_relative_to(work / "logs" / "slurm" / f"rule_{rule}") and log.name == f"{slurm_id}.log", log
         assert log.stat().st_size > 0
