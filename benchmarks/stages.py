@@ -20,7 +20,7 @@ from minormech.activations import extract_activations, right_padded_batch
 from minormech.attribution import AttributionSettings, attribute_prompts
 from minormech.hooks import site_hooks
 from minormech.patching import last_logits, patch_hook, patched_first_logits, unpatched_run
-from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, batch_order, per_probe_mse, predict, train_probe_groups, train_probes
+from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, batch_order, order_rng, per_probe_mse, predict_stacks, train_probe_groups
 from minormech.prompts import Prompt
 from minormech.scoring import answer_prob, teacher_forced_batch
 from minormech.shards import STORE_DTYPES, Shard
@@ -38,7 +38,7 @@ def _write_set_shard(path: Path, model, prompts: Sequence[Prompt], sites, layers
 
 def probe_stacking(model, pad_id: int, train_prompts, test_prompts, sites, work: Path, steps: int, d_proj: int, batch_size: int,
                    solo_limit: int, log) -> list[dict]:
-    """Per site: V = 1 + 4 variants x L layers trained stacked (one train_probes call) vs
+    """Per site: V = 1 + 4 variants x L layers trained stacked (one train_probe_groups call) vs
     each (variant, layer) probe trained alone with the same code, seeds and data order.
     The paper regime (Adam, batch 1, fixed steps) makes the two the same optimisation, so
     their test MSEs must agree to float rounding. Returns one row per site."""
@@ -56,10 +56,10 @@ def probe_stacking(model, pad_id: int, train_prompts, test_prompts, sites, work:
         masks = torch.ones(1 + N_FILTER_VARIANTS, len(layers), train.width(site))
         masks[1:] = (torch.rand(N_FILTER_VARIANTS, len(layers), train.width(site), generator=generator) < 0.5).float()
         masks = masks.to(device)
-        next(train.batches(1))  # the chunk is read into memory before any timing
+        next(train.read([np.arange(1)]))  # the chunk is read into memory before any timing
         with stopwatch(device) as stacked_time:
-            stacked, _ = train_probes(train, settings, max_positions, feature_masks=masks, device=device)
-        predictions, index = predict(stacked, test, 64, feature_masks=masks)
+            stacked, _ = train_probe_groups(train, [ProbeGroup(site, masks)], settings, max_positions, device)
+        (predictions,), index = predict_stacks(stacked, test, 64)
         stacked_mse = per_probe_mse(predictions, test.targets[index])  # [V, L]
 
         probes = [(v, l) for v in range(masks.shape[0]) for l in range(len(layers))]
@@ -69,12 +69,12 @@ def probe_stacking(model, pad_id: int, train_prompts, test_prompts, sites, work:
         for v, l in timed:
             alone_train = ProbeData([train_shard], train_prompts, site, [layers[l]])
             alone_test = ProbeData([test_shard], test_prompts, site, [layers[l]])
-            next(alone_train.batches(1))
+            next(alone_train.read([np.arange(1)]))
             mask = masks[v : v + 1, l : l + 1]
             with stopwatch(device) as alone_time:
-                alone, _ = train_probes(alone_train, settings, max_positions, feature_masks=mask, device=device, variant_ids=[v])
+                alone, _ = train_probe_groups(alone_train, [ProbeGroup(site, mask, variant_ids=[v])], settings, max_positions, device)
             solo_seconds += alone_time["seconds"]
-            alone_predictions, alone_index = predict(alone, alone_test, 64, feature_masks=mask)
+            (alone_predictions,), alone_index = predict_stacks(alone, alone_test, 64)
             alone_mse = per_probe_mse(alone_predictions, alone_test.targets[alone_index])[0, 0]
             differences.append(abs(alone_mse.item() - stacked_mse[v, l].item()) / stacked_mse[v, l].item())
         all_solo_seconds = solo_seconds * len(probes) / len(timed)
@@ -153,7 +153,7 @@ def stream_cost(model, pad_id: int, prompts: Sequence[Prompt], site_sets: Sequen
     device = next(model.parameters()).device
     layers = list(range(len(model.model.layers)))
     chunk_sizes = [len(prompts)]
-    order = list(batch_order(chunk_sizes, batch_size, rng=np.random.default_rng(0)))
+    order = list(batch_order(chunk_sizes, batch_size, rng=order_rng(0)))  # the training order of probe seed 0
     widths = {"q": model.config.num_attention_heads * model.config.head_dim, "k": model.config.num_key_value_heads * model.config.head_dim,
               "v": model.config.num_key_value_heads * model.config.head_dim, "o": model.config.hidden_size, "mlp": model.config.hidden_size}
 
@@ -179,7 +179,7 @@ def stream_cost(model, pad_id: int, prompts: Sequence[Prompt], site_sets: Sequen
             def stream_pass():
                 source = StreamSource(model, prompts, sites, layers, widths, batch_size, pad_id, chunk_sizes)
                 train_probe_groups(source, groups, settings, max_positions, device)
-                assert source.forward_prompts == len(prompts)
+                assert source.forward_prompts == steps * probe_batch
 
             stream_s = best_of(repeats, device, stream_pass)
             rows_out.append({"sites": " ".join(sites), "probes": sum(len(layers) * (1 if g.feature_masks is None else N_FILTER_VARIANTS) for g in groups),

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from minormech.prompts import Prompt, prompts_digest
-from minormech.shards import Shard
+from minormech.shards import Shard, packed_offsets
 
 log = logging.getLogger(__name__)
 
@@ -97,44 +97,51 @@ def per_probe_mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 # ----------------------------------------------------------------------------- data
 
 
-@dataclass
-class ProbeBatch:
-    """Prompts of one optimizer step (or evaluation batch), every site the source holds."""
-
-    activations: dict[str, torch.Tensor]  # site -> [L, B, S, d] float32
-    lengths: torch.Tensor  # [B]
-    targets: torch.Tensor  # [B, 2] float32
-    prompt_index: torch.Tensor  # [B] position of each prompt in the source's order
-
-    def to(self, device: torch.device) -> "ProbeBatch":
-        return ProbeBatch({site: a.to(device) for site, a in self.activations.items()}, self.lengths.to(device), self.targets.to(device), self.prompt_index)
-
-
 class PackedActivations:
     """Activations of consecutive prompts, all requested layers stacked and every token of
     every prompt packed without padding: values[site] is [L, T, d] (a shard chunk, or one
     group of forward passes in stream mode)."""
 
-    def __init__(self, values: dict[str, torch.Tensor], lengths: torch.Tensor, offsets: torch.Tensor):
-        self.values, self.lengths, self.offsets = values, lengths, offsets
+    def __init__(self, values: dict[str, torch.Tensor], lengths: torch.Tensor):
+        self.values, self.lengths, self.offsets = values, lengths, packed_offsets(lengths)
 
     @classmethod
     def from_shard(cls, shard: Shard, site: str, layers: Sequence[int]) -> "PackedActivations":
-        return cls({site: torch.stack([shard.read(site, layer) for layer in layers])}, shard.lengths, shard.offsets)
+        return cls({site: torch.stack([shard.read(site, layer) for layer in layers])}, shard.lengths)
 
-    def gather(self, rows: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Padded [L, B, S, d] float32 per site and lengths [B] for the prompts `rows`."""
+    def gather(self, site: str, rows: np.ndarray) -> torch.Tensor:
+        """Padded [L, B, S, d] float32 of one site for the prompts `rows` (S = their longest)."""
         lengths = self.lengths[rows]
         width = int(lengths.max())
         positions = torch.arange(width)
         index = self.offsets[rows][:, None] + positions[None, :]
         valid = positions[None, :] < lengths[:, None]
         index = torch.where(valid, index, self.offsets[rows][:, None])  # pad rows repeat a real row, masked later
-        gathered = {}
-        for site, values in self.values.items():
-            flat = index.reshape(-1).to(values.device)
-            gathered[site] = values[:, flat].reshape(values.shape[0], len(rows), width, -1).float()
-        return gathered, lengths
+        values = self.values[site]
+        return values[:, index.reshape(-1).to(values.device)].reshape(values.shape[0], len(rows), width, -1).float()
+
+
+class ProbeBatch:
+    """Prompts of one optimizer step (or evaluation batch): lengths and targets, and each
+    site's padded float32 activations [L, B, S, d], gathered when a probe stack asks for
+    them. Only the site last asked for is kept, so a batch holds one site's float32 copy
+    at a time (stacks of one site come one after another)."""
+
+    def __init__(self, packed: PackedActivations, rows: np.ndarray, targets: torch.Tensor, prompt_index: torch.Tensor, device: torch.device | None = None):
+        self.packed, self.rows, self.prompt_index, self.device = packed, rows, prompt_index, device
+        self.lengths = packed.lengths[rows].to(device) if device is not None else packed.lengths[rows]
+        self.targets = targets.to(device) if device is not None else targets
+        self._kept: tuple[str, torch.Tensor] | None = None
+
+    def to(self, device: torch.device) -> "ProbeBatch":
+        return ProbeBatch(self.packed, self.rows, self.targets, self.prompt_index, device)
+
+    def activations(self, site: str) -> torch.Tensor:
+        if self._kept is None or self._kept[0] != site:
+            self._kept = None  # free the previous site's copy before making the next
+            values = self.packed.gather(site, self.rows)
+            self._kept = (site, values.to(self.device) if self.device is not None else values)
+        return self._kept[1]
 
 
 def batch_order(chunk_sizes: Sequence[int], batch_size: int, select: np.ndarray | None = None, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
@@ -170,7 +177,8 @@ class ActivationSource(Protocol):
 
     def width(self, site: str) -> int: ...
 
-    def read(self, order: Iterable[np.ndarray]) -> Iterator[ProbeBatch]: ...
+    def read(self, order: Iterable[np.ndarray], sites: Sequence[str] | None = None) -> Iterator[ProbeBatch]:
+        """Batches of `order` with the activations of `sites` (default: every site held)."""
 
 
 class ProbeData:
@@ -218,20 +226,16 @@ class ProbeData:
             self._cache[i] = chunk
         return chunk
 
-    def read(self, order: Iterable[np.ndarray]) -> Iterator[ProbeBatch]:
-        """The batches of `order` (prompt indices, each batch inside one chunk)."""
+    def read(self, order: Iterable[np.ndarray], sites: Sequence[str] | None = None) -> Iterator[ProbeBatch]:
+        """The batches of `order` (prompt indices, each batch inside one chunk); a shard
+        source holds one site, so `sites` changes nothing."""
         for rows in order:
             c = int(np.searchsorted(self._chunk_start, rows[0], side="right")) - 1
             local = rows - self._chunk_start[c]
             if local.min() < 0 or local.max() >= self.chunk_sizes[c]:
                 raise ValueError(f"a batch spans two shards ({self.shards[c].path} and another); batch_order never makes one")
-            activations, lengths = self._chunk(c).gather(local)
             index = torch.as_tensor(rows)
-            yield ProbeBatch(activations, lengths, self.targets[index], index)
-
-    def batches(self, batch_size: int, select: np.ndarray | None = None, rng: np.random.Generator | None = None) -> Iterator[ProbeBatch]:
-        """Batches of the selected prompts in `batch_order`."""
-        return self.read(batch_order(self.chunk_sizes, batch_size, select, rng))
+            yield ProbeBatch(self._chunk(c), local, self.targets[index], index)
 
 
 # ----------------------------------------------------------------------------- training
@@ -296,7 +300,7 @@ class ProbeStack:
         self.active = True
 
     def __call__(self, batch: ProbeBatch) -> torch.Tensor:
-        return self.probes(batch.activations[self.site], batch.lengths, self.masks)
+        return self.probes(batch.activations(self.site), batch.lengths, self.masks)
 
     def step(self, batch: ProbeBatch) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -306,6 +310,15 @@ class ProbeStack:
         return losses.detach()
 
 
+def _sites_of(stacks: Sequence[ProbeStack]) -> list[str]:
+    return list(dict.fromkeys(stack.site for stack in stacks))
+
+
+def order_rng(seed: int) -> np.random.Generator:
+    """The generator of the training batch order (batch_order) for probe seed `seed`."""
+    return np.random.default_rng([seed, 104729])
+
+
 @torch.no_grad()
 def predict_stacks(stacks: Sequence[ProbeStack], source: ActivationSource, batch_size: int, select: np.ndarray | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """(predictions [V, L, N, 2] per stack on the CPU, prompt indices [N]) for the selected
@@ -313,24 +326,12 @@ def predict_stacks(stacks: Sequence[ProbeStack], source: ActivationSource, batch
     device = stacks[0].probes.w_proj.device
     outputs: list[list[torch.Tensor]] = [[] for _ in stacks]
     indices = []
-    for batch in source.read(batch_order(source.chunk_sizes, batch_size, select)):
+    for batch in source.read(batch_order(source.chunk_sizes, batch_size, select), sites=_sites_of(stacks)):
         batch = batch.to(device)
         for out, stack in zip(outputs, stacks):
             out.append(stack(batch).cpu())
         indices.append(batch.prompt_index)
     return [torch.cat(out, dim=2) for out in outputs], torch.cat(indices)
-
-
-def predict(probes: StackedProbes, data: ProbeData, batch_size: int, select: np.ndarray | None = None, feature_masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predictions [V, L, N, 2] on the CPU, prompt indices [N]) of one site's probes."""
-    device = probes.w_proj.device
-    outputs, indices = [], []
-    with torch.no_grad():
-        for batch in data.batches(batch_size, select):
-            batch = batch.to(device)
-            outputs.append(probes(batch.activations[data.site], batch.lengths, feature_masks).cpu())
-            indices.append(batch.prompt_index)
-    return torch.cat(outputs, dim=2), torch.cat(indices)
 
 
 def train_probe_groups(
@@ -346,26 +347,12 @@ def train_probe_groups(
     step); returns the trained stacks and a summary per group. `eval_batch_size` is the
     batch of validation passes (stream mode: a forward batch)."""
     stacks = [ProbeStack(group, train.width(group.site), train.layers, settings, max_positions, device) for group in groups]
-    rng = np.random.default_rng([settings.seed, 104729])
+    rng = order_rng(settings.seed)
     if settings.regime == "paper":
         return stacks, _train_fixed_steps(train, stacks, settings, rng, device, progress)
     if settings.regime == "improved":
         return stacks, _train_early_stopping(train, stacks, settings, rng, device, progress, eval_batch_size)
     raise ValueError(f"probe.regime: unknown regime {settings.regime!r}; choose paper or improved")
-
-
-def train_probes(
-    train: ProbeData,
-    settings: ProbeTraining,
-    max_positions: int,
-    feature_masks: torch.Tensor | None = None,
-    device: torch.device = torch.device("cpu"),
-    progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
-    variant_ids: Sequence[int] | None = None,
-) -> tuple[StackedProbes, dict]:
-    """Train the V x L probes of one site (shard mode's probe job): one group."""
-    stacks, summaries = train_probe_groups(train, [ProbeGroup(train.site, feature_masks, variant_ids)], settings, max_positions, device, progress)
-    return stacks[0].probes, summaries[0]
 
 
 def _train_fixed_steps(train: ActivationSource, stacks: Sequence[ProbeStack], settings: ProbeTraining, rng, device, progress) -> list[dict]:
@@ -377,7 +364,7 @@ def _train_fixed_steps(train: ActivationSource, stacks: Sequence[ProbeStack], se
             yield from batch_order(train.chunk_sizes, settings.batch_size, rng=rng)
 
     last = [None] * len(stacks)
-    for batch in progress(train.read(itertools.islice(endless(), settings.steps)), settings.steps):
+    for batch in progress(train.read(itertools.islice(endless(), settings.steps), sites=_sites_of(stacks)), settings.steps):
         batch = batch.to(device)
         last = [stack.step(batch) for stack in stacks]
     passes = settings.steps * settings.batch_size / len(train.prompts)
@@ -398,7 +385,8 @@ def _train_early_stopping(train: ActivationSource, stacks: Sequence[ProbeStack],
         active = [i for i, s in enumerate(stacks) if s.active]
         if not active:
             break
-        for batch in train.read(batch_order(train.chunk_sizes, settings.batch_size, select=~is_val, rng=rng)):
+        sites = _sites_of([stacks[i] for i in active])  # a stream source stops recording the sites whose stacks all stopped
+        for batch in train.read(batch_order(train.chunk_sizes, settings.batch_size, select=~is_val, rng=rng), sites=sites):
             batch = batch.to(device)
             for i in active:
                 stacks[i].step(batch)

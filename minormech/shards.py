@@ -165,7 +165,7 @@ class Shard:
         self.header = ShardHeader.from_metadata(meta)
         self.prompt_ids = self._file.get_tensor("prompt_ids")
         self.lengths = self._file.get_tensor("lengths")
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64), self.lengths.cumsum(0)])
+        self.offsets = packed_offsets(self.lengths)
 
     def expect(self, **fields) -> "Shard":
         """Raise ShardError unless every given header field has the given value."""
@@ -216,6 +216,11 @@ def load_tensors(path: str | Path, needed: Sequence[str] = ()) -> dict[str, torc
             "it was made by another configuration: delete it and rerun"
         )
     return tensors
+
+
+def packed_offsets(lengths: torch.Tensor) -> torch.Tensor:
+    """[n + 1] start row of each prompt in a packed [tokens, d] tensor, and the total."""
+    return torch.cat([torch.zeros(1, dtype=torch.int64), lengths.to(torch.int64).cumsum(0)])
 
 
 def chunk_rows(n_prompts: int, n_chunks: int) -> list[np.ndarray]:

@@ -55,10 +55,13 @@ def test_shards_needed(config: dict) -> bool:
 
 def plan_storage(config: dict, models: dict[str, ModelSpec]) -> list[ModelPlan]:
     """One ModelPlan per model, from prompt counts and an upper estimate of prompt length
-    (max_prompt_tokens + CONTEXT_TOKENS tokens per prompt)."""
+    (max_prompt_tokens + CONTEXT_TOKENS tokens per prompt). With `auto`, models are taken
+    in config order and each keeps shards while the shards of all the run's models still
+    fit in storage.limit_gb; the rest stream."""
     tokens_per_prompt = config["prompts"]["max_prompt_tokens"] + CONTEXT_TOKENS
-    limit = config["storage"]["limit_gb"] * 1e9
+    limit_gb = config["storage"]["limit_gb"]
     chosen = config["probe"]["source"]
+    planned = 0  # bytes written by the models planned so far
     plans = []
     for model_id, spec in models.items():
         n_layers = spec.num_layers if config["layers"] == "all" else len(config["layers"])
@@ -70,17 +73,18 @@ def plan_storage(config: dict, models: dict[str, ModelSpec]) -> list[ModelPlan]:
                                         n_layers, config["activations"]["store_dtype"]) if known else None
                 for prompt_set in PROBE_SETS
             }
-        plan = ModelPlan(model_id, site_bytes, "shards", "")
-        total = plan.shard_mode_bytes
+        total = ModelPlan(model_id, site_bytes, "shards", "").shard_mode_bytes
         if chosen != "auto":
             source, reason = chosen, f"probe.source: {chosen}"
         elif total is None:
             source, reason = "shards", "probe.source: auto, size unknown before loading; set probe.source: stream to be sure"
-        elif total > limit:
-            source, reason = "stream", f"probe.source: auto, shards would exceed storage.limit_gb={config['storage']['limit_gb']:g}"
+        elif planned + total > limit_gb * 1e9:
+            source, reason = "stream", f"probe.source: auto, shards would exceed storage.limit_gb={limit_gb:g}"
         else:
-            source, reason = "shards", f"probe.source: auto, shards fit in storage.limit_gb={config['storage']['limit_gb']:g}"
-        plans.append(ModelPlan(model_id, site_bytes, source, reason))
+            source, reason = "shards", f"probe.source: auto, shards fit in storage.limit_gb={limit_gb:g}"
+        plan = ModelPlan(model_id, site_bytes, source, reason)
+        planned += plan.written_bytes(test_shards_needed(config))
+        plans.append(plan)
     return plans
 
 

@@ -12,6 +12,7 @@ sys.path.insert(0, workflow.basedir)  # the minormech package, also without `pip
 
 from minormech.config import ConfigError, layers_for, load_schema, model_specs, validate_config
 from minormech.config import prompt_count as config_prompt_count
+from minormech.probe_results import PROBE_KINDS
 from minormech.prompts import PROMPT_SETS
 from minormech.storage import format_plan, plan_storage, test_shards_needed
 
@@ -45,10 +46,10 @@ def planned_shard_bytes():
     planned = sum(plan.written_bytes(test_shards_needed(config)) for plan in STORAGE_PLAN)
     print(format_plan(STORAGE_PLAN, config), file=sys.stderr)
     if planned > config["storage"]["limit_gb"] * 1e9:
+        remedy = "set probe.source: stream (or auto), " if SHARD_MODELS else "use another attribution.method than expected_gradients, "
         sys.exit(
             f"storage error: the configured shards need about {planned / 1e9:,.0f} GB, more than "
-            f"storage.limit_gb={config['storage']['limit_gb']}; set probe.source: stream (or auto), "
-            "restrict sites/layers/prompts, or raise the limit"
+            f"storage.limit_gb={config['storage']['limit_gb']}; {remedy}restrict sites/layers/prompts, or raise the limit"
         )
     return planned
 
@@ -134,7 +135,7 @@ FILTER_PAIR = config["task_pairs"][0]
 
 wildcard_constraints:
     pair="|".join(PAIRS),
-    probe_kind="unfiltered|filtered",
+    probe_kind="|".join(PROBE_KINDS),
 
 
 def probe_inputs(wildcards):
@@ -151,14 +152,16 @@ def probe_inputs(wildcards):
     return inputs
 
 
-#: Stream jobs train both kinds for every task (filtered variants need the first pair's xi).
-STREAM_PROBE_KINDS = ["unfiltered", "filtered"]
+def probe_params(*unused):
+    """The probe section as job params, without `source` (the rule itself is the source)
+    and the keys a rule does not read, so that editing those reruns no probe job."""
+    return canonical({key: value for key, value in config["probe"].items() if key not in ("source", *unused)})
 
 
 def stream_outputs(suffix):
     """One stream job's files: every site and probe kind of one (model, task), site-major
     (the order workflow/scripts/stream_probes.py writes them in)."""
-    return expand("results/{{model}}/probes/{{task}}/{site}/{kind}{suffix}", site=SITES, kind=STREAM_PROBE_KINDS, suffix=suffix)
+    return expand("results/{{model}}/probes/{{task}}/{site}/{kind}{suffix}", site=SITES, kind=PROBE_KINDS, suffix=suffix)
 
 
 def attribution_inputs(wildcards):

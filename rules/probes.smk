@@ -1,7 +1,9 @@
 # Probes read activations from shards (rule probe: one job per site and probe kind) or
 # from the model itself (rule stream_probes: one job per model and task). The storage plan
 # in common.smk assigns each model one source (probe.source); both rules write the same
-# files, so the figures do not depend on the choice.
+# files, so the figures do not depend on the choice. A stream job trains both probe kinds
+# for every task (the filtered variants need the first pair's xi, so it waits for
+# attribution); shard mode trains filtered probes only for the first pair's tasks.
 
 if SHARD_MODELS:
 
@@ -18,7 +20,7 @@ if SHARD_MODELS:
             model="|".join(SHARD_MODELS),
         params:
             layers=lambda wildcards: layers_of(wildcards.model),
-            probe=canonical(config["probe"]),
+            probe=probe_params(),
             device=config["compute"]["device"],
         threads: THREADS
         resources:
@@ -50,9 +52,9 @@ if STREAM_MODELS:
             model="|".join(STREAM_MODELS),
         params:
             sites=SITES,
-            kinds=STREAM_PROBE_KINDS,
+            kinds=PROBE_KINDS,
             layers=lambda wildcards: layers_of(wildcards.model),
-            probe=canonical(config["probe"]),
+            probe=probe_params("keep_in_memory"),
             chunks=canonical(config["activations"]["chunks"]),
             forward_batch_size=config["activations"]["batch_size"],
             device=config["compute"]["device"],

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from minormech.probes import ProbeData, ProbeTraining, StackedProbes, mean_baseline_mse, per_probe_mse, predict, train_probes
+from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, StackedProbes, mean_baseline_mse, per_probe_mse, predict_stacks, train_probe_groups
 from minormech.prompts import Prompt, prompts_digest
 from minormech.shards import Shard, ShardHeader, write_shard
 
@@ -35,8 +35,8 @@ def test_probe_learns_a_linear_readout(tmp_path):
     train = _synthetic(tmp_path, 400, layers, 16, 0, "train", signal_layers={1})
     test = _synthetic(tmp_path, 100, layers, 16, 1, "test", signal_layers={1})
     settings = ProbeTraining(regime="improved", d_proj=32, lr=3e-3, batch_size=16, max_epochs=150, patience=20, val_fraction=0.1, seed=0)
-    probes, summary = train_probes(train, settings, max_positions=12)
-    predictions, index = predict(probes, test, 64)
+    stacks, (summary,) = train_probe_groups(train, [ProbeGroup("k")], settings, max_positions=12)
+    (predictions,), index = predict_stacks(stacks, test, 64)
     mse = per_probe_mse(predictions, test.targets[index])[0]
     baseline = mean_baseline_mse(train.targets, test.targets)
     assert baseline > 30
@@ -51,12 +51,12 @@ def test_stacked_training_equals_training_each_probe_alone(tmp_path):
     data = _synthetic(tmp_path, 40, layers, 8, 0, "train", signal_layers={1, 2})
     settings = ProbeTraining(regime="paper", d_proj=8, lr=1e-3, batch_size=1, steps=60, seed=5)
     masks = (torch.rand(2, 3, 8, generator=torch.Generator().manual_seed(0)) < 0.6).float()
-    stacked, _ = train_probes(data, settings, max_positions=12, feature_masks=masks)
+    (stacked,), _ = train_probe_groups(data, [ProbeGroup("k", masks)], settings, max_positions=12)
     for v in range(2):
         for i, layer in enumerate(layers):
             alone_data = ProbeData(data.shards, data.prompts, "k", [layer])
-            alone, _ = train_probes(alone_data, settings, max_positions=12, feature_masks=masks[v : v + 1, i : i + 1], variant_ids=[v])
-            for p_alone, p_stacked in zip(alone.parameters(), stacked.parameters()):
+            (alone,), _ = train_probe_groups(alone_data, [ProbeGroup("k", masks[v : v + 1, i : i + 1], variant_ids=[v])], settings, max_positions=12)
+            for p_alone, p_stacked in zip(alone.probes.parameters(), stacked.probes.parameters()):
                 torch.testing.assert_close(p_alone[0, 0], p_stacked[v, i], rtol=1e-5, atol=1e-6)
 
 
@@ -85,8 +85,8 @@ def test_feature_masks_apply_at_read_time(tmp_path):
     train = _synthetic(tmp_path, 200, layers, 8, 0, "train", signal_layers={0})
     masks = torch.stack([torch.ones(1, 8), torch.zeros(1, 8)])
     settings = ProbeTraining(regime="improved", d_proj=16, lr=3e-3, batch_size=16, max_epochs=60, patience=10, val_fraction=0.1, seed=0)
-    probes, _ = train_probes(train, settings, max_positions=12, feature_masks=masks)
-    predictions, index = predict(probes, train, 64, feature_masks=masks)
+    stacks, _ = train_probe_groups(train, [ProbeGroup("k", masks)], settings, max_positions=12)
+    (predictions,), index = predict_stacks(stacks, train, 64)
     mse = per_probe_mse(predictions, train.targets[index])
     assert predictions[1].abs().max() == 0
     assert mse[0, 0] < 2 and mse[1, 0] > 50

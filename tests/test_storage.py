@@ -64,3 +64,15 @@ def test_paper_config_dry_run_prints_the_plan_and_plans_stream_jobs(tmp_path, re
     refused = run(work, "-n", "--configfile", "config/llama-3.2-3b.yaml", "shards.yaml", check=False)
     assert refused.returncode == 1
     assert "storage error: the configured shards need about 19,378 GB, more than storage.limit_gb=1000; set probe.source: stream (or auto)" in refused.stderr
+
+
+def test_auto_counts_the_shards_of_every_model_against_one_limit(configs):
+    """Models are planned in config order: the second would fit the limit alone (6.5 GB of
+    7) but not beside the first's 1.3 GB, so it streams and the run stays under the limit."""
+    config = copy.deepcopy(configs["default"])
+    config["models"] = [{"id": "smollm2-135m"}, {"id": "llama-3.2-3b"}]
+    config["storage"]["limit_gb"] = 7
+    first, second = plan_storage(config, {spec.id: spec for spec in model_specs(config)})
+    assert first.source == "shards" and second.source == "stream"
+    assert second.shard_mode_bytes < 7e9 < first.shard_mode_bytes + second.shard_mode_bytes
+    assert first.written_bytes(False) + second.written_bytes(False) < 7e9

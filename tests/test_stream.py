@@ -100,7 +100,7 @@ def test_stream_batches_equal_shard_batches(sets):
         for from_shards, from_stream in zip(train_shards.read(order), stream.read(order), strict=True):
             assert torch.equal(from_shards.prompt_index, from_stream.prompt_index)
             assert torch.equal(from_shards.lengths, from_stream.lengths)
-            torch.testing.assert_close(from_stream.activations["k"], from_shards.activations["k"], rtol=1e-4, atol=1e-4)  # forwards of other batch shapes: rounding only
+            torch.testing.assert_close(from_stream.activations("k"), from_shards.activations("k"), rtol=1e-4, atol=1e-4)  # forwards of other batch shapes: rounding only
 
 
 def test_batch_order_keeps_batches_inside_chunks_and_covers_every_prompt():

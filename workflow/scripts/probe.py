@@ -5,7 +5,7 @@ import torch
 from minormech.config import prompt_count
 from minormech.models import resolve_device, set_threads
 from minormech.probe_results import ProbeOutputs, ProbeVariants, write_probe_results, xi_tensor_names
-from minormech.probes import ProbeData, ProbeTraining, mean_baseline_mse, predict, train_probes
+from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, mean_baseline_mse, predict_stacks, train_probe_groups
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.shards import Shard, load_tensors
@@ -27,11 +27,12 @@ train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train")
 test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test")
 xi = load_tensors(inputs.xi, xi_tensor_names([wildcards.site], params.layers)) if wildcards.probe_kind == "filtered" else None
 variants = ProbeVariants.of_kind(wildcards.probe_kind, wildcards.site, params.layers, xi)
-probes, summary = train_probes(
-    train, settings, max(train.max_length, test.max_length), feature_masks=variants.masks, device=device,
-    progress=progress(f"{wildcards.task} {wildcards.site} {wildcards.probe_kind} probes ({settings.regime})"),
+stacks, (summary,) = train_probe_groups(
+    train, [ProbeGroup(wildcards.site, variants.masks, name=f"{wildcards.site} {wildcards.probe_kind}")], settings,
+    max(train.max_length, test.max_length), device,
+    progress(f"{wildcards.task} {wildcards.site} {wildcards.probe_kind} probes ({settings.regime})"),
 )
-predictions, index = predict(probes, test, batch_size=64, feature_masks=variants.masks.to(device) if variants.masks is not None else None)
+(predictions,), index = predict_stacks(stacks, test, batch_size=64)
 table = WeightTable.read_tsv(inputs.dataset, wildcards.task)
 write_probe_results(
     ProbeOutputs(**{key: snakemake.output[key] for key in ("table", "predictions", "summary")}),
