@@ -1,7 +1,7 @@
 """The benchmark harness (issue 6): every figure as a ratio inside one run, printed as a
 table and written as CSV.
 
-    benchmarks/run                                   # embedded model, CPU, ~6 min on 2 cores
+    benchmarks/run                                   # embedded model, CPU, ~13 min on 2 cores
     benchmarks/run --model llama-3.2-3b-shaped --device cuda --max-prompt-tokens 600
 
 Ratios (target in brackets):
