@@ -9,7 +9,7 @@ and costs about a fifth of SmolLM2-135M's forward pass.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -83,17 +83,10 @@ def extract_stacked(
     return buffers
 
 
-def extract_activations(
-    model,
-    prompts: Sequence[Prompt],
-    sites: Sequence[str],
-    layers: Sequence[int],
-    batch_size: int,
-    store_dtype: torch.dtype,
-    pad_id: int,
-    progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
-) -> dict[tuple[str, int], torch.Tensor]:
+def extract_activations(model, prompts: Sequence[Prompt], sites: Sequence[str], layers: Sequence[int], *options: Any,
+                        **keywords: Any) -> dict[tuple[str, int], torch.Tensor]:
     """activations[(site, layer)] = [sum of prompt lengths, width] on the CPU, in prompt
-    order (views into extract_stacked's buffers): what a shard holds."""
-    stacked = extract_stacked(model, prompts, sites, layers, batch_size, store_dtype, pad_id, progress)
+    order: what a shard holds (views into the buffers of extract_stacked, which takes the
+    same arguments)."""
+    stacked = extract_stacked(model, prompts, sites, layers, *options, **keywords)
     return {(site, layer): stacked[site][i] for site in sites for i, layer in enumerate(layers)}
