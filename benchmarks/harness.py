@@ -176,11 +176,11 @@ def main() -> None:
     base, source = rest[: args.patching_prompts], rest[args.patching_prompts : 2 * args.patching_prompts]
     n_layers = len(model.model.layers)
     probes = probe_stacking(model, pad_id, train, test, SITES, work, args.probe_steps, args.d_proj, args.batch_size, args.solo_probes, log) if "probes" in stages else []
-    stream = stream_cost(model, pad_id, train, [["k"], SITES], args.batch_size, args.d_proj, args.repeats, log) if "stream" in stages else []
     attribution = attribution_cost(model, pad_id, attribution_set, SITES, 4, args.repeats, ["saliency", "input_x_gradient"]) if "attribution" in stages else []
     patch_layers = sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 1})
     patching = patching_cost(model, pad_id, base, source, "k", patch_layers, args.repeats) if "patching" in stages else []
     incremental = incremental_cost(work / "incremental", args.threads) if "incremental" in stages else []
+    stream = stream_cost(model, pad_id, train, [["k"], SITES], args.batch_size, args.d_proj, args.repeats, log) if "stream" in stages else []
 
     dtype = next(model.parameters()).dtype
     floor = {"rate": matmul_rate(next(model.parameters()).device, dtype), "dtype": str(dtype).replace("torch.", ""),

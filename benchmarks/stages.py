@@ -24,7 +24,7 @@ from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, batch_order, 
 from minormech.prompts import Prompt
 from minormech.scoring import answer_prob, teacher_forced_batch
 from minormech.shards import STORE_DTYPES, Shard
-from minormech.stream import StreamSource
+from minormech.stream import StreamSource, reuse_freed_memory
 
 #: Filter variants per site beside the unfiltered probe (SPEC "Filter": h in {0.5, 0.25}, op in {<=, >=}).
 N_FILTER_VARIANTS = 4
@@ -150,6 +150,7 @@ def stream_cost(model, pad_id: int, prompts: Sequence[Prompt], site_sets: Sequen
     job (per site: 1 unfiltered + 4 filtered variants x all layers) per probe batch. Rows:
     probe batch = forward batch (the improved regime's batching, the issue's target), and
     probe batch 1 (the paper regime: `batch_size` steps per forward)."""
+    reuse_freed_memory()  # as the stream_probes job does; process-wide, so this stage runs last
     device = next(model.parameters()).device
     layers = list(range(len(model.model.layers)))
     chunk_sizes = [len(prompts)]

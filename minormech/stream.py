@@ -14,6 +14,7 @@ prompt and epoch, plus the validation prompts each epoch.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -74,3 +75,21 @@ class StreamSource:
             index = torch.as_tensor(batch_rows)
             yield ProbeBatch(packed, np.arange(start, start + len(batch_rows)), self.targets[index], index)
             start += len(batch_rows)
+
+
+def reuse_freed_memory() -> bool:
+    """Keep freed memory in the process's heap (glibc only; returns whether it applied).
+
+    glibc serves large allocations with mmap and returns them to the kernel when freed, so
+    every probe step's gradients and temporaries (hundreds of MB with wide sites) come back
+    as fresh pages that the kernel must fault in and zero. On a CPU that was a third of a
+    stream pass over all five sites (2 cores: 1.6x plain forwards, 1.05x with this). CUDA
+    tensors use PyTorch's caching allocator and are unaffected. Freed memory is not given
+    back to the system until the job ends, which a single-purpose job can afford.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc malloc.h
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))

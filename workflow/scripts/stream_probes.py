@@ -13,12 +13,13 @@ from minormech.probes import ProbeGroup, ProbeTraining, mean_baseline_mse, predi
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.shards import chunk_rows, load_tensors
-from minormech.stream import StreamSource
+from minormech.stream import StreamSource, reuse_freed_memory
 from minormech.tasks import WeightTable
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
 set_threads(snakemake.threads)
+log.info("freed memory kept in the heap: %s", reuse_freed_memory())
 settings = ProbeTraining.from_config(params.probe)
 manifest = ModelManifest.read(inputs.model)
 model, tokenizer = load_model(manifest, params.device, params.dtype)
