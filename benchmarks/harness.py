@@ -180,7 +180,7 @@ def main() -> None:
     patch_layers = sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 1})
     patching = patching_cost(model, pad_id, base, source, "k", patch_layers, args.repeats) if "patching" in stages else []
     incremental = incremental_cost(work / "incremental", args.threads) if "incremental" in stages else []
-    stream = stream_cost(model, pad_id, train, [["k"], SITES], args.batch_size, args.d_proj, args.repeats, log) if "stream" in stages else []
+    stream = stream_cost(model, pad_id, train, [["k"], SITES], widths, args.batch_size, args.d_proj, args.repeats, log) if "stream" in stages else []
 
     dtype = next(model.parameters()).dtype
     floor = {"rate": matmul_rate(next(model.parameters()).device, dtype), "dtype": str(dtype).replace("torch.", ""),

@@ -140,8 +140,8 @@ def patching_cost(model, pad_id: int, base_prompts, source_prompts, site: str, p
     return rows
 
 
-def stream_cost(model, pad_id: int, prompts: Sequence[Prompt], site_sets: Sequence[Sequence[str]], batch_size: int, d_proj: int,
-                repeats: int, log) -> list[dict]:
+def stream_cost(model, pad_id: int, prompts: Sequence[Prompt], site_sets: Sequence[Sequence[str]], widths: dict[str, int], batch_size: int,
+                d_proj: int, repeats: int, log) -> list[dict]:
     """Seconds of one stream-mode training pass over N prompts / seconds of N plain
     forwards (``model(input_ids, attention_mask)``) over the same batches.
 
@@ -155,8 +155,6 @@ def stream_cost(model, pad_id: int, prompts: Sequence[Prompt], site_sets: Sequen
     layers = list(range(len(model.model.layers)))
     chunk_sizes = [len(prompts)]
     order = list(batch_order(chunk_sizes, batch_size, rng=order_rng(0)))  # the training order of probe seed 0
-    widths = {"q": model.config.num_attention_heads * model.config.head_dim, "k": model.config.num_key_value_heads * model.config.head_dim,
-              "v": model.config.num_key_value_heads * model.config.head_dim, "o": model.config.hidden_size, "mlp": model.config.hidden_size}
 
     def plain():
         with torch.inference_mode():

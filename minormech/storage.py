@@ -35,8 +35,7 @@ class ModelPlan:
     @property
     def shard_mode_bytes(self) -> int | None:
         """Bytes shard mode would write for this model's probes (None if unknown)."""
-        sizes = [b for sets in self.site_bytes.values() for b in sets.values()]
-        return None if any(b is None for b in sizes) else sum(sizes)
+        return _total(self.site_bytes)
 
     def written_bytes(self, test_shards_needed: bool) -> int:
         """Bytes this run writes: every probe shard in shard mode; in stream mode only the
@@ -46,6 +45,11 @@ class ModelPlan:
         if not test_shards_needed:
             return 0
         return sum(sets["probe_test"] or 0 for sets in self.site_bytes.values())
+
+
+def _total(site_bytes: dict[str, dict[str, int | None]]) -> int | None:
+    sizes = [b for sets in site_bytes.values() for b in sets.values()]
+    return None if any(b is None for b in sizes) else sum(sizes)
 
 
 def test_shards_needed(config: dict) -> bool:
@@ -73,7 +77,7 @@ def plan_storage(config: dict, models: dict[str, ModelSpec]) -> list[ModelPlan]:
                                         n_layers, config["activations"]["store_dtype"]) if known else None
                 for prompt_set in PROBE_SETS
             }
-        total = ModelPlan(model_id, site_bytes, "shards", "").shard_mode_bytes
+        total = _total(site_bytes)
         if chosen != "auto":
             source, reason = chosen, f"probe.source: {chosen}"
         elif total is None:
@@ -99,8 +103,7 @@ def format_plan(plans: list[ModelPlan], config: dict) -> str:
     lines = ["storage plan (activation shards of the probe prompts, all tasks, estimated):"]
     for plan in plans:
         for site, sets in plan.site_bytes.items():
-            total = None if any(b is None for b in sets.values()) else sum(sets.values())
-            lines.append(f"  {plan.model:<16} site {site:<4} {_gb(total):>12} in shard mode")
+            lines.append(f"  {plan.model:<16} site {site:<4} {_gb(_total({site: sets})):>12} in shard mode")
         lines.append(f"  {plan.model:<16} all sites {_gb(plan.shard_mode_bytes):>12} in shard mode")
         lines.append(f"  {plan.model:<16} probes from {plan.source} ({plan.reason}): writes {_gb(plan.written_bytes(needed))} of shards")
     lines.append(f"  total written {_gb(sum(p.written_bytes(needed) for p in plans))} (storage.limit_gb={config['storage']['limit_gb']:g})")
