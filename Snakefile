@@ -8,6 +8,7 @@ include: "rules/activations.smk"
 include: "rules/probes.smk"
 include: "rules/attribution.smk"
 include: "rules/figures.smk"
+include: "rules/controls.smk"
 
 
 rule all:
@@ -18,3 +19,4 @@ rule all:
         rules.fig3.input,
         rules.fig4.input,
         rules.fig5.input,
+        rules.summaries.input,

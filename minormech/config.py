@@ -16,7 +16,7 @@ import jsonschema
 import numpy as np
 import yaml
 
-from minormech.models import ModelSpec, resolve_model_spec
+from minormech.models import KNOWN_MODELS, ModelSpec, resolve_model_spec
 from minormech.prompts import format_example
 from minormech.tasks import TASKS, Task, get_task, value_grid
 
@@ -111,6 +111,25 @@ def _model_config_problem(config_file: Path) -> str | None:
     return None
 
 
+def _check_trained_model(config: dict[str, Any], i: int) -> None:
+    """What the schema cannot say about a `train:` entry: no other weight source, a shape a
+    Llama accepts, and a tokenizer from a model that prepare_model makes (a trained model
+    has no tokenizer of its own, and its id's folder belongs to the trained weights)."""
+    entry, key = config["models"][i], f"models[{i}].train"
+    train = entry["train"]
+    for other in ("hub", "path"):
+        if other in entry:
+            raise ConfigError(f"models[{i}]: 'train' and {other!r} exclude each other (a trained model's weights come from training); allowed: one of them")
+    if train["hidden_size"] % (2 * train["heads"]):
+        raise ConfigError(f"{key}.hidden_size: {train['hidden_size']} does not split into {train['heads']} heads of even width (rotary embeddings); allowed values: a multiple of {2 * train['heads']}")
+    if train["heads"] % train["kv_heads"]:
+        raise ConfigError(f"{key}.kv_heads: {train['kv_heads']} does not divide heads={train['heads']}; allowed values: a divisor of {train['heads']}")
+    trained = {other["id"] for other in config["models"] if "train" in other}
+    allowed = sorted((set(KNOWN_MODELS) | {other["id"] for other in config["models"]}) - trained)
+    if train["tokenizer_of"] not in allowed:
+        raise ConfigError(f"{key}.tokenizer_of: {train['tokenizer_of']!r} is not a known or configured untrained model; allowed values: {allowed}")
+
+
 def longest_example(task: Task) -> str:
     """The longest example text Algorithm 1 can draw for a task: the widest input value in
     every feature and the widest output over every (x, w) in the value grid."""
@@ -194,6 +213,8 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
     for i, model_id in enumerate(ids):
         if ids.index(model_id) != i:
             raise ConfigError(f"models[{i}].id: duplicate model id {model_id!r}; every id names one output folder, so allowed values: an id not used by another entry")
+        if "train" in config["models"][i]:
+            _check_trained_model(config, i)
         path = config["models"][i].get("path")
         if path is not None:
             if not Path(path).is_dir():
@@ -216,10 +237,17 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
         for j, layer in enumerate(patched):
             if config["layers"] != "all" and layer not in config["layers"]:
                 raise ConfigError(f"patching.layers[{j}]: layer {layer} is not among the analysed layers; allowed values: {config['layers']}")
-            for spec in model_specs(config):
-                if spec.num_layers is not None and layer >= spec.num_layers:
-                    raise ConfigError(f"patching.layers[{j}]: layer {layer} is out of range for model {spec.id!r} (allowed: 0..{spec.num_layers - 1})")
-
+        # Each model patches the listed layers it has (a shallow positive control patches the
+        # first ones); a layer no model has, or a model left with none, is an error.
+        depths = {spec.id: spec.num_layers for spec in model_specs(config) if spec.num_layers is not None}
+        if depths:
+            deepest = max(depths.values())
+            for j, layer in enumerate(patched):
+                if layer >= deepest:
+                    raise ConfigError(f"patching.layers[{j}]: layer {layer} is out of range for every model (allowed: 0..{deepest - 1})")
+            for model_id, depth in depths.items():
+                if not any(layer < depth for layer in patched):
+                    raise ConfigError(f"patching.layers: none of {patched} is a layer of model {model_id!r} (allowed: 0..{depth - 1})")
     chunks = config["activations"]["chunks"]
     sizes = {
         "probe_train": config["prompts"]["probe_train"],

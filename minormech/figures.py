@@ -41,18 +41,59 @@ def finish_figure(fig, axes, ylabel: str, title: str):
     return fig
 
 
-def probe_curves_figure(table: pd.DataFrame, model_id: str, site: str):
-    """Figure 1: probe test MSE per layer, one panel per task, with the training-mean
-    baseline as a dashed line. `table` has columns task, layer, test_mse, baseline_mse."""
+def band(ax, rows: pd.DataFrame, column: str, colour: str, label: str, style: str = "-o") -> None:
+    """A per-layer curve of `column` with its interval (columns <column>_ci_low/high) as a
+    shaded band."""
+    ax.plot(rows["layer"], rows[column], style, color=colour, markersize=3, label=label)
+    if f"{column}_ci_low" in rows:
+        ax.fill_between(rows["layer"], rows[f"{column}_ci_low"], rows[f"{column}_ci_high"], color=colour, alpha=0.15, linewidth=0)
+
+
+def reference_lines(ax, rows: pd.DataFrame) -> None:
+    """The model-free references of a probe panel: the training-mean baseline (grey dashed)
+    and, when computed, the least-squares ceiling (green dashed), each with its interval."""
+    for column, colour, name in (("baseline_mse", "grey", "training-mean baseline"), ("ceiling_mse", "tab:green", "least-squares ceiling")):
+        if column not in rows or rows[column].isna().all():
+            continue
+        value = rows[column].iloc[0]
+        ax.axhline(value, linestyle="--", color=colour, linewidth=1, label=f"{name} ({value:.2f})")
+        if f"{column}_ci_low" in rows:
+            ax.axhspan(rows[f"{column}_ci_low"].iloc[0], rows[f"{column}_ci_high"].iloc[0], color=colour, alpha=0.1, linewidth=0)
+
+
+def probe_curves_figure(table: pd.DataFrame, model_id: str, site: str, random_init: pd.DataFrame | None = None):
+    """Figure 1: probe test MSE per layer, one column per task: the probe (mean over seeds,
+    95% band), the control task and the random-init model's probe when present, the
+    baseline and the least-squares ceiling. When the table has selectivity (control MSE -
+    task MSE), a second row shows it per layer, for the random-init model too."""
     tasks = list(dict.fromkeys(table["task"]))
-    fig, axes = panels(len(tasks))
-    for ax, task in zip(axes, tasks):
+    with_selectivity = "selectivity" in table
+    fig, grid = plt.subplots(2 if with_selectivity else 1, len(tasks), figsize=(5 * len(tasks), 7 if with_selectivity else 3.6), sharex=True, squeeze=False)
+    for column, task in enumerate(tasks):
         rows = table[table["task"] == task].sort_values("layer")
-        ax.plot(rows["layer"], rows["test_mse"], marker="o", color=TASK_COLOURS.get(task, "black"), label=f"probe ({task})")
-        baseline = rows["baseline_mse"].iloc[0]
-        ax.axhline(baseline, linestyle="--", color="grey", label=f"training-mean baseline ({baseline:.2f})")
+        colour = TASK_COLOURS.get(task, "black")
+        ax = grid[0][column]
+        band(ax, rows, "test_mse", colour, f"probe ({task})")
+        if "control_mse" in rows:
+            band(ax, rows, "control_mse", colour, "control task pi(w)", ":")
+        control_rows = None if random_init is None else random_init[random_init["task"] == task].sort_values("layer")
+        if control_rows is not None:
+            band(ax, control_rows, "test_mse", "black", "random-init model", "-.")
+        reference_lines(ax, rows)
         finish_panel(ax, f"{task}: probe on site {site}")
-    return finish_figure(fig, axes, "test MSE", f"{model_id}: probe test MSE per layer (lower = weights better decodable)")
+        if with_selectivity:
+            ax = grid[1][column]
+            band(ax, rows, "selectivity", colour, f"{model_id}")
+            if control_rows is not None and "selectivity" in control_rows:
+                band(ax, control_rows, "selectivity", "black", "random-init model", "-.")
+            ax.axhline(0, color="grey", linewidth=0.8)
+            finish_panel(ax, f"{task}: selectivity (control MSE - task MSE)")
+    grid[0][0].set_ylabel("test MSE")
+    if with_selectivity:
+        grid[1][0].set_ylabel("selectivity")
+    fig.suptitle(f"{model_id}: probe test MSE per layer (lower = weights better decodable; bands: 95% intervals)")
+    fig.tight_layout()
+    return fig
 
 
 def xi_heatmap_figure(xi: np.ndarray, layers: list[int], model_id: str, site: str, pair: tuple[str, str]):
@@ -76,8 +117,8 @@ def xi_heatmap_figure(xi: np.ndarray, layers: list[int], model_id: str, site: st
 
 def filtered_probe_figure(table: pd.DataFrame, unfiltered: pd.DataFrame, variants: list[str], model_id: str, site: str, pair: tuple[str, str]):
     """Figures 3 and 4: filtered probe test MSE per layer, one panel per probe task, one
-    curve per filter variant; the unfiltered probe (thin grey) and the baseline (dashed)
-    for reference. `table` has columns task, variant, layer, test_mse, baseline_mse."""
+    curve per filter variant with its 95% band; the unfiltered probe (thin grey), the
+    baseline and the least-squares ceiling for reference."""
     labels = {"ge": f"{pair[0]}-important features (>=)", "le": f"{pair[1]}-important features (<=)"}
     tasks = list(dict.fromkeys(table["task"]))
     fig, axes = panels(len(tasks))
@@ -87,10 +128,10 @@ def filtered_probe_figure(table: pd.DataFrame, unfiltered: pd.DataFrame, variant
         for variant, style in zip(variants, ("-o", "-s")):
             rows = table[(table["task"] == task) & (table["variant"] == variant)].sort_values("layer")
             colour = TASK_COLOURS.get(pair[0] if variant.startswith("ge") else pair[1], "black")
-            ax.plot(rows["layer"], rows["test_mse"], style, color=colour, markersize=3, label=f"{variant}: {labels[variant[:2]]}")
-        ax.axhline(table[table["task"] == task]["baseline_mse"].iloc[0], linestyle="--", color="grey", label="training-mean baseline")
+            band(ax, rows, "test_mse", colour, f"{variant}: {labels[variant[:2]]}", style)
+        reference_lines(ax, table[table["task"] == task])
         finish_panel(ax, f"probe for {task} weights, site {site}")
-    return finish_figure(fig, axes, "test MSE", f"{model_id}: probes on filtered features ({', '.join(variants)})")
+    return finish_figure(fig, axes, "test MSE", f"{model_id}: probes on filtered features ({', '.join(variants)}; bands: 95% intervals)")
 
 
 def eq41_table(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
@@ -109,17 +150,38 @@ def eq41_table(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
 
 
 def patching_figure(counts: pd.DataFrame, accuracy: pd.DataFrame, model_id: str, site: str):
-    """Figure 5: rho (pairs whose patched prediction equals the reference's unpatched one)
-    per patched layer for the eight settings; one panel per tau1. Solid = basic (B),
-    dashed = swapped (S); colour = the task u of the other prompt."""
+    """Figure 5, one column per tau1; colour = the task u of the other prompt, solid = basic
+    (B), dashed = swapped (S). Top: rho (pairs whose patched prediction equals the
+    reference's unpatched one) per patched layer for the xi patch with its 95% band; the
+    random patch of as many features thin dotted in the same colour, so that xi is read
+    against it rather than against zero; the noop patch (source = base) as grey crosses, the
+    agreement with no change at all. Bottom: the mean change in log p(r_NP) (dlogp), which
+    moves before a greedy answer flips, for the xi patch with its band and the random patch
+    dotted. `counts` is the patching rule's CSV; without controls it holds only xi rows."""
     tau1s = list(dict.fromkeys(counts["tau1"]))
-    fig, axes = panels(len(tau1s))
+    fig, grid = plt.subplots(2, len(tau1s), figsize=(5 * len(tau1s), 7.2), sharex=True, sharey="row", squeeze=False)
     n_pairs = int(counts["n_pairs"].iloc[0])
-    for ax, tau1 in zip(axes, tau1s):
+    kinds = set(counts["patch"])
+    for column, tau1 in enumerate(tau1s):
+        top, bottom = grid[0, column], grid[1, column]
         for (u, v), rows in counts[counts["tau1"] == tau1].groupby(["u", "v"]):
             rows = rows.sort_values("layer")
-            ax.plot(rows["layer"], rows["rho"], "-o" if v == "B" else "--s", markersize=3, color=TASK_COLOURS.get(u, "black"), label=f"rho({tau1},{u},{v})")
-        ax.axhline(n_pairs, color="grey", linewidth=0.8)
+            colour, marker = TASK_COLOURS.get(u, "black"), "o" if v == "B" else "s"
+            xi, random, noop = (rows[rows["patch"] == kind] for kind in ("xi", "random", "noop"))
+            band(top, xi, "rho", colour, f"rho({tau1},{u},{v})", ("-" if v == "B" else "--") + marker)
+            band(bottom, xi, "dlogp", colour, "_nolegend_", ("-" if v == "B" else "--") + marker)
+            for ax, metric in ((top, "rho"), (bottom, "dlogp")):
+                ax.plot(random["layer"], random[metric], ":", marker=marker, markersize=2, markerfacecolor="none", linewidth=0.8, color=colour)
+            top.plot(noop["layer"], noop["rho"], "x", color="grey", markersize=4)
+        top.axhline(n_pairs, color="grey", linewidth=0.8)
+        bottom.axhline(0, color="grey", linewidth=0.8, label="no change")
+        if "random" in kinds:
+            for ax in (top, bottom):
+                ax.plot([], [], ":", color="black", linewidth=0.8, label="random features, as many (dotted)")
+        if "noop" in kinds:
+            top.plot([], [], "x", color="grey", label="noop: base patched with itself")
         ref = accuracy[(accuracy["prompt_set"] == "reference") & (accuracy["task"] == tau1)]
-        finish_panel(ax, f"tau1 = {tau1} (unpatched accuracy {ref['accuracy'].iloc[0]:.0%})", "patched layer")
-    return finish_figure(fig, axes, f"rho (of {n_pairs} pairs)", f"{model_id}, site {site}: predictions unchanged by patching half the features")
+        finish_panel(top, f"tau1 = {tau1} (unpatched accuracy {ref['accuracy'].iloc[0]:.0%})", "")
+        finish_panel(bottom, f"tau1 = {tau1}: change in log p(r_NP)", "patched layer")
+    grid[1, 0].set_ylabel("mean dlogp (nats)")
+    return finish_figure(fig, [grid[0, 0]], f"rho (of {n_pairs} pairs)", f"{model_id}, site {site}: predictions unchanged by patching half the features (bands: 95% intervals)")

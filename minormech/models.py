@@ -14,6 +14,9 @@ Sources:
   the configured ``model_cache`` (default: the ``HF_HOME`` cache; ``HF_HUB_OFFLINE=1``
   uses an existing download); later jobs load the local snapshot, offline.
 - ``path``: a local directory with a transformers causal LM.
+- ``trained``: a small Llama trained from scratch on the tasks' prompts (a ``train:``
+  mapping in the entry; minormech.control_model, rule ``train_control_model``), the
+  positive control; `location` is the model whose tokenizer it uses.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ class ModelSpec:
     """Where a model's weights come from and the shape facts known without loading it."""
 
     id: str
-    source: str  # gguf_package | hub | path
-    location: str  # package name, hub name, or directory
+    source: str  # gguf_package | hub | path | trained
+    location: str  # package name, hub name, directory, or the tokenizer's model id
     gguf_file: str | None = None
     num_layers: int | None = None
     site_widths: dict[str, int] = field(default_factory=dict)
@@ -94,10 +97,15 @@ def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
 
     A known id needs nothing else; ``hub`` or ``path`` in the entry overrides where the
     weights come from (or defines a new id). Architecture facts of a local ``path``
-    model come from its config.json.
+    model come from its config.json, those of a ``train``ed one from its settings, so
+    storage plans and config checks work before it is trained.
     """
     model_id = entry["id"]
     known = KNOWN_MODELS.get(model_id)
+    if "train" in entry:
+        train = entry["train"]
+        widths = _llama_widths(train["hidden_size"], train["heads"], train["kv_heads"], train["hidden_size"] // train["heads"])
+        return ModelSpec(id=model_id, source="trained", location=train["tokenizer_of"], num_layers=train["layers"], site_widths=widths)
     if "path" in entry:
         layers, widths = _facts_from_config_json(Path(entry["path"]))
         return ModelSpec(id=model_id, source="path", location=str(entry["path"]), num_layers=layers, site_widths=widths)

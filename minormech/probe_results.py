@@ -1,5 +1,6 @@
 """The files one (model, task, site, probe kind) of probes leaves: a CSV of test MSE per
-(variant, layer), the test predictions (safetensors) and a JSON summary of training.
+(variant, layer) with its interval and the controls beside it, the test predictions
+(safetensors, every seed) and a JSON summary of training.
 
 Shard mode (one job per site and kind) and stream mode (one job per model and task) write
 them with the same function, so figures and later rules cannot tell which source made them.
@@ -13,14 +14,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
+from minormech.controls import control_targets, least_squares_predictions
 from minormech.hooks import hook_name
-from minormech.probes import ProbeTraining, per_probe_mse
+from minormech.probes import ProbeTraining
 from minormech.prompts import Prompt
 from minormech.ranking import FILTER_VARIANTS, site_keep_masks, variant_name
 from minormech.shards import save_tensors
+from minormech.tasks import get_task
+from minormech.uncertainty import Interval, bootstrap_interval
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,40 @@ class ProbeOutputs:
     summary: str | Path
 
 
+@dataclass(frozen=True)
+class ProbeReport:
+    """How a probe table is reported: the references drawn beside the probes and the
+    bootstrap settings (config keys `controls`, `uncertainty`, `seed`)."""
+
+    train_weights: torch.Tensor  # [n_train_weights, d]: the training-mean baseline predicts their mean
+    least_squares: torch.Tensor | None  # [N, d] least-squares w of every test prompt (controls.least_squares)
+    bootstrap: int
+    level: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, config: dict, task: str, table, test_prompts: Sequence[Prompt]) -> "ProbeReport":
+        """The report of one task's probes under `config` (`table` = the task's WeightTable)."""
+        least_squares = None
+        if config["controls"]["least_squares"]:
+            least_squares = torch.as_tensor(least_squares_predictions(get_task(task), test_prompts), dtype=torch.float32)
+        return cls(torch.as_tensor(table.weights[table.train_ids]), least_squares, config["uncertainty"]["bootstrap"], config["uncertainty"]["level"], config["seed"])
+
+    def interval(self, errors: np.ndarray, groups: np.ndarray, seed_axis: bool = False) -> Interval:
+        return bootstrap_interval(errors, groups, self.bootstrap, self.level, self.seed, seed_axis)
+
+
+def control_task_targets(table, seed: int) -> torch.Tensor:
+    """[n_weights, d] control-task target pi(w) of every weight id of a task's table."""
+    return torch.as_tensor(control_targets(table.weights, seed, table.task), dtype=torch.float32)
+
+
+def squared_errors(predictions: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """[..., N] per-prompt squared error, mean over coordinates (summed over prompts, the
+    MSE of per_probe_mse)."""
+    return ((predictions - targets) ** 2).mean(-1).numpy()
+
+
 def write_probe_results(
     outputs: ProbeOutputs,
     model_id: str,
@@ -71,29 +110,64 @@ def write_probe_results(
     index: torch.Tensor,
     test_prompts: Sequence[Prompt],
     test_targets: torch.Tensor,
-    baseline_mse: float,
+    report: ProbeReport,
     n_train: int,
     settings: ProbeTraining,
     summary: dict,
+    control: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Write the three files of one (task, site, kind); returns the test MSE [V, L]."""
+    """Write the three files of one (task, site, kind); returns the test MSE [V, L] (mean
+    over seeds).
+
+    `predictions` is [V * seeds, L, N, 2] (seed-minor, as ProbeStack orders them) for the
+    test prompts `index`. `control` = (control-task predictions [seeds, L, N, 2], the
+    control-task targets of every weight id) adds the control task's MSE and the
+    selectivity to each row. Every MSE comes with its bootstrap interval over the test
+    weights (and seeds).
+    """
+    seeds = settings.seeds
+    prompts = [test_prompts[i] for i in index]
+    groups = np.array([p.weight_id for p in prompts])
     targets = test_targets[index]
-    test_mse = per_probe_mse(predictions, targets)
+    by_seed = predictions.reshape(len(variants.names), seeds, *predictions.shape[1:])  # [V, S, L, N, 2]
+    errors = squared_errors(by_seed, targets).transpose(1, 0, 2, 3)  # [S, V, L, N]
+    test_mse = report.interval(errors, groups, seed_axis=True)
+    seed_sd = errors.mean(-1).std(0, ddof=1) if seeds > 1 else np.zeros(errors.shape[1:3])
+    references = {"baseline_mse": report.interval(squared_errors(report.train_weights.float().mean(0).expand_as(targets), targets), groups)}
+    least_squares = None
+    if report.least_squares is not None:
+        least_squares = report.least_squares[index]
+        references["ceiling_mse"] = report.interval(squared_errors(least_squares, targets), groups)
+    if control is not None:
+        control_predictions, control_table = control
+        control_errors = squared_errors(control_predictions, control_table[torch.as_tensor(groups)])  # [S, L, N]
+        control_mse = report.interval(control_errors, groups, seed_axis=True)
+        selectivity = report.interval(control_errors - errors[:, 0], groups, seed_axis=True)
     rows = []
     for v, name in enumerate(variants.names):
         for l, layer in enumerate(layers):
             n_kept = int(variants.masks[v, l].sum()) if variants.masks is not None else None
-            rows.append({"model": model_id, "task": task, "site": site, "variant": name, "op": variants.ops[v], "h": variants.hs[v],
-                         "layer": layer, "test_mse": test_mse[v, l].item(), "baseline_mse": baseline_mse, "n_kept": n_kept,
-                         "n_train": n_train, "n_test": len(test_prompts)})
+            row = {"model": model_id, "task": task, "site": site, "variant": name, "op": variants.ops[v], "h": variants.hs[v], "layer": layer,
+                   **test_mse.columns("test_mse", (v, l)), "test_mse_seed_sd": float(seed_sd[v, l]), "n_seeds": seeds}
+            for key, interval in references.items():
+                row.update(interval.columns(key))
+            if control is not None:
+                row.update(control_mse.columns("control_mse", (l,)))
+                row.update(selectivity.columns("selectivity", (l,)))
+            rows.append({**row, "n_kept": n_kept, "n_train": n_train, "n_test": len(test_prompts)})
     pd.DataFrame(rows).to_csv(outputs.table, index=False)
-    save_tensors(
-        {"predictions": predictions.contiguous(), "targets": targets, "prompt_ids": torch.tensor([test_prompts[i].id for i in index])},
-        outputs.predictions,
-        metadata={"layers": json.dumps(list(layers)), "variants": json.dumps(variants.names)},
-    )
+    tensors = {"predictions": by_seed.contiguous(), "targets": targets, "prompt_ids": torch.tensor([p.id for p in prompts]), "weight_ids": torch.as_tensor(groups)}
+    if least_squares is not None:
+        tensors["least_squares"] = least_squares.contiguous()
+    if control is not None:
+        tensors["control_predictions"] = control[0].contiguous()
+        tensors["control_targets"] = control[1][torch.as_tensor(groups)].contiguous()
+    save_tensors(tensors, outputs.predictions, metadata={"layers": json.dumps(list(layers)), "variants": json.dumps(variants.names), "seeds": str(seeds)})
     with open(outputs.summary, "w") as handle:
         json.dump({**summary, "settings": asdict(settings), "variants": variants.names}, handle, indent=2)
+    baseline = references["baseline_mse"].mean
     for v, name in enumerate(variants.names):
-        log.info("%s %s %s test MSE per layer: %s (baseline %.2f)", task, site, name, [round(x, 2) for x in test_mse[v].tolist()], baseline_mse)
-    return test_mse
+        log.info("%s %s %s test MSE per layer (mean of %d seeds): %s (baseline %.2f)", task, site, name, seeds, [round(x, 2) for x in test_mse.mean[v].tolist()], baseline)
+    if control is not None:
+        log.info("%s %s selectivity per layer: %s", task, site, [round(x, 2) for x in selectivity.mean.tolist()])
+    return torch.as_tensor(test_mse.mean)

@@ -48,9 +48,10 @@ class StackedProbes(nn.Module):
     feature masks [V, L, d] zero features per variant (filtered probes) at read time.
     Output is [V, L, B, d_out].
 
-    Each probe's initial values come from its own generator, seeded by (seed, variant id,
-    layer id): a probe starts the same whether it is trained alone or in any stack, so
-    stacking never changes a result (and tests can compare the two exactly).
+    Each probe's initial values come from its own generator, seeded by (init seed, variant
+    id, layer id): a probe starts the same whether it is trained alone or in any stack, so
+    stacking never changes a result (and tests can compare the two exactly). `init_seeds`
+    gives each variant its own init seed (probe seeds are variants; default: `seed`).
 
     W_p is stored transposed, [V, L, d_feat, d_proj], so that its gradient comes out of
     the batched matmul in the parameter's own layout: stored as [.., d_proj, d_feat],
@@ -59,17 +60,18 @@ class StackedProbes(nn.Module):
     """
 
     def __init__(self, n_variants: int, n_layers: int, d_feat: int, d_proj: int, d_out: int, max_positions: int, seed: int,
-                 layer_ids: Sequence[int] | None = None, variant_ids: Sequence[int] | None = None):
+                 layer_ids: Sequence[int] | None = None, variant_ids: Sequence[int] | None = None, init_seeds: Sequence[int] | None = None):
         super().__init__()
         layer_ids = list(range(n_layers)) if layer_ids is None else list(layer_ids)
         variant_ids = list(range(n_variants)) if variant_ids is None else list(variant_ids)
-        if len(layer_ids) != n_layers or len(variant_ids) != n_variants:
-            raise ValueError(f"{len(variant_ids)} variant ids and {len(layer_ids)} layer ids for {n_variants} x {n_layers} probes")
+        init_seeds = [seed] * n_variants if init_seeds is None else list(init_seeds)
+        if len(layer_ids) != n_layers or len(variant_ids) != n_variants or len(init_seeds) != n_variants:
+            raise ValueError(f"{len(variant_ids)} variant ids, {len(init_seeds)} init seeds and {len(layer_ids)} layer ids for {n_variants} x {n_layers} probes")
         w_proj = torch.empty(n_variants, n_layers, d_proj, d_feat)  # drawn as nn.Linear(d_feat, d_proj).weight, stored transposed
         w_out = torch.empty(n_variants, n_layers, d_out, d_proj)
-        for v, variant in enumerate(variant_ids):
+        for v, (variant, init_seed) in enumerate(zip(variant_ids, init_seeds)):
             for l, layer in enumerate(layer_ids):
-                generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, variant, layer]).generate_state(1)[0]))
+                generator = torch.Generator().manual_seed(int(np.random.SeedSequence([init_seed, variant, layer]).generate_state(1)[0]))
                 # nn.Linear's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
                 w_proj[v, l].uniform_(-1 / math.sqrt(d_feat), 1 / math.sqrt(d_feat), generator=generator)
                 w_out[v, l].uniform_(-1 / math.sqrt(d_proj), 1 / math.sqrt(d_proj), generator=generator)
@@ -127,19 +129,20 @@ class PackedActivations:
 
 
 class ProbeBatch:
-    """Prompts of one optimizer step (or evaluation batch): lengths and targets, and each
-    site's padded float32 activations [L, B, S, d], gathered when a probe stack asks for
-    them. Only the site last asked for is kept, so a batch holds one site's float32 copy
-    at a time (stacks of one site come one after another)."""
+    """Prompts of one optimizer step (or evaluation batch): lengths, targets (the weights
+    w) and weight ids, and each site's padded float32 activations [L, B, S, d], gathered
+    when a probe stack asks for them. Only the site last asked for is kept, so a batch
+    holds one site's float32 copy at a time (stacks of one site come one after another)."""
 
-    def __init__(self, packed: PackedActivations, rows: np.ndarray, targets: torch.Tensor, prompt_index: torch.Tensor, device: torch.device | None = None):
-        self.packed, self.rows, self.prompt_index, self.device = packed, rows, prompt_index, device
+    def __init__(self, packed: PackedActivations, rows: np.ndarray, targets: torch.Tensor, weight_ids: torch.Tensor, prompt_index: torch.Tensor,
+                 device: torch.device | None = None):
+        self.packed, self.rows, self.weight_ids, self.prompt_index, self.device = packed, rows, weight_ids, prompt_index, device
         self.lengths = packed.lengths[rows].to(device) if device is not None else packed.lengths[rows]
         self.targets = targets.to(device) if device is not None else targets
         self._kept: tuple[str, torch.Tensor] | None = None
 
     def to(self, device: torch.device) -> "ProbeBatch":
-        return ProbeBatch(self.packed, self.rows, self.targets, self.prompt_index, device)
+        return ProbeBatch(self.packed, self.rows, self.targets, self.weight_ids, self.prompt_index, device)
 
     def activations(self, site: str) -> torch.Tensor:
         if self._kept is None or self._kept[0] != site:
@@ -176,7 +179,8 @@ class ActivationSource(Protocol):
     (minormech.stream.StreamSource). Both give the same batches for the same order."""
 
     prompts: list[Prompt]
-    targets: torch.Tensor
+    targets: torch.Tensor  # [N, d] the weight w of every prompt
+    weight_ids: torch.Tensor  # [N]
     layers: list[int]
     chunk_sizes: list[int]
 
@@ -210,6 +214,7 @@ class ProbeData:
             self.chunk_prompts.append(chunk_prompts)
         self.prompts = [p for chunk in self.chunk_prompts for p in chunk]
         self.targets = torch.tensor([p.weight for p in self.prompts], dtype=torch.float32)
+        self.weight_ids = torch.tensor([p.weight_id for p in self.prompts])
         self.chunk_sizes = [len(c) for c in self.chunk_prompts]
         self._chunk_start = np.cumsum([0, *self.chunk_sizes])
 
@@ -240,7 +245,7 @@ class ProbeData:
             if local.min() < 0 or local.max() >= self.chunk_sizes[c]:
                 raise ValueError(f"a batch spans two shards ({self.shards[c].path} and another); batch_order never makes one")
             index = torch.as_tensor(rows)
-            yield ProbeBatch(self._chunk(c), local, self.targets[index], index)
+            yield ProbeBatch(self._chunk(c), local, self.targets[index], self.weight_ids[index], index)
 
 
 # ----------------------------------------------------------------------------- training
@@ -259,12 +264,13 @@ class ProbeTraining:
     patience: int = 5
     val_fraction: float = 0.1
     seed: int = 0
+    seeds: int = 1  # probes per (variant, layer), initialised from seed, seed + 1, ...
 
     @classmethod
     def from_config(cls, probe_config: dict) -> "ProbeTraining":
         regime = probe_config["regime"]
         settings = dict(probe_config[regime])
-        return cls(regime=regime, d_proj=probe_config["d_proj"], seed=probe_config["seed"], **settings)
+        return cls(regime=regime, d_proj=probe_config["d_proj"], seed=probe_config["seed"], seeds=probe_config["seeds"], **settings)
 
 
 def validation_mask(weight_ids: Sequence[int], fraction: float, seed: int) -> np.ndarray:
@@ -279,37 +285,53 @@ def validation_mask(weight_ids: Sequence[int], fraction: float, seed: int) -> np
 @dataclass
 class ProbeGroup:
     """Probes trained as one stack: every layer of one site, times the variants (feature
-    masks [V, L, d]; None = one unfiltered variant). A shard-mode probe job trains one
-    group; a stream job trains all groups of its (model, task) from the same forwards.
-    `variant_ids` name the masks' variants for seeding (default 0..V-1); `name` is what
-    logs call the group (default: the site)."""
+    masks [V, L, d]; None = one unfiltered variant), times `settings.seeds` probe seeds. A
+    shard-mode probe job trains one or two groups; a stream job trains all groups of its
+    (model, task) from the same forwards. `variant_ids` name the masks' variants for
+    seeding (default 0..V-1); `control_targets` [n_weights, d], when given, replace each
+    prompt's target w by the row of its weight id (the control task); `name` is what logs
+    call the group (default: the site)."""
 
     site: str
     feature_masks: torch.Tensor | None = None
     variant_ids: Sequence[int] | None = None
     name: str = ""
+    control_targets: torch.Tensor | None = None
 
 
 class ProbeStack:
     """One group's probes, optimizer and early-stopping state. Each stack has its own Adam,
     so groups trained side by side (stream mode) follow exactly the steps they would
-    follow alone (shard mode)."""
+    follow alone (shard mode).
+
+    Probe seeds are extra variants, seed-minor: variant v, seed k is row v * seeds + k of
+    the stack, initialised from settings.seed + k. They see the same batches, so the
+    spread between them is that of the probes' initial values."""
 
     def __init__(self, group: ProbeGroup, width: int, layers: Sequence[int], settings: ProbeTraining, max_positions: int, device: torch.device):
-        n_variants = 1 if group.feature_masks is None else group.feature_masks.shape[0]
-        self.site, self.name = group.site, group.name or group.site
-        self.probes = StackedProbes(n_variants, len(layers), width, settings.d_proj, 2, max_positions, settings.seed,
-                                    layer_ids=layers, variant_ids=group.variant_ids).to(device)
-        self.masks = None if group.feature_masks is None else group.feature_masks.to(device)
+        n_masks = 1 if group.feature_masks is None else group.feature_masks.shape[0]
+        variant_ids = list(range(n_masks)) if group.variant_ids is None else list(group.variant_ids)
+        self.site, self.name, self.seeds = group.site, group.name or group.site, settings.seeds
+        self.probes = StackedProbes(n_masks * settings.seeds, len(layers), width, settings.d_proj, 2, max_positions, settings.seed, layer_ids=layers,
+                                    variant_ids=[v for v in variant_ids for _ in range(settings.seeds)],
+                                    init_seeds=[settings.seed + k for _ in variant_ids for k in range(settings.seeds)]).to(device)
+        self.masks = None if group.feature_masks is None else group.feature_masks.repeat_interleave(settings.seeds, dim=0).to(device)
+        self.control_targets = None if group.control_targets is None else group.control_targets.float().to(device)
         self.optimizer = torch.optim.Adam(self.probes.parameters(), lr=settings.lr, fused=True)  # one kernel for all parameters: ~30% faster steps here
         self.active = True
 
     def __call__(self, batch: ProbeBatch) -> torch.Tensor:
         return self.probes(batch.activations(self.site), batch.lengths, self.masks)
 
+    def targets(self, weights: torch.Tensor, weight_ids: torch.Tensor) -> torch.Tensor:
+        """What this stack's probes learn for prompts with these weights and weight ids."""
+        if self.control_targets is None:
+            return weights
+        return self.control_targets[weight_ids.to(self.control_targets.device)].to(weights.device)
+
     def step(self, batch: ProbeBatch) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        losses = per_probe_mse(self(batch), batch.targets)
+        losses = per_probe_mse(self(batch), self.targets(batch.targets, batch.weight_ids))
         losses.sum().backward()
         self.optimizer.step()
         return losses.detach()
@@ -399,7 +421,7 @@ def _train_early_stopping(train: ActivationSource, stacks: Sequence[ProbeStack],
         predictions, index = predict_stacks([stacks[i] for i in active], train, eval_batch_size, select=is_val)
         for i, prediction in zip(active, predictions):
             epochs[i] = epoch + 1
-            val_mse = per_probe_mse(prediction, train.targets[index])
+            val_mse = per_probe_mse(prediction, stacks[i].targets(train.targets[index], train.weight_ids[index]))
             improved = val_mse < best_mse[i] if best_mse[i] is not None else torch.ones_like(val_mse, dtype=torch.bool)
             if improved.any():
                 best_mse[i] = val_mse if best_mse[i] is None else torch.where(improved, val_mse, best_mse[i])

@@ -101,10 +101,11 @@ def format_plan(plans: list[ModelPlan], config: dict) -> str:
     source and the bytes this run will write."""
     needed = test_shards_needed(config)
     lines = ["storage plan (activation shards of the probe prompts, all tasks, estimated):"]
+    width = max([16, *(len(plan.model) for plan in plans)])
     for plan in plans:
         for site, sets in plan.site_bytes.items():
-            lines.append(f"  {plan.model:<16} site {site:<4} {_gb(_total({site: sets})):>12} in shard mode")
-        lines.append(f"  {plan.model:<16} all sites {_gb(plan.shard_mode_bytes):>12} in shard mode")
-        lines.append(f"  {plan.model:<16} probes from {plan.source} ({plan.reason}): writes {_gb(plan.written_bytes(needed))} of shards")
+            lines.append(f"  {plan.model:<{width}} site {site:<4} {_gb(_total({site: sets})):>12} in shard mode")
+        lines.append(f"  {plan.model:<{width}} all sites {_gb(plan.shard_mode_bytes):>12} in shard mode")
+        lines.append(f"  {plan.model:<{width}} probes from {plan.source} ({plan.reason}): writes {_gb(plan.written_bytes(needed))} of shards")
     lines.append(f"  total written {_gb(sum(p.written_bytes(needed) for p in plans))} (storage.limit_gb={config['storage']['limit_gb']:g})")
     return "\n".join(lines)

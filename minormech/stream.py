@@ -40,6 +40,7 @@ class StreamSource:
         self.model, self.sites, self.layers, self.widths = model, list(sites), list(layers), widths
         self.prompts = list(prompts)
         self.targets = torch.tensor([p.weight for p in self.prompts], dtype=torch.float32)
+        self.weight_ids = torch.tensor([p.weight_id for p in self.prompts])
         self.forward_batch_size, self.pad_id = forward_batch_size, pad_id
         self.chunk_sizes = list(chunk_sizes)
         self.dtype = next(model.parameters()).dtype
@@ -73,7 +74,7 @@ class StreamSource:
         start = 0
         for batch_rows in batches:
             index = torch.as_tensor(batch_rows)
-            yield ProbeBatch(packed, np.arange(start, start + len(batch_rows)), self.targets[index], index)
+            yield ProbeBatch(packed, np.arange(start, start + len(batch_rows)), self.targets[index], self.weight_ids[index], index)
             start += len(batch_rows)
 
 

@@ -1,6 +1,6 @@
 rule activations:
     input:
-        prompts="results/{model}/prompts/{task}/{prompt_set}.jsonl",
+        prompts=prompt_input(),
         model=model_manifest,
     output:
         "results/{model}/activations/{task}/{prompt_set}/chunk{chunk}.safetensors",

@@ -49,17 +49,21 @@ rule patching:
     input:
         model=model_manifest,
         xi=f"results/{{model}}/xi/{'-'.join(FILTER_PAIR)}.safetensors",
-        reference=expand("results/{{model}}/prompts/{task}/patching_ref.jsonl", task=FILTER_PAIR),
-        others=expand("results/{{model}}/prompts/{task}/patching.jsonl", task=FILTER_PAIR),
+        reference=prompt_input("patching_ref", FILTER_PAIR),
+        others=prompt_input("patching", FILTER_PAIR),
     output:
         counts="results/{model}/patching/{site}.csv",
         accuracy="results/{model}/patching/{site}_accuracy.csv",
+        pairs="results/{model}/patching/{site}_pairs.csv",
     log:
         "logs/patching/{model}/{site}.log",
     params:
         pair=FILTER_PAIR,
         layers=lambda wildcards: patching_layers(wildcards.model),
         patching=canonical(config["patching"]),
+        controls=config["controls"]["patching"],
+        uncertainty=canonical(config["uncertainty"]),
+        seed=config["seed"],
         device=config["compute"]["device"],
         dtype=config["compute"]["dtype"],
     threads: THREADS

@@ -2,6 +2,12 @@ rule plot_fig1:
     localrule: True
     input:
         tables=expand("results/{{model}}/probes/{task}/{{site}}/unfiltered.csv", task=TASKS),
+        random_init=lambda wildcards: expand(
+            "results/{model}/probes/{task}/{site}/unfiltered.csv",
+            model=[random_init_id(wildcards.model)] if random_init_id(wildcards.model) in RANDOM_INIT_MODELS else [],
+            task=TASKS,
+            site=wildcards.site,
+        ),
     output:
         png=report(
             "results/{model}/figures/fig1_{site}.png",

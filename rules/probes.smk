@@ -21,6 +21,7 @@ if SHARD_MODELS:
         params:
             layers=lambda wildcards: layers_of(wildcards.model),
             probe=probe_params(),
+            report=probe_report_params(),
             device=config["compute"]["device"],
         threads: THREADS
         resources:
@@ -33,13 +34,16 @@ if SHARD_MODELS:
             "../workflow/scripts/probe.py"
 
 
+STREAM_ANALYSED = [model for model in STREAM_MODELS if model not in RANDOM_INIT_MODELS]
+STREAM_RANDOM_INIT = [model for model in STREAM_MODELS if model in RANDOM_INIT_MODELS]
+
 if STREAM_MODELS:
 
     rule stream_probes:
         input:
             dataset="results/datasets/{task}.tsv",
-            probe_train_prompts="results/{model}/prompts/{task}/probe_train.jsonl",
-            probe_test_prompts="results/{model}/prompts/{task}/probe_test.jsonl",
+            probe_train_prompts=prompt_input("probe_train"),
+            probe_test_prompts=prompt_input("probe_test"),
             model=model_manifest,
             xi=f"results/{{model}}/xi/{'-'.join(FILTER_PAIR)}.safetensors",
         output:
@@ -49,12 +53,13 @@ if STREAM_MODELS:
         log:
             "logs/stream_probes/{model}/{task}.log",
         wildcard_constraints:
-            model="|".join(STREAM_MODELS),
+            model="|".join(STREAM_ANALYSED) or "(?!)",  # no analysed model streams: matches nothing
         params:
             sites=SITES,
             kinds=PROBE_KINDS,
             layers=lambda wildcards: layers_of(wildcards.model),
             probe=probe_params("keep_in_memory"),
+            report=probe_report_params(),
             chunks=canonical(config["activations"]["chunks"]),
             forward_batch_size=config["activations"]["batch_size"],
             device=config["compute"]["device"],
@@ -68,3 +73,32 @@ if STREAM_MODELS:
             ENV
         script:
             "../workflow/scripts/stream_probes.py"
+
+    if STREAM_RANDOM_INIT:
+
+        # A random-init control streams its unfiltered probes (and the control task) only:
+        # it has no xi map of its own and appears only in figure 1.
+        use rule stream_probes as stream_probes_random_init with:
+            input:
+                dataset="results/datasets/{task}.tsv",
+                probe_train_prompts=prompt_input("probe_train"),
+                probe_test_prompts=prompt_input("probe_test"),
+                model=model_manifest,
+            output:
+                tables=stream_outputs(".csv", ["unfiltered"]),
+                predictions=stream_outputs("_predictions.safetensors", ["unfiltered"]),
+                summaries=stream_outputs(".json", ["unfiltered"]),
+            log:
+                "logs/stream_probes/{model}/{task}.log",
+            wildcard_constraints:
+                model="|".join(STREAM_RANDOM_INIT),
+            params:
+                sites=SITES,
+                kinds=["unfiltered"],
+                layers=lambda wildcards: layers_of(wildcards.model),
+                probe=probe_params("keep_in_memory"),
+                report=probe_report_params(),
+                chunks=canonical(config["activations"]["chunks"]),
+                forward_batch_size=config["activations"]["batch_size"],
+                device=config["compute"]["device"],
+                dtype=config["compute"]["dtype"],

@@ -52,7 +52,7 @@ BAD = [
     ("unknown site", "sites", ["k", "x"], r"^sites\[1\]: 'x' is not allowed; allowed values: \['q', 'k', 'v', 'o', 'mlp'\]$"),
     ("layer out of range", "layers", [0, 30], r"^layers\[1\]: layer 30 is out of range for model 'smollm2-135m' \(allowed: 0..29\)$"),
     ("layer out of range", "layers", [-1], r"^layers\[0\]: -1 is not allowed; allowed values: an integer >= 0$"),
-    ("layer out of range", "patching.layers", [40], r"^patching\.layers\[0\]: layer 40 is out of range for model 'smollm2-135m' \(allowed: 0..29\)$"),
+    ("layer out of range", "patching.layers", [40], r"^patching\.layers\[0\]: layer 40 is out of range for every model \(allowed: 0..29\)$"),
     ("h outside (0, 1)", "patching.h", 0, r"^patching\.h: 0 is not allowed; allowed values: a number > 0 and < 1$"),
     ("h outside (0, 1)", "patching.h", 1.5, r"^patching\.h: 1\.5 is not allowed; allowed values: a number > 0 and < 1$"),
     ("unknown task", "tasks", ["LR", "XOR"], r"^tasks\[1\]: unknown task 'XOR'; allowed values: \['LR', 'MD'\]$"),

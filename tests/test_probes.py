@@ -90,3 +90,33 @@ def test_feature_masks_apply_at_read_time(tmp_path):
     mse = per_probe_mse(predictions, train.targets[index])
     assert predictions[1].abs().max() == 0
     assert mse[0, 0] < 2 and mse[1, 0] > 50
+
+
+def test_seeds_are_extra_variants_and_seed_zero_is_unchanged(tmp_path):
+    """With probe.seeds = 3 the first seed of every variant ends exactly where the single-seed
+    training ends (same init, batches and early stopping per probe); the others start
+    elsewhere."""
+    layers = [0, 1]
+    data = _synthetic(tmp_path, 60, layers, 8, 0, "train", signal_layers={1})
+    masks = (torch.rand(2, 2, 8, generator=torch.Generator().manual_seed(0)) < 0.6).float()
+    one = ProbeTraining(regime="improved", d_proj=8, lr=3e-3, batch_size=8, max_epochs=5, patience=2, val_fraction=0.2, seed=4)
+    three = ProbeTraining(**{**vars(one), "seeds": 3})
+    (single,), _ = train_probe_groups(data, [ProbeGroup("k", masks)], one, max_positions=12)
+    (seeded,), _ = train_probe_groups(data, [ProbeGroup("k", masks)], three, max_positions=12)
+    assert seeded.probes.w_proj.shape[0] == 6
+    for p_single, p_seeded in zip(single.probes.parameters(), seeded.probes.parameters()):
+        torch.testing.assert_close(p_single, p_seeded[0::3])
+    assert not torch.allclose(seeded.probes.w_out[0], seeded.probes.w_out[1])
+
+
+def test_control_task_probes_learn_the_permuted_targets(tmp_path):
+    """A control-task stack learns control_targets[weight id], not w: with a table that maps
+    every weight id to (0, 0) its predictions go to zero while the task probe learns w."""
+    layers = [0]
+    train = _synthetic(tmp_path, 200, layers, 8, 0, "train", signal_layers={0})
+    settings = ProbeTraining(regime="improved", d_proj=16, lr=3e-3, batch_size=16, max_epochs=40, patience=10, val_fraction=0.1, seed=0)
+    zeros = torch.zeros(529, 2)
+    stacks, _ = train_probe_groups(train, [ProbeGroup("k"), ProbeGroup("k", control_targets=zeros)], settings, max_positions=12)
+    (task, control), index = predict_stacks(stacks, train, 64)
+    assert per_probe_mse(task, train.targets[index])[0, 0] < 5
+    assert per_probe_mse(control, zeros[:len(index)])[0, 0] < 1

@@ -27,7 +27,7 @@ from workflow_helpers import TINY
 pytestmark = pytest.mark.slurm
 
 GPU_RULES = {"activations", "attribution", "patching", "probe"}  # the tiny config keeps shards; stream_probes goes to gpu too
-GPU_PARTITION_RULES = GPU_RULES | {"stream_probes"}
+GPU_PARTITION_RULES = GPU_RULES | {"stream_probes", "stream_probes_random_init", "train_control_model"}
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
 
@@ -47,7 +47,10 @@ def slurm_run(cluster, tmp_path_factory, repo_root):
     for name in ("Snakefile", "rules", "workflow", "config", "envs", "minormech", "slurm"):
         source = repo_root / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
-    (work / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "sites": ["k"]}))  # one site: fewer SLURM jobs
+    # One site and no random-init control or patching controls: fewer and shorter SLURM jobs
+    # (the controls' rules are CPU or GPU rules like the others; tests/test_workflow.py runs them).
+    controls = {"least_squares": True, "control_task": True, "random_init": False, "patching": False}
+    (work / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "sites": ["k"], "controls": controls}))
     # The jobs inherit this environment (the plugin submits with sbatch --export=ALL):
     # SLURM_CONF finds the test cluster, PATH the virtual environment's programs, and
     # PYTHONPATH makes the jobs' scripts import the copied minormech, not the editable install.

@@ -36,16 +36,19 @@ def test_dag_runs_to_every_figure(workdir, finished):
     eq41 = pd.read_csv(figures / "fig3_k_eq41.csv")
     assert list(eq41["layer"]) == list(range(30)) and eq41["eq41_holds"].dtype == bool
     patching = pd.read_csv(figures / "fig5_k.csv")
-    assert len(patching) == 8 * 3 and patching["rho"].between(0, 4).all()
-    for rule in ("prompts", "activations", "probe", "attribution", "rank_difference", "patching", "plot_fig5"):
+    assert len(patching) == 8 * 3 * 3 and patching["rho"].between(0, 4).all()  # settings x layers x (xi, random, noop)
+    for rule in ("prompts", "activations", "probe", "attribution", "rank_difference", "patching", "plot_fig5", "random_init_model", "summary"):
         assert list((workdir / "logs" / rule).rglob("*.log")), f"no log for {rule}"
 
 
 def test_one_figure_plans_only_what_it_needs(finished):
+    """Figure 1 of site k needs the unfiltered probes of both tasks, for the model and its
+    random-init control (controls.random_init), and no attribution or patching."""
     one_figure, everything = finished
-    assert one_figure["probe"] == 2 and everything["probe"] == 2 * 2 * 2  # (LR, MD) x (k, v) x (unfiltered, filtered)
+    assert one_figure["probe"] == 2 * 2 and everything["probe"] == 2 * 2 * 2 + 2 * 2  # model: (LR, MD) x (k, v) x (unfiltered, filtered); control: unfiltered
     assert one_figure["plot_fig1"] == 1 and everything["plot_fig1"] == 2
-    assert one_figure["activations"] == everything["activations"] == 2 * (2 + 1)
+    assert one_figure["activations"] == everything["activations"] == 2 * 2 * (2 + 1)  # (model, control) x tasks x chunks
+    assert one_figure["random_init_model"] == 1 and everything["summary"] == 1
     assert "attribution" not in one_figure and "patching" not in one_figure
 
 
@@ -60,8 +63,8 @@ def test_probe_setting_change_reruns_only_probes_and_figures(workdir, finished):
     changed = {**TINY, "probe": {**TINY["probe"], "improved": {**TINY["probe"]["improved"], "lr": 2.0e-3}}}
     (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
     counts = job_counts(run(workdir, "-n", "--configfile", "changed.yaml").stdout)
-    assert set(counts) <= {"probe", "plot_fig1", "plot_fig3", "plot_fig4", "all"}, counts
-    assert counts["probe"] == 8
+    assert set(counts) <= {"probe", "plot_fig1", "plot_fig3", "plot_fig4", "summary", "all"}, counts
+    assert counts["probe"] == 8 + 4
 
 
 def test_config_with_keys_in_another_order_reruns_nothing(workdir, finished):
@@ -132,11 +135,12 @@ def test_stream_mode_matches_shard_mode_through_the_workflow(tmp_path, workdir, 
     copy = tmp_path / "stream"
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("results", "logs", ".snakemake"))
     shutil.copytree(workdir / "results", copy / "results", copy_function=os.link)
-    shutil.rmtree(copy / "results" / "smollm2-135m" / "probes")
-    shutil.rmtree(copy / "results" / "smollm2-135m" / "activations")  # stream mode must not need them
+    for model in ("smollm2-135m", "smollm2-135m-random-init"):
+        shutil.rmtree(copy / "results" / model / "probes")
+        shutil.rmtree(copy / "results" / model / "activations")  # stream mode must not need them
     (copy / "stream.yaml").write_text(yaml.safe_dump({**TINY, "probe": {**TINY["probe"], "source": "stream"}}))
     plan = run(copy, "-n", "--configfile", "stream.yaml")
-    assert job_counts(plan.stdout) == {"stream_probes": 2, "plot_fig1": 2, "plot_fig3": 2, "plot_fig4": 2, "all": 1}
+    assert job_counts(plan.stdout) == {"stream_probes": 2, "stream_probes_random_init": 2, "plot_fig1": 2, "plot_fig3": 2, "plot_fig4": 2, "summary": 1, "all": 1}
     run(copy, "--cores", "2", "--configfile", "stream.yaml")
     for task in ("LR", "MD"):
         for site in ("k", "v"):
@@ -144,7 +148,8 @@ def test_stream_mode_matches_shard_mode_through_the_workflow(tmp_path, workdir, 
                 relative = f"results/smollm2-135m/probes/{task}/{site}/{kind}.csv"
                 shards, stream = pd.read_csv(workdir / relative), pd.read_csv(copy / relative)
                 assert list(stream["variant"]) == list(shards["variant"]) and list(stream["layer"]) == list(shards["layer"])
-                difference = ((stream["test_mse"] - shards["test_mse"]).abs() / shards["test_mse"]).max()
+                columns = ["test_mse", "control_mse"] if kind == "unfiltered" else ["test_mse"]  # the control task too
+                difference = ((stream[columns] - shards[columns]).abs() / shards[columns]).max().max()
                 assert difference <= 1e-3, f"{relative}: {difference:.2e}"
     assert "stream" in (copy / "logs" / "stream_probes" / "smollm2-135m" / "LR.log").read_text()
 

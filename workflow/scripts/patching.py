@@ -1,4 +1,5 @@
-"""Patching counts rho for the eight settings, every patched layer of one (model, site)."""
+"""Patching counts rho, dlogp and dlogit of the eight settings for the xi patch and its controls
+(random, noop), every patched layer of one (model, site)."""
 import time
 
 import pandas as pd
@@ -27,15 +28,19 @@ for tau1 in pair:
     for layer, mask in zip(params.layers, site_keep_masks(xi, site, params.layers, filter_op(tau1, pair), params.patching["h"])):
         keep[(tau1, site, layer)] = mask
 start = time.perf_counter()
-rows, accuracy, passes = patching_counts(
+result = patching_counts(
     model, reference, others, pair, [site], params.layers, keep, params.patching["batch_size"], pad_token_id(tokenizer),
-    params.patching["alignment"], progress=progress(f"patching {site}"),
+    params.patching["alignment"], controls=params.controls, seed=params.seed,
+    n_boot=params.uncertainty["bootstrap"], level=params.uncertainty["level"], progress=progress(f"patching {site}"),
 )
-for row in rows:
-    row["n_kept"] = int(keep[(row["tau1"], site, row["layer"])].sum())
-pd.DataFrame(rows).to_csv(snakemake.output.counts, index=False)
+pd.DataFrame(result.rows).to_csv(snakemake.output.counts, index=False)
+pd.DataFrame(result.pairs)[["setting", "layer", "patch", "pair", "same", "dlogp", "dlogit"]].to_csv(snakemake.output.pairs, index=False)
 n_pairs = len(reference[pair[0]])
 pd.DataFrame(
-    [{"prompt_set": key.split(":")[0], "task": key.split(":")[1], "correct": value, "n": n_pairs, "accuracy": value / n_pairs} for key, value in accuracy.items()]
+    [{"prompt_set": key.split(":")[0], "task": key.split(":")[1], "correct": value, "n": n_pairs, "accuracy": value / n_pairs} for key, value in result.accuracy.items()]
 ).to_csv(snakemake.output.accuracy, index=False)
-log.info("%d batched passes (unpatched + patched) over %d pairs in %.1f s; unpatched accuracy %s", passes, n_pairs, time.perf_counter() - start, accuracy)
+patched = {kind: count for kind, count in result.runs.items() if kind != "unpatched"}
+log.info(
+    "%d unpatched and %d patched batched prompt passes %s over %d pairs in %.1f s; unpatched accuracy %s",
+    result.runs["unpatched"], sum(patched.values()), patched, n_pairs, time.perf_counter() - start, result.accuracy,
+)

@@ -1,4 +1,6 @@
-"""Figure 1: unfiltered probe test MSE per layer for every task, with the baseline."""
+"""Figure 1: unfiltered probe test MSE per layer for every task, with the controls that
+were computed (control task and selectivity, random-init model, baseline, least-squares
+ceiling) and 95% intervals."""
 import pandas as pd
 
 from minormech.figures import probe_curves_figure, save_figure
@@ -6,8 +8,10 @@ from minormech.runlog import job_logger
 
 log = job_logger(snakemake.log[0])
 table = pd.concat([pd.read_csv(path) for path in snakemake.input.tables], ignore_index=True)
-table = table[["task", "site", "layer", "test_mse", "baseline_mse"]]
-table.to_csv(snakemake.output.csv, index=False)
-figure = probe_curves_figure(table, snakemake.wildcards.model, snakemake.wildcards.site)
+random_init = None
+if snakemake.input.get("random_init"):
+    random_init = pd.concat([pd.read_csv(path) for path in snakemake.input.random_init], ignore_index=True)
+pd.concat([table, random_init], ignore_index=True).to_csv(snakemake.output.csv, index=False)
+figure = probe_curves_figure(table, snakemake.wildcards.model, snakemake.wildcards.site, random_init)
 save_figure(figure, snakemake.output.pdf, snakemake.output.png)
 log.info("wrote %s", snakemake.output.pdf)

@@ -1,4 +1,5 @@
-"""Figure 5: patching counts rho of the eight settings per layer for one (model, site)."""
+"""Figure 5: patching counts rho and the change in log p(r_NP) of the eight settings per layer
+for one (model, site), with the random and noop controls when the patching rule ran them."""
 import pandas as pd
 
 from minormech.figures import patching_figure, save_figure

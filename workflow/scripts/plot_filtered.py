@@ -10,7 +10,7 @@ wildcards, params = snakemake.wildcards, snakemake.params
 filtered = pd.concat([pd.read_csv(path) for path in snakemake.input.filtered], ignore_index=True)
 unfiltered = pd.concat([pd.read_csv(path) for path in snakemake.input.unfiltered], ignore_index=True)
 shown = filtered[filtered["variant"].isin(params.variants)]
-shown[["task", "site", "variant", "op", "h", "layer", "test_mse", "n_kept", "baseline_mse"]].to_csv(snakemake.output.csv, index=False)
+shown.to_csv(snakemake.output.csv, index=False)
 figure = filtered_probe_figure(shown, unfiltered, list(params.variants), wildcards.model, wildcards.site, tuple(params.pair))
 save_figure(figure, snakemake.output.pdf, snakemake.output.png)
 if "eq41" in snakemake.output.keys():

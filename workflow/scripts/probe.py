@@ -1,11 +1,10 @@
 """Shard mode: train and test the probes of every layer of one (model, task, site), from
-the activation shards: unfiltered, or the four filtered variants of SPEC "Filter"."""
-import torch
-
+the activation shards: unfiltered (with the control task beside it), or the four
+filtered variants of SPEC "Filter"; every probe times `probe.seeds`."""
 from minormech.config import prompt_count
 from minormech.models import resolve_device, set_threads
-from minormech.probe_results import ProbeOutputs, ProbeVariants, write_probe_results, xi_tensor_names
-from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, mean_baseline_mse, predict_stacks, train_probe_groups
+from minormech.probe_results import ProbeOutputs, ProbeReport, ProbeVariants, control_task_targets, write_probe_results, xi_tensor_names
+from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, predict_stacks, train_probe_groups
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.shards import Shard, load_tensors
@@ -25,18 +24,23 @@ def site_data(prompt_file, shard_files, prompt_set):
 
 train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train")
 test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test")
+table = WeightTable.read_tsv(inputs.dataset, wildcards.task)
 xi = load_tensors(inputs.xi, xi_tensor_names([wildcards.site], params.layers)) if wildcards.probe_kind == "filtered" else None
 variants = ProbeVariants.of_kind(wildcards.probe_kind, wildcards.site, params.layers, xi)
-stacks, (summary,) = train_probe_groups(
-    train, [ProbeGroup(wildcards.site, variants.masks, name=f"{wildcards.site} {wildcards.probe_kind}")], settings,
-    max(train.max_length, test.max_length), device,
-    progress(f"{wildcards.task} {wildcards.site} {wildcards.probe_kind} probes ({settings.regime})"),
+groups = [ProbeGroup(wildcards.site, variants.masks, name=f"{wildcards.site} {wildcards.probe_kind}")]
+with_control = wildcards.probe_kind == "unfiltered" and params.report["controls"]["control_task"]
+if with_control:
+    control_table = control_task_targets(table, params.report["seed"])
+    groups.append(ProbeGroup(wildcards.site, control_targets=control_table, name=f"{wildcards.site} control task"))
+stacks, summaries = train_probe_groups(
+    train, groups, settings, max(train.max_length, test.max_length), device,
+    progress(f"{wildcards.task} {wildcards.site} {wildcards.probe_kind} probes ({settings.regime}, {settings.seeds} seeds)"),
 )
-(predictions,), index = predict_stacks(stacks, test, batch_size=64)
-table = WeightTable.read_tsv(inputs.dataset, wildcards.task)
+predictions, index = predict_stacks(stacks, test, batch_size=64)
 write_probe_results(
     ProbeOutputs(**{key: snakemake.output[key] for key in ("table", "predictions", "summary")}),
-    wildcards.model, wildcards.task, wildcards.site, params.layers, variants, predictions, index, test.prompts, test.targets,
-    mean_baseline_mse(torch.as_tensor(table.weights[table.train_ids]), test.targets), len(train), settings,
-    {**summary, "source": "shards"},
+    wildcards.model, wildcards.task, wildcards.site, params.layers, variants, predictions[0], index, test.prompts, test.targets,
+    ProbeReport.from_config(params.report, wildcards.task, table, test.prompts), len(train), settings,
+    {**summaries[0], "source": "shards", **({"control_task": summaries[1]} if with_control else {})},
+    control=(predictions[1], control_table) if with_control else None,
 )

@@ -3,13 +3,11 @@ and trains every configured probe on the fly (every site and layer, unfiltered a
 filtered variants), then runs the test prompts and writes the same files as shard mode."""
 import time
 
-import torch
-
 from minormech.activations import pad_token_id
 from minormech.config import prompt_count
 from minormech.models import ModelManifest, load_model, set_threads
-from minormech.probe_results import ProbeOutputs, ProbeVariants, write_probe_results, xi_tensor_names
-from minormech.probes import ProbeGroup, ProbeTraining, mean_baseline_mse, predict_stacks, train_probe_groups
+from minormech.probe_results import ProbeOutputs, ProbeReport, ProbeVariants, control_task_targets, write_probe_results, xi_tensor_names
+from minormech.probes import ProbeGroup, ProbeTraining, predict_stacks, train_probe_groups
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.shards import chunk_rows, load_tensors
@@ -34,26 +32,33 @@ def source(prompt_set):
 
 
 train, test = source("probe_train"), source("probe_test")
-xi = load_tensors(inputs.xi, xi_tensor_names(params.sites, params.layers))
+table = WeightTable.read_tsv(inputs.dataset, wildcards.task)
+xi = load_tensors(inputs.xi, xi_tensor_names(params.sites, params.layers)) if "filtered" in params.kinds else None
 plan = [(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi)) for site in params.sites for kind in params.kinds]
+groups = [ProbeGroup(site, variants.masks, name=f"{site} {kind}") for site, kind, variants in plan]
+control_table = control_task_targets(table, params.report["seed"]) if params.report["controls"]["control_task"] else None
+if control_table is not None:  # one control-task stack per site, after the plan's stacks
+    groups += [ProbeGroup(site, control_targets=control_table, name=f"{site} control task") for site in params.sites]
 start = time.perf_counter()
 stacks, summaries = train_probe_groups(
-    train, [ProbeGroup(site, variants.masks, name=f"{site} {kind}") for site, kind, variants in plan], settings,
-    max(p.length for p in [*train.prompts, *test.prompts]), device,
-    progress(f"{wildcards.task} stream probes ({settings.regime}, {len(plan)} stacks)"), eval_batch_size=params.forward_batch_size,
+    train, groups, settings, max(p.length for p in [*train.prompts, *test.prompts]), device,
+    progress(f"{wildcards.task} stream probes ({settings.regime}, {len(groups)} stacks of {settings.seeds} seeds)"), eval_batch_size=params.forward_batch_size,
 )
 train_seconds = time.perf_counter() - start
 predictions, index = predict_stacks(stacks, test, params.forward_batch_size)
 log.info("%d training prompts run %d times in all (%.0f s, training included); %d test prompts run once",
          len(train.prompts), train.forward_prompts, train_seconds, len(test.prompts))
-table = WeightTable.read_tsv(inputs.dataset, wildcards.task)
-baseline = mean_baseline_mse(torch.as_tensor(table.weights[table.train_ids]), test.targets)
+report = ProbeReport.from_config(params.report, wildcards.task, table, test.prompts)
 for i, (site, kind, variants) in enumerate(plan):
     if not snakemake.output.tables[i].endswith(f"/{site}/{kind}.csv"):
         raise RuntimeError(f"output {snakemake.output.tables[i]} is not the file of ({site}, {kind}); rules/common.smk stream_outputs changed order")
+    control = None
+    summary = {**summaries[i], "source": "stream", "forward_prompts": train.forward_prompts}
+    if kind == "unfiltered" and control_table is not None:
+        c = len(plan) + params.sites.index(site)
+        control, summary["control_task"] = (predictions[c], control_table), summaries[c]
     write_probe_results(
         ProbeOutputs(snakemake.output.tables[i], snakemake.output.predictions[i], snakemake.output.summaries[i]),
         wildcards.model, wildcards.task, site, params.layers, variants, predictions[i], index, test.prompts, test.targets,
-        baseline, len(train.prompts), settings,
-        {**summaries[i], "source": "stream", "forward_prompts": train.forward_prompts},
+        report, len(train.prompts), settings, summary, control=control,
     )
