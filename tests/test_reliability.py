@@ -32,9 +32,11 @@ from test_config import BAD
 from workflow_helpers import SNAKEMAKE, TINY, copy_workflow, error_lines, isolated_env, job_counts, run
 
 MODEL = "results/smollm2-135m"
-#: What the interrupted run asks for: figure 1's table (probes of both tasks), xi (attribution
-#: of both tasks) and the patching counts of site k; every activation shard is needed.
-TARGETS = [f"{MODEL}/figures/fig1_k.csv", f"{MODEL}/xi/LR-MD.safetensors", f"{MODEL}/patching/k.csv"]
+#: What the interrupted run asks for: the probe tables of site k (both tasks), figure 2 (xi,
+#: from the attribution of both tasks) and the patching counts of site k. Every activation
+#: shard of the model is needed and none of its random-init control's (figure 1 would need
+#: those too).
+TARGETS = [f"{MODEL}/probes/LR/k/unfiltered.csv", f"{MODEL}/probes/MD/k/unfiltered.csv", f"{MODEL}/figures/fig2_k.csv", f"{MODEL}/patching/k.csv"]
 N_SHARDS = 2 * (TINY["activations"]["chunks"]["probe_train"] + TINY["activations"]["chunks"]["probe_test"])
 
 
@@ -130,8 +132,8 @@ def test_killed_run_resumes_to_the_results_of_an_uninterrupted_run(resumed, work
     # Final tables: identical bytes, so identical probe MSEs and patching counts (CPU,
     # fixed seeds, the same thread count in both runs).
     identical_files(work, workdir, f"{MODEL}/probes/*/k/unfiltered.csv")
-    identical_files(work, workdir, f"{MODEL}/figures/fig1_k.csv")
     identical_files(work, workdir, f"{MODEL}/patching/k*.csv")
+    identical_files(work, workdir, f"{MODEL}/figures/fig2_k.csv")
     identical_files(work, workdir, f"{MODEL}/xi/*.safetensors")
 
 
