@@ -9,6 +9,7 @@ include: "rules/probes.smk"
 include: "rules/attribution.smk"
 include: "rules/figures.smk"
 include: "rules/controls.smk"
+include: "rules/heads.smk"
 
 
 rule all:
@@ -20,3 +21,4 @@ rule all:
         rules.fig4.input,
         rules.fig5.input,
         rules.summaries.input,
+        rules.heads.input,

@@ -256,4 +256,5 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
     for prompt_set, n_chunks in chunks.items():
         if n_chunks > sizes[prompt_set]:
             raise ConfigError(f"activations.chunks.{prompt_set}: {n_chunks} chunks for {sizes[prompt_set]} prompts; allowed values: 1..{sizes[prompt_set]}")
-
+    if config["heads"]["prompts"] > config["prompts"]["attribution"]:
+        raise ConfigError(f"heads.prompts: {config['heads']['prompts']} is more than the {config['prompts']['attribution']} attribution prompts it reads; allowed values: 1..{config['prompts']['attribution']}")

@@ -47,7 +47,7 @@ from minormech.activations import right_padded_batch
 from minormech.hooks import site_hooks
 from minormech.prompts import Prompt
 from minormech.tasks import stable_seed
-from minormech.uncertainty import bootstrap_interval
+from minormech.uncertainty import Bootstrap
 
 BASIC, SWAPPED = "B", "S"
 PATCH_KINDS = ("xi", "random", "noop")
@@ -374,13 +374,13 @@ def layer_outcomes(
     return out
 
 
-def summarise(keys: Sequence[tuple[Setting, str, int, str]], outcomes: dict[tuple[str, str, int, str], list[Outcome]], n_boot: int, level: float, seed: int) -> tuple[list[dict], list[dict]]:
+def summarise(keys: Sequence[tuple[Setting, str, int, str]], outcomes: dict[tuple[str, str, int, str], list[Outcome]], bootstrap: Bootstrap) -> tuple[list[dict], list[dict]]:
     """Rows (rho, dlogp and dlogit with bootstrap intervals over pairs) and per-pair rows for
     `keys` = (setting, site, layer, kind). All rows share one seed, so every row sees the same
     resamples of pairs."""
     metrics = ("same", "dlogp", "dlogit")
     values = {m: np.stack([torch.cat([getattr(o, m) for o in outcomes[(s.name, site, layer, kind)]]).double().numpy() for s, site, layer, kind in keys]) for m in metrics}
-    intervals = {m: bootstrap_interval(values[m], n_boot=n_boot, level=level, seed=seed) for m in metrics}
+    intervals = {m: bootstrap(values[m]) for m in metrics}
     n_pairs = values["same"].shape[1]
     rows, pairs = [], []
     for r, (setting, site, layer, kind) in enumerate(keys):
@@ -414,8 +414,7 @@ def patching_counts(
     alignment: str = "end",
     controls: bool = False,
     seed: int = 0,
-    n_boot: int = 1000,
-    level: float = 0.95,
+    bootstrap: Bootstrap = Bootstrap(),
     progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
 ) -> PatchingResult:
     """rho, dlogp and dlogit for every setting, site, layer and patch kind (xi; with
@@ -425,7 +424,8 @@ def patching_counts(
     site, layer)] = the kept features. Per batch and (site, layer) this runs 8 xi, 8 random
     and 4 noop patched prompt passes, and per setting and kind one teacher-forced decode of
     r_NP (its answer length minus one single-token steps), which gives rho's comparison,
-    dlogp and dlogit at once."""
+    dlogp and dlogit at once. `seed` draws the random control's features; `bootstrap` gives
+    the intervals over pairs."""
     n_pairs = len(reference[pair[0]])
     settings = settings_for(pair)
     kinds = PATCH_KINDS if controls else PATCH_KINDS[:1]
@@ -450,5 +450,5 @@ def patching_counts(
                 for (name, kind), outcome in layer_outcomes(model, settings, refs, srcs, unpatched, site, layer, kinds, masks, alignment, runs).items():
                     outcomes.setdefault((name, site, layer, kind), []).append(outcome)
     keys = [(s, site, layer, kind) for s in settings for site in sites for layer in layers for kind in kinds]
-    rows, pairs = summarise(keys, outcomes, n_boot, level, seed)
+    rows, pairs = summarise(keys, outcomes, bootstrap)
     return PatchingResult(rows, pairs, accuracy, dict(runs))

@@ -25,7 +25,7 @@ from minormech.prompts import Prompt
 from minormech.ranking import FILTER_VARIANTS, site_keep_masks, variant_name
 from minormech.shards import save_tensors
 from minormech.tasks import get_task
-from minormech.uncertainty import Interval, bootstrap_interval
+from minormech.uncertainty import Bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ class ProbeReport:
 
     train_weights: torch.Tensor  # [n_train_weights, d]: the training-mean baseline predicts their mean
     least_squares: torch.Tensor | None  # [N, d] least-squares w of every test prompt (controls.least_squares)
-    bootstrap: int
-    level: float
-    seed: int
+    interval: Bootstrap
 
     @classmethod
     def from_config(cls, config: dict, task: str, table, test_prompts: Sequence[Prompt]) -> "ProbeReport":
@@ -82,10 +80,7 @@ class ProbeReport:
         least_squares = None
         if config["controls"]["least_squares"]:
             least_squares = torch.as_tensor(least_squares_predictions(get_task(task), test_prompts), dtype=torch.float32)
-        return cls(torch.as_tensor(table.weights[table.train_ids]), least_squares, config["uncertainty"]["bootstrap"], config["uncertainty"]["level"], config["seed"])
-
-    def interval(self, errors: np.ndarray, groups: np.ndarray, seed_axis: bool = False) -> Interval:
-        return bootstrap_interval(errors, groups, self.bootstrap, self.level, self.seed, seed_axis)
+        return cls(torch.as_tensor(table.weights[table.train_ids]), least_squares, Bootstrap.from_config(config["uncertainty"], config["seed"]))
 
 
 def control_task_targets(table, seed: int) -> torch.Tensor:

@@ -449,8 +449,3 @@ def _train_early_stopping(train: ActivationSource, stacks: Sequence[ProbeStack],
             "best_validation_mse": best_mse[i].tolist(),
         })
     return summaries
-
-
-def mean_baseline_mse(train_weights: torch.Tensor, test_targets: torch.Tensor) -> float:
-    """MSE of always predicting the mean training weight (about 44 for uniform 0..22)."""
-    return ((test_targets - train_weights.float().mean(0)) ** 2).mean().item()

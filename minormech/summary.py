@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from minormech.shards import load_tensors
-from minormech.uncertainty import Interval, bootstrap_interval
+from minormech.uncertainty import Bootstrap, Interval
 
 #: Per task of the pair (first, second): the variant keeping the task's own important
 #: half and quarter (minormech.ranking: ge keeps the first task's, le the second's).
@@ -58,16 +58,6 @@ class ProbeErrors:
         return self.errors[:, self.variants.index(name)]
 
 
-@dataclass(frozen=True)
-class Bootstrap:
-    n_boot: int
-    level: float
-    seed: int
-
-    def __call__(self, values: np.ndarray, groups: np.ndarray | None, seed_axis: bool = True) -> Interval:
-        return bootstrap_interval(values, groups, self.n_boot, self.level, self.seed, seed_axis)
-
-
 def probe_summary(unfiltered: pd.DataFrame, random_init: pd.DataFrame | None) -> dict:
     """Best layer of one (task, site)'s unfiltered probe with the references beside it, and
     the layers whose interval lies below the baseline's mean."""
@@ -102,8 +92,8 @@ def eq41_summary(first: ProbeErrors, second: ProbeErrors, layers: Sequence[int],
     """Eq. 41 per layer: d1 = r(t1, >=, .5) - r(t1, <=, .5) < 0 and d2 = r(t2, >=, .5) -
     r(t2, <=, .5) > 0. `holds` uses the means (the paper's reading), `significant` needs
     both intervals to exclude zero."""
-    d1 = bootstrap(first.variant("ge0.5") - first.variant("le0.5"), first.groups)
-    d2 = bootstrap(second.variant("ge0.5") - second.variant("le0.5"), second.groups)
+    d1 = bootstrap(first.variant("ge0.5") - first.variant("le0.5"), first.groups, seed_axis=True)
+    d2 = bootstrap(second.variant("ge0.5") - second.variant("le0.5"), second.groups, seed_axis=True)
     per_layer = [{"layer": int(layer), "d1": as_dict(d1, l), "d2": as_dict(d2, l)} for l, layer in enumerate(layers)]
     return {
         "layers_holding": [int(layer) for l, layer in enumerate(layers) if d1.mean[l] < 0 and d2.mean[l] > 0],
@@ -117,8 +107,8 @@ def h3_summary(errors: ProbeErrors, half: str, quarter: str, layers: Sequence[in
     (interval of half - baseline below zero) and the probe on its own important quarter is
     worse than the half (interval of quarter - half above zero)."""
     half_errors = errors.variant(half)
-    gain = bootstrap(half_errors - errors.baseline[None, None, :], errors.groups)
-    loss = bootstrap(errors.variant(quarter) - half_errors, errors.groups)
+    gain = bootstrap(half_errors - errors.baseline[None, None, :], errors.groups, seed_axis=True)
+    loss = bootstrap(errors.variant(quarter) - half_errors, errors.groups, seed_axis=True)
     return {
         "half": half,
         "quarter": quarter,
@@ -142,7 +132,7 @@ def patching_summary(counts: pd.DataFrame, pairs: pd.DataFrame | None, bootstrap
             differing = []
             for layer, layer_pairs in pairs[pairs["setting"] == setting].groupby("layer"):
                 wide = layer_pairs.pivot_table(index="pair", columns="patch", values="same")
-                difference = bootstrap(wide["xi"].to_numpy() - wide["random"].to_numpy(), None, seed_axis=False)
+                difference = bootstrap(wide["xi"].to_numpy() - wide["random"].to_numpy())
                 entry["layers"][str(int(layer))]["xi_minus_random_fraction"] = as_dict(difference)
                 if difference.low > 0 or difference.high < 0:
                     differing.append(int(layer))

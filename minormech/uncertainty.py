@@ -27,6 +27,25 @@ class Interval:
         return {name: float(self.mean[index]), f"{name}_ci_low": float(self.low[index]), f"{name}_ci_high": float(self.high[index])}
 
 
+@dataclass(frozen=True)
+class Bootstrap:
+    """The bootstrap settings of one run (config keys `uncertainty.bootstrap`,
+    `uncertainty.level` and `seed`). Probes, patching and the summary all draw with these,
+    so two numbers computed from the same items see the same resamples."""
+
+    n_boot: int = 1000
+    level: float = 0.95
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, uncertainty: dict, seed: int) -> "Bootstrap":
+        return cls(uncertainty["bootstrap"], uncertainty["level"], seed)
+
+    def __call__(self, values: np.ndarray, groups: np.ndarray | None = None, seed_axis: bool = False) -> Interval:
+        """bootstrap_interval of `values` with these settings."""
+        return bootstrap_interval(values, groups, self.n_boot, self.level, self.seed, seed_axis)
+
+
 def bootstrap_interval(
     values: np.ndarray,
     groups: np.ndarray | None = None,

@@ -262,3 +262,15 @@ def random_init_mem_mb(model_id):
     hidden = spec.site_widths["o"]
     parameters = 12 * hidden**2 * spec.num_layers + 2 * 128_256 * hidden
     return max(4000, int(parameters * 4 * 1.5 / 1e6))
+
+
+HEAD_FIGURES = ["heads_increase", "heads_knockout", "heads_attention", "heads_xi"]
+
+
+def head_figure_inputs(wildcards):
+    """What one head figure reads: the per-head tables of the filter pair's tasks, their
+    attention rows, or the per-head xi."""
+    if wildcards.figure == "heads_xi":
+        return {"xi": f"results/{wildcards.model}/heads/xi.csv"}
+    suffix = "_attention" if wildcards.figure == "heads_attention" else ""
+    return {"tables": [f"results/{wildcards.model}/heads/{task}{suffix}.csv" for task in FILTER_PAIR]}

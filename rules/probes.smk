@@ -77,7 +77,8 @@ if STREAM_MODELS:
     if STREAM_RANDOM_INIT:
 
         # A random-init control streams its unfiltered probes (and the control task) only:
-        # it has no xi map of its own and appears only in figure 1.
+        # it has no xi map of its own and appears only in figure 1. Keyword params not
+        # named here are inherited from stream_probes.
         use rule stream_probes as stream_probes_random_init with:
             input:
                 dataset="results/datasets/{task}.tsv",
@@ -93,12 +94,4 @@ if STREAM_MODELS:
             wildcard_constraints:
                 model="|".join(STREAM_RANDOM_INIT),
             params:
-                sites=SITES,
                 kinds=["unfiltered"],
-                layers=lambda wildcards: layers_of(wildcards.model),
-                probe=probe_params("keep_in_memory"),
-                report=probe_report_params(),
-                chunks=canonical(config["activations"]["chunks"]),
-                forward_batch_size=config["activations"]["batch_size"],
-                device=config["compute"]["device"],
-                dtype=config["compute"]["dtype"],

@@ -11,6 +11,7 @@ from minormech.patching import (
 )
 from minormech.prompts import generate_prompts, prompt_weight_ids
 from minormech.tasks import get_task, make_weight_table
+from minormech.uncertainty import Bootstrap
 
 SITES, LAYERS = ["q", "k", "v", "o", "mlp"], [0, 1, 2]
 
@@ -224,7 +225,7 @@ def test_patching_counts_with_controls(tiny):
     reference = {"LR": random_prompts(2, 11), "MD": random_prompts(2, 12)}
     others = {"LR": random_prompts(2, 13), "MD": random_prompts(2, 14)}
     keep = {(t, "k", l): _half(16, seed=l + 3 * i) for i, t in enumerate(pair) for l in layers}
-    result = patching_counts(tiny, reference, others, pair, ["k"], layers, keep, batch_size=2, pad_id=0, controls=True, seed=0, n_boot=200)
+    result = patching_counts(tiny, reference, others, pair, ["k"], layers, keep, batch_size=2, pad_id=0, controls=True, seed=0, bootstrap=Bootstrap(n_boot=200))
     rows = result.rows
     assert all(list(r) == COLUMNS for r in rows)
     assert len(rows) == 8 * len(layers) * 3 and {r["patch"] for r in rows} == set(PATCH_KINDS)

@@ -26,7 +26,7 @@ from workflow_helpers import TINY
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = {"activations", "attribution", "patching", "probe"}  # the tiny config keeps shards; stream_probes goes to gpu too
+GPU_RULES = {"activations", "attribution", "head_views", "patching", "probe"}  # the tiny config keeps shards; stream_probes goes to gpu too
 GPU_PARTITION_RULES = GPU_RULES | {"stream_probes", "stream_probes_random_init", "train_control_model"}
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 

@@ -37,8 +37,37 @@ def test_dag_runs_to_every_figure(workdir, finished):
     assert list(eq41["layer"]) == list(range(30)) and eq41["eq41_holds"].dtype == bool
     patching = pd.read_csv(figures / "fig5_k.csv")
     assert len(patching) == 8 * 3 * 3 and patching["rho"].between(0, 4).all()  # settings x layers x (xi, random, noop)
-    for rule in ("prompts", "activations", "probe", "attribution", "rank_difference", "patching", "plot_fig5", "random_init_model", "summary"):
+    for rule in ("prompts", "activations", "probe", "attribution", "rank_difference", "patching", "plot_fig5", "random_init_model", "summary", "head_views", "head_xi", "plot_heads"):
         assert list((workdir / "logs" / rule).rglob("*.log")), f"no log for {rule}"
+
+
+def test_head_views_make_their_figures(workdir, finished):
+    """Head-level views (heads.enabled; knockouts off in the tiny config): 30 layers x 9
+    query heads per task with I and its interval, attention rows of the top 2 heads over
+    each prompt's examples, per-head xi of k and v (3 key/value heads), four figures."""
+    model = workdir / "results" / "smollm2-135m"
+    for task in ("LR", "MD"):
+        table = pd.read_csv(model / "heads" / f"{task}.csv")
+        assert len(table) == 30 * 9 and table["n_prompts"].eq(2).all()
+        assert table["logprob_increase"].notna().all() and (table["logprob_increase_ci_low"] <= table["logprob_increase_ci_high"]).all()
+        assert table["knockout_dlogp"].isna().all()  # heads.knockout: false
+        attention = pd.read_csv(model / "heads" / f"{task}_attention.csv")
+        assert attention["rank"].nunique() == 2 and attention["attention"].between(0, 1).all()
+    xi = pd.read_csv(model / "heads" / "xi.csv")
+    assert sorted(xi["site"].unique()) == ["k", "v"] and len(xi) == 2 * 30 * 3
+    for figure in ("heads_increase", "heads_knockout", "heads_attention", "heads_xi"):
+        for suffix in (".pdf", ".png", ".csv"):
+            assert (model / "figures" / f"{figure}{suffix}").stat().st_size > 0
+    correlations = pd.read_csv(model / "figures" / "heads_attention.csv")
+    assert len(correlations) == 2 * 2 and {"spearman_before_query", "spearman_distance"} <= set(correlations)
+
+
+def test_one_head_figure_is_its_own_target(workdir, finished):
+    """Removing the per-head xi figure and asking for it reruns that plot only."""
+    (workdir / "results/smollm2-135m/figures/heads_xi.pdf").unlink()
+    counts = job_counts(run(workdir, "results/smollm2-135m/figures/heads_xi.pdf", "-n", "--configfile", "tiny.yaml").stdout)
+    assert counts == {"plot_heads": 1}, counts
+    run(workdir, "results/smollm2-135m/figures/heads_xi.pdf", "--cores", "1", "--configfile", "tiny.yaml")
 
 
 def test_one_figure_plans_only_what_it_needs(finished):
@@ -105,6 +134,8 @@ def test_report_renders_every_figure(workdir, finished):
     html = (workdir / "report.html").read_text(errors="replace")
     for number in range(1, 6):
         assert f"fig{number}_k.png" in html and f"fig{number}_v.png" in html
+    for figure in ("heads_increase", "heads_knockout", "heads_attention", "heads_xi"):
+        assert f"{figure}.png" in html
 
 
 def test_truncated_shard_gives_one_clear_line(workdir, finished):

@@ -28,6 +28,8 @@ TINY = {
         "paper": {"lr": 1.0e-4, "batch_size": 1, "steps": 100},
         "improved": {"lr": 1.0e-3, "batch_size": 8, "max_epochs": 3, "patience": 2, "val_fraction": 0.2},
     },
+    # Knockouts are tested on two layers in tests/test_heads.py: all 270 here would add minutes.
+    "heads": {"enabled": True, "prompts": 2, "batch_size": 2, "knockout": False, "top": 2},
 }
 
 

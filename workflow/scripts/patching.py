@@ -13,6 +13,7 @@ from minormech.prompts import read_prompts
 from minormech.ranking import site_keep_masks
 from minormech.runlog import job_logger, progress
 from minormech.shards import load_tensors
+from minormech.uncertainty import Bootstrap
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
@@ -31,7 +32,7 @@ start = time.perf_counter()
 result = patching_counts(
     model, reference, others, pair, [site], params.layers, keep, params.patching["batch_size"], pad_token_id(tokenizer),
     params.patching["alignment"], controls=params.controls, seed=params.seed,
-    n_boot=params.uncertainty["bootstrap"], level=params.uncertainty["level"], progress=progress(f"patching {site}"),
+    bootstrap=Bootstrap.from_config(params.uncertainty, params.seed), progress=progress(f"patching {site}"),
 )
 pd.DataFrame(result.rows).to_csv(snakemake.output.counts, index=False)
 pd.DataFrame(result.pairs)[["setting", "layer", "patch", "pair", "same", "dlogp", "dlogit"]].to_csv(snakemake.output.pairs, index=False)

@@ -6,12 +6,13 @@ import pandas as pd
 
 from minormech.ranking import FILTER_VARIANTS, variant_name
 from minormech.runlog import job_logger
-from minormech.summary import OWN_HALF, OWN_QUARTER, Bootstrap, ProbeErrors, eq41_summary, h3_summary, patching_summary, probe_summary, summary_markdown
+from minormech.summary import OWN_HALF, OWN_QUARTER, ProbeErrors, eq41_summary, h3_summary, patching_summary, probe_summary, summary_markdown
 from minormech.tasks import WeightTable
+from minormech.uncertainty import Bootstrap
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
-bootstrap = Bootstrap(params.uncertainty["bootstrap"], params.uncertainty["level"], params.seed)
+bootstrap = Bootstrap.from_config(params.uncertainty, params.seed)
 filtered_variants = [variant_name(op, h) for op, h in FILTER_VARIANTS]
 tasks = sorted({key.split("__")[2] for key in inputs.keys() if key.startswith("unfiltered__")})
 train_mean = {task: WeightTable.read_tsv(inputs[f"dataset__{task}"], task) for task in tasks}
