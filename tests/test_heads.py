@@ -67,21 +67,17 @@ def test_grouped_query_heads_read_their_key_value_head(tiny):
     assert moved[:2].max() == 0 and moved[2:].min() > 1e-4, moved
 
 
-def logits_with(model, run, hook_layer, hook):
-    """Full forward (no cache) with a forward hook on o_proj of one layer."""
-    handle = model.model.layers[hook_layer].self_attn.o_proj.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            return model(run.input_ids, attention_mask=run.attention_mask).logits
-    finally:
-        handle.remove()
-
-
 def test_knocking_out_every_head_equals_zeroing_the_o_proj_input(tiny):
     run = unpatched_run(tiny, random_prompts(3, seed=5), [], LAYERS, 0)
     layout = HeadLayout.of(tiny)
     for layer in LAYERS:
-        zeroed = logits_with(tiny, run, layer, lambda _m, _i, out: torch.zeros_like(out))
+        handle = tiny.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(lambda _m, args: (torch.zeros_like(args[0]),))
+        try:
+            with torch.no_grad():
+                zeroed = tiny(run.input_ids, attention_mask=run.attention_mask).logits  # o_proj's input zeroed
+        finally:
+            handle.remove()
+        assert not torch.allclose(zeroed, tiny(run.input_ids, attention_mask=run.attention_mask).logits)
         with torch.no_grad(), knocked_out(tiny, layer, None):
             every = tiny(run.input_ids, attention_mask=run.attention_mask).logits
         with torch.no_grad(), knocked_out(tiny, layer, 0), knocked_out(tiny, layer, 1), knocked_out(tiny, layer, 2), knocked_out(tiny, layer, 3):
