@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -42,7 +41,7 @@ from minormech.models import (
     resolve_device,
     resolve_dtype,
 )
-from minormech.prompts import Tokenizer, build_prompt
+from minormech.prompts import OUTPUT_VALUE, Tokenizer, build_prompt
 from minormech.storage import CONTEXT_TOKENS
 from minormech.tasks import WeightTable, get_task, stable_seed
 
@@ -56,8 +55,6 @@ WARMUP_FRACTION = 0.1
 FINAL_LR_FRACTION = 0.1
 #: Tokens an answer may add beyond the prompt (answers up to 968 are 3 digits; margin).
 ANSWER_TOKENS = 16
-
-_OUTPUT_VALUE = re.compile(r"Output: (\d+)")
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,7 @@ def llama_config(settings: TrainSettings, tokenizer, max_prompt_tokens: int):
 def output_value_mask(text: str, offsets: Sequence[tuple[int, int]]) -> list[bool]:
     """For each token (character span `offsets` in `text`): does it lie inside the digits of
     an Output value?"""
-    spans = [match.span(1) for match in _OUTPUT_VALUE.finditer(text)]
+    spans = [match.span(1) for match in OUTPUT_VALUE.finditer(text)]
     return [end > start and any(s <= start and end <= e for s, e in spans) for start, end in offsets]
 
 

@@ -15,17 +15,16 @@ from typing import Sequence
 
 import numpy as np
 
-from minormech.prompts import Prompt
+from minormech.prompts import FEATURE_VALUE, Prompt
 from minormech.tasks import Task, stable_seed, value_grid
 
 _EXAMPLE = re.compile(r"((?:Feature \d+: -?\d+\n)+)Output: (-?\d+)")
-_FEATURE = re.compile(r"Feature \d+: (-?\d+)")
 
 
 def prompt_examples(prompt: Prompt) -> tuple[np.ndarray, np.ndarray]:
     """The complete (x, y) examples of a prompt's text, [k, d] and [k]; the query (whose
     answer the prompt ends before) is not among them."""
-    pairs = [([int(v) for v in _FEATURE.findall(features)], int(y)) for features, y in _EXAMPLE.findall(prompt.text)]
+    pairs = [([int(v) for v in FEATURE_VALUE.findall(features)], int(y)) for features, y in _EXAMPLE.findall(prompt.text)]
     if not pairs:
         return np.zeros((0, len(prompt.weight)), dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.array([x for x, _ in pairs], dtype=np.int64), np.array([y for _, y in pairs], dtype=np.int64)

@@ -24,11 +24,12 @@ def grid(table: pd.DataFrame, column: str) -> np.ndarray:
     return table.pivot(index="layer", columns="head", values=column).to_numpy()
 
 
-def heatmap(ax, values: np.ndarray, layers: list[int], title: str, label: str, limit: float) -> None:
+def heatmap(ax, values: np.ndarray, layers: list[int], title: str, label: str, limit: float, xlabel: str = "query head") -> None:
     image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest", origin="lower")
     step = max(1, len(layers) // 10)
     ax.set_yticks(np.arange(len(layers))[::step], [str(l) for l in layers][::step])
-    ax.set_xlabel("query head")
+    ax.set_xticks(np.arange(values.shape[1])[:: max(1, values.shape[1] // 16)])
+    ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     plt.colorbar(image, ax=ax).set_label(label, fontsize=7)
 
@@ -99,7 +100,10 @@ def head_xi_figure(table: pd.DataFrame, pair: tuple[str, str], model_id: str):
         limit = float(table["xi_sum"].abs().max()) or 1.0
         layers = sorted(table["layer"].unique().tolist())
         for ax, site in zip(axes[0], sites):
-            heatmap(ax, grid(table[table["site"] == site], "xi_sum"), layers, f"site {site}", f"xi summed per head ({pair[0]} red, {pair[1]} blue)", limit)
+            heatmap(
+                ax, grid(table[table["site"] == site], "xi_sum"), layers, f"site {site}", f"xi summed per head ({pair[0]} red, {pair[1]} blue)", limit,
+                "query head" if site == "q" else "key/value head",
+            )
         axes[0][0].set_ylabel("layer")
     fig.suptitle(f"{model_id}: xi = rank(FA_{pair[0]}) - rank(FA_{pair[1]}) per head", fontsize=10)
     fig.tight_layout()

@@ -29,7 +29,6 @@ tests/test_heads.py checks it against the model's own o_proj input.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,12 +41,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from minormech.controls import prompt_examples
 from minormech.hooks import hook_name
 from minormech.patching import PromptRun, cache_below, last_logits, run_layers, score_answer, unpatched_run
-from minormech.prompts import Prompt
+from minormech.prompts import FEATURE_VALUE, OUTPUT_VALUE, Prompt
 from minormech.uncertainty import Bootstrap
-
-_QUERY_FEATURES = re.compile(r"Feature \d+: (-?\d+)")
-_OUTPUT_VALUE = re.compile(r"Output: (-?\d+)")
-
 
 @dataclass(frozen=True)
 class HeadLayout:
@@ -199,12 +194,12 @@ def example_answers(prompt: Prompt, tokenizer) -> ExampleAnswers:
         raise ValueError(f"prompt {prompt.id}: its text does not tokenize to its input_ids; the prompt file was made with another tokenizer")
     offsets = encoded["offset_mapping"]
     spans = []
-    for match in _OUTPUT_VALUE.finditer(prompt.text):
+    for match in OUTPUT_VALUE.finditer(prompt.text):
         begin, end = match.span(1)
         tokens = [i for i, (a, b) in enumerate(offsets) if a < end and b > begin]
         spans.append((tokens[0], tokens[-1] + 1))
     x, _ = prompt_examples(prompt)
-    query = np.array([int(v) for v in _QUERY_FEATURES.findall(prompt.text.rsplit("\n\n", 1)[-1])])
+    query = np.array([int(v) for v in FEATURE_VALUE.findall(prompt.text.rsplit("\n\n", 1)[-1])])
     if len(spans) != len(x) or len(query) != x.shape[1]:
         raise ValueError(f"prompt {prompt.id}: {len(spans)} example answers but {len(x)} examples, query {query.tolist()}")
     return ExampleAnswers(spans, np.sqrt(((x - query[None, :]) ** 2).sum(1)))

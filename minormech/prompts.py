@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
@@ -49,6 +50,11 @@ class Prompt:
     @property
     def length(self) -> int:
         return len(self.input_ids)
+
+
+#: The values format_example writes, for code that reads them back from a prompt's text.
+FEATURE_VALUE = re.compile(r"Feature \d+: (-?\d+)")
+OUTPUT_VALUE = re.compile(r"Output: (-?\d+)")
 
 
 def format_example(x: Sequence[int], y: int) -> str:

@@ -60,7 +60,7 @@ BAD = [
     ("negative count", "prompts.patching", -3, r"^prompts\.patching: -3 is not allowed; allowed values: an integer >= 1$"),
     ("negative count", "activations.batch_size", -8, r"^activations\.batch_size: -8 is not allowed; allowed values: an integer >= 1$"),
     ("too many head prompts", "heads.prompts", 65, r"^heads\.prompts: 65 is more than the 64 attribution prompts it reads; allowed values: 1\.\.64$"),
-    ("too many chunks", "activations.chunks.probe_test", 10**6, r"^activations\.chunks\.probe_test: 1000000 chunks for 80 prompts; allowed values: 1\.\.80$"),
+    ("too many chunks", "activations.chunks.probe_test", 10**6, r"^activations\.chunks\.probe_test: 1000000 chunks for 40 prompts; allowed values: 1\.\.40$"),
     ("max_prompt_tokens too small", "prompts.max_prompt_tokens", 40,
      r"^prompts\.max_prompt_tokens: 40 may not hold one example: the longest LR example, '\\nFeature 0: 22\\nFeature 1: 22\\nOutput: 968', has 40 characters .*; allowed values: an integer >= 41$"),
     ("test split too large", "test_weights", 529, r"^test_weights: 529 leaves no training weights; task LR has 529 weight vectors \(allowed values: 1\.\.528\)$"),

@@ -40,10 +40,10 @@ def test_paper_configs_stream_their_probes_and_write_no_shards(configs):
 
 def test_auto_keeps_shards_under_the_limit_and_explicit_sources_win(configs):
     default = _plan(configs["default"])
-    assert default.source == "shards" and 1e9 < default.shard_mode_bytes < 2e9  # site k, 2 tasks
+    assert default.source == "shards" and 0.5e9 < default.shard_mode_bytes < 1e9  # site k, 2 tasks
     assert default.written_bytes(False) == default.shard_mode_bytes
     small_limit = copy.deepcopy(configs["default"])
-    small_limit["storage"]["limit_gb"] = 1
+    small_limit["storage"]["limit_gb"] = 0.5
     assert _plan(small_limit).source == "stream"
     for source in ("shards", "stream"):
         forced = copy.deepcopy(configs["llama-3.2-3b"])
@@ -69,12 +69,12 @@ def test_paper_config_dry_run_prints_the_plan_and_plans_stream_jobs(tmp_path, re
 
 
 def test_auto_counts_the_shards_of_every_model_against_one_limit(configs):
-    """Models are planned in config order: the second would fit the limit alone (6.5 GB of
-    7) but not beside the first's 1.3 GB, so it streams and the run stays under the limit."""
+    """Models are planned in config order: the second would fit the limit alone (3.2 GB of
+    3.5) but not beside the first's 0.65 GB, so it streams and the run stays under the limit."""
     config = copy.deepcopy(configs["default"])
     config["models"] = [{"id": "smollm2-135m"}, {"id": "llama-3.2-3b"}]
-    config["storage"]["limit_gb"] = 7
+    config["storage"]["limit_gb"] = 3.5
     first, second = plan_storage(config, {spec.id: spec for spec in model_specs(config)})
     assert first.source == "shards" and second.source == "stream"
-    assert second.shard_mode_bytes < 7e9 < first.shard_mode_bytes + second.shard_mode_bytes
-    assert first.written_bytes(False) + second.written_bytes(False) < 7e9
+    assert second.shard_mode_bytes < 3.5e9 < first.shard_mode_bytes + second.shard_mode_bytes
+    assert first.written_bytes(False) + second.written_bytes(False) < 3.5e9

@@ -36,7 +36,7 @@ def test_dag_runs_to_every_figure(workdir, finished):
     eq41 = pd.read_csv(figures / "fig3_k_eq41.csv")
     assert list(eq41["layer"]) == list(range(30)) and eq41["eq41_holds"].dtype == bool
     patching = pd.read_csv(figures / "fig5_k.csv")
-    assert len(patching) == 8 * 3 * 3 and patching["rho"].between(0, 4).all()  # settings x layers x (xi, random, noop)
+    assert len(patching) == 8 * 2 * 3 and patching["rho"].between(0, 4).all()  # settings x layers x (xi, random, noop)
     for rule in ("prompts", "activations", "probe", "attribution", "rank_difference", "patching", "plot_fig5", "random_init_model", "summary", "head_views", "head_xi", "plot_heads"):
         assert list((workdir / "logs" / rule).rglob("*.log")), f"no log for {rule}"
 

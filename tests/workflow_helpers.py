@@ -18,7 +18,7 @@ TINY = {
     "test_weights": 8,
     "sites": ["k", "v"],
     "prompts": {"max_prompt_tokens": 60, "probe_train": 48, "probe_test_per_weight": 2, "attribution": 8, "patching": 4},
-    "patching": {"layers": [0, 15, 29], "batch_size": 4, "alignment": "end"},
+    "patching": {"layers": [0, 29], "batch_size": 4, "alignment": "end"},
     "activations": {"batch_size": 8, "store_dtype": "float16", "chunks": {"probe_train": 2, "probe_test": 1}},
     "probe": {
         "regime": "improved",
