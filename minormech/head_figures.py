@@ -76,14 +76,15 @@ def attention_figure(rows: dict[str, pd.DataFrame], pair: tuple[str, str], model
                 rho = head_rows[x].corr(head_rows["attention"], method="spearman")
                 entry[f"spearman_{x}"] = float(rho)
                 mean = head_rows.groupby(x)["attention"].mean()
-                axes[r][c].plot(mean.index, mean.to_numpy(), "-o", markersize=3, label=f"L{layer}H{head} (rho {rho:+.2f})")
+                style = "-o" if x == "before_query" else "o"  # distances are nearly all distinct: points, not a curve
+                axes[r][c].plot(mean.index, mean.to_numpy(), style, markersize=3, label=f"L{layer}H{head} (rho {rho:+.2f})")
             correlations.append(entry)
         for c, xlabel in enumerate(("examples before the query (1 = the last)", "distance of the example's x from the query's x")):
             axes[r][c].set_xlabel(xlabel)
             axes[r][c].set_ylabel(f"{task}: attention to the answer")
             axes[r][c].grid(alpha=0.3)
             axes[r][c].legend(fontsize=7)
-    fig.suptitle(f"{model_id}: attention from the last position to each example's answer, top heads by I (mean per x value)", fontsize=10)
+    fig.suptitle(f"{model_id}: attention from the last position to each example's answer, top heads by I (mean over prompts per x value)", fontsize=10)
     fig.tight_layout()
     return fig, pd.DataFrame(correlations)
 
