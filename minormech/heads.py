@@ -147,31 +147,22 @@ def knocked_out(model, layer: int, head: int | None) -> Iterator[None]:
         handle.remove()
 
 
-def answer_tokens(prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
-    """([B, M] true answer tokens, right-padded with their first token; [B] their counts)."""
-    longest = max(len(p.answer_ids) for p in prompts)
-    tokens = torch.tensor([p.answer_ids + [p.answer_ids[0]] * (longest - len(p.answer_ids)) for p in prompts])
-    return tokens, torch.tensor([len(p.answer_ids) for p in prompts])
-
-
 @torch.inference_mode()
 def knockout_scores(model, run: PromptRun, layer: int, head: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """([B] log p(true answer), [B] whether greedy decoding gives it) with `head` of `layer`
     knocked out, rerun from the residual entering `layer`."""
-    answer, lengths = answer_tokens(run.prompts)
     with knocked_out(model, layer, head):
         cache = cache_below(model, run.cache, layer)
         hidden = run_layers(model, run.residuals[layer], layer, run.attention_mask, cache)
         first = last_logits(model, hidden, run.lengths)
-        score = score_answer(model, run, first, cache, answer, lengths)
+        score = score_answer(model, run, first, cache, run.true_answer, run.answer_lengths)
     return score.logp, score.same
 
 
 @torch.inference_mode()
 def unpatched_answer_scores(model, run: PromptRun) -> tuple[torch.Tensor, torch.Tensor]:
     """([B] log p(true answer), [B] correct) of the unpatched pass."""
-    answer, lengths = answer_tokens(run.prompts)
-    score = score_answer(model, run, run.first_logits, run.cache, answer, lengths)
+    score = score_answer(model, run, run.first_logits, run.cache, run.true_answer, run.answer_lengths)
     return score.logp, score.same
 
 

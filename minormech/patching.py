@@ -103,6 +103,13 @@ class PromptRun:
     def answer_lengths(self) -> torch.Tensor:
         return torch.tensor([len(p.answer_ids) for p in self.prompts])
 
+    @property
+    def true_answer(self) -> torch.Tensor:
+        """[B, M] each prompt's true answer tokens, right-padded with its first token (a real
+        token, so that teacher forcing can feed it; scores stop at answer_lengths)."""
+        longest = max(len(p.answer_ids) for p in self.prompts)
+        return torch.tensor([p.answer_ids + [p.answer_ids[0]] * (longest - len(p.answer_ids)) for p in self.prompts])
+
 
 def aligned_source_index(base_lengths: torch.Tensor, source_lengths: torch.Tensor, width: int, alignment: str) -> tuple[torch.Tensor, torch.Tensor]:
     """For each base position: the source position patched into it, and whether it is patched.
@@ -285,10 +292,7 @@ def same_prediction(a: torch.Tensor, b: torch.Tensor, answer_lengths: torch.Tens
 
 def correct(run: PromptRun) -> torch.Tensor:
     """[B] bool: the unpatched prediction is the true answer."""
-    truth = torch.zeros_like(run.prediction)
-    for row, prompt in enumerate(run.prompts):
-        truth[row, : len(prompt.answer_ids)] = torch.tensor(prompt.answer_ids)
-    return same_prediction(run.prediction, truth, run.answer_lengths)
+    return same_prediction(run.prediction, run.true_answer, run.answer_lengths)
 
 
 @dataclass

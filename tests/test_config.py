@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from minormech.config import ConfigError, load_schema, validate_config
 
@@ -26,9 +27,11 @@ def _set(config, dotted, value):
 
 def test_shipped_configs_are_valid(repo_root, default, schema):
     validate_config(default, schema)
-    for name in ("llama-3.2-3b.yaml", "llama-3.1-8b.yaml"):
+    overlays = sorted(path for path in (repo_root / "config").glob("*.yaml") if path.name not in ("config.yaml", "config.schema.yaml"))
+    assert {path.name for path in overlays} >= {"llama-3.2-3b.yaml", "llama-3.1-8b.yaml", "positive-control.yaml", "heads-full.yaml"}
+    for path in overlays:
         merged = copy.deepcopy(default)
-        merged.update(yaml.safe_load((repo_root / "config" / name).read_text()))
+        update_config(merged, yaml.safe_load(path.read_text()))  # as snakemake --configfile merges
         validate_config(merged, schema)
 
 
