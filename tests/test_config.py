@@ -28,7 +28,7 @@ def _set(config, dotted, value):
 def test_shipped_configs_are_valid(repo_root, default, schema):
     validate_config(default, schema)
     overlays = sorted(path for path in (repo_root / "config").glob("*.yaml") if path.name not in ("config.yaml", "config.schema.yaml"))
-    assert {path.name for path in overlays} >= {"llama-3.2-3b.yaml", "llama-3.1-8b.yaml", "positive-control.yaml", "heads-full.yaml"}
+    assert {path.name for path in overlays} >= {"llama-3.2-3b.yaml", "llama-3.1-8b.yaml", "positive-control.yaml", "positive-control-gpu.yaml", "heads-full.yaml"}
     for path in overlays:
         merged = copy.deepcopy(default)
         update_config(merged, yaml.safe_load(path.read_text()))  # as snakemake --configfile merges
