@@ -1,5 +1,6 @@
 # minormech: "Minor Mathematical Mechanisms in Large Language Models" (Sutter), from task
-# datasets to the paper's figures. Rules live in rules/, logic in the minormech package.
+# datasets to the paper's figures. One rule file per stage, named after it; the run plan
+# (minormech.plan, built in rules/common.smk) says which models and targets a config has.
 include: "rules/common.smk"
 include: "rules/datasets.smk"
 include: "rules/models.smk"
@@ -7,9 +8,11 @@ include: "rules/prompts.smk"
 include: "rules/activations.smk"
 include: "rules/probes.smk"
 include: "rules/attribution.smk"
-include: "rules/figures.smk"
-include: "rules/controls.smk"
+include: "rules/ranking.smk"
+include: "rules/patching.smk"
 include: "rules/heads.smk"
+include: "rules/summary.smk"
+include: "rules/figures.smk"
 
 
 rule all:

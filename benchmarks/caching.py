@@ -26,15 +26,17 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
 from benchmarks.common import best_of, load_benchmark_model, synchronize
-from minormech.activations import extract_activations, pad_token_id, right_padded_batch
-from minormech.prompts import Prompt, prompts_digest, read_prompts
+from minormech.activations import extract_activations, pad_token_id
+from minormech.prompts import prompts_digest, read_prompts
+from minormech.runner import RunOptions, batched, right_padded
 from minormech.shards import STORE_DTYPES, ShardHeader, write_shard
+from minormech.sites import OUTPUT, get_site, hook_name
 
 IMPLEMENTATIONS = ("plain", "plain_decoder", "minormech", "transformer_lens", "nnsight")
 
@@ -50,7 +52,7 @@ class PeakMemory:
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
@@ -74,28 +76,38 @@ class PeakMemory:
         self.peak_bytes = max(self._peak, self._rss()) - self._start
 
 
-def batches_of(prompts: Sequence[Prompt], batch_size: int) -> list[Sequence[Prompt]]:
-    return [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
-
-
-def copy_and_write(path: Path, prompts, sites, layers, store_dtype: str, run_batch: Callable, batch_size: int, pad_id: int, device) -> None:
+def copy_and_write(
+    path: Path, prompts, sites, layers, store_dtype: str, run_batch: Callable, batch_size: int, pad_id: int, device
+) -> None:
     """The part a peer library leaves to its user: per batch, the sites' [B, S, width]
     tensors from `run_batch(ids, mask)` reduced to unpadded rows in the store dtype on
     the CPU, then one shard written like the pipeline's."""
     dtype = STORE_DTYPES[store_dtype]
     rows: dict[tuple[str, int], list[torch.Tensor]] = {(s, l): [] for l in layers for s in sites}
-    for batch in batches_of(prompts, batch_size):
-        ids, mask = right_padded_batch(batch, pad_id, device)
+    for batch in batched(prompts, batch_size):
+        ids, mask = right_padded([p.input_ids for p in batch], pad_id, device)
         keep = mask.bool()
         for key, values in run_batch(ids, mask).items():
             rows[key].append(values.reshape(*values.shape[:2], -1)[keep].to("cpu", dtype))
-    write_benchmark_shard(path, prompts, sites, layers, store_dtype, {key: torch.cat(parts) for key, parts in rows.items()})
+    write_benchmark_shard(
+        path, prompts, sites, layers, store_dtype, {key: torch.cat(parts) for key, parts in rows.items()}
+    )
 
 
-def write_benchmark_shard(path: Path, prompts, sites, layers, store_dtype: str, activations, prompt_set: str = "probe_train") -> None:
+def write_benchmark_shard(
+    path: Path, prompts, sites, layers, store_dtype: str, activations, prompt_set: str = "probe_train"
+) -> None:
     """One shard as the activations rule writes it (header of a model named 'benchmark')."""
-    header = ShardHeader(model_id="benchmark", task="LR", prompt_set=prompt_set, chunk=0, sites=tuple(sites),
-                         layers=tuple(layers), store_dtype=store_dtype, prompts_sha256=prompts_digest(prompts))
+    header = ShardHeader(
+        model_id="benchmark",
+        task="LR",
+        prompt_set=prompt_set,
+        chunk=0,
+        sites=tuple(sites),
+        layers=tuple(layers),
+        store_dtype=store_dtype,
+        prompts_sha256=prompts_digest(prompts),
+    )
     write_shard(path, header, activations, [p.id for p in prompts], [p.length for p in prompts])
 
 
@@ -104,9 +116,9 @@ def transformer_lens_runner(model, tokenizer, sites, layers, device):
     from transformer_lens.model_bridge import TransformerBridge
 
     bridge = TransformerBridge.boot_transformers("benchmark", hf_model=model, tokenizer=tokenizer, device=str(device))
-    names = {"q": "blocks.{l}.attn.hook_q", "k": "blocks.{l}.attn.hook_k", "v": "blocks.{l}.attn.hook_v",
-             "o": "blocks.{l}.hook_attn_out", "mlp": "blocks.{l}.hook_mlp_out"}
-    wanted = {names[s].format(l=l): (s, l) for l in layers for s in sites}
+    wanted = {
+        hook_name(s, layer): (s, layer) for layer in layers for s in sites
+    }  # the site table's names are TransformerLens'
 
     @torch.inference_mode()
     def run(ids, mask):
@@ -123,8 +135,13 @@ def nnsight_runner(model, tokenizer, sites, layers):
     wrapped = LanguageModel(model, tokenizer=tokenizer)
 
     def envoy(site, layer):
-        block = wrapped.model.layers[layer]
-        return block.mlp if site == "mlp" else getattr(block.self_attn, f"{site}_proj")
+        row = get_site(site)
+        if row.kind != OUTPUT:
+            raise ValueError(f"nnsight runner: site {site} is a module input; it times module outputs only")
+        module = wrapped.model.layers[layer]
+        for name in filter(None, row.module.split(".")):
+            module = getattr(module, name)
+        return module
 
     envoys = {(site, layer): envoy(site, layer) for layer in layers for site in sites}
 
@@ -167,31 +184,42 @@ def main() -> None:
 
         def job():
             with torch.inference_mode():
-                for batch in batches_of(prompts, args.batch_size):
-                    ids, mask = right_padded_batch(batch, pad_id, device)
+                for batch in batched(prompts, args.batch_size):
+                    ids, mask = right_padded([p.input_ids for p in batch], pad_id, device)
                     forward(input_ids=ids, attention_mask=mask)
     elif args.impl == "minormech":
+
         def job():
-            activations = extract_activations(model, prompts, args.sites, layers, args.batch_size, STORE_DTYPES[args.store_dtype], pad_id)
+            activations = extract_activations(
+                model, prompts, args.sites, layers, STORE_DTYPES[args.store_dtype], RunOptions(args.batch_size, pad_id)
+            )
             write_benchmark_shard(path, prompts, args.sites, layers, args.store_dtype, activations)
     else:
-        runner = (transformer_lens_runner(model, tokenizer, args.sites, layers, device) if args.impl == "transformer_lens"
-                  else nnsight_runner(model, tokenizer, args.sites, layers))
+        runner = (
+            transformer_lens_runner(model, tokenizer, args.sites, layers, device)
+            if args.impl == "transformer_lens"
+            else nnsight_runner(model, tokenizer, args.sites, layers)
+        )
 
         def job():
             copy_and_write(path, prompts, args.sites, layers, args.store_dtype, runner, args.batch_size, pad_id, device)
 
     warm = prompts[: args.batch_size]
     with torch.inference_mode():  # first-call costs (allocator, kernels) are not the job's
-        ids, mask = right_padded_batch(warm, pad_id, device)
+        ids, mask = right_padded([p.input_ids for p in warm], pad_id, device)
         model(input_ids=ids, attention_mask=mask)
     synchronize(device)
     with PeakMemory(device) as memory:
         seconds = best_of(args.repeats, device, job)
     result = {
-        "impl": args.impl, "seconds": seconds, "peak_mb": memory.peak_bytes / 2**20,
-        "tokens": sum(p.length for p in prompts), "file_bytes": path.stat().st_size if path.exists() else 0,
-        "sites": args.sites, "layers": len(layers), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "impl": args.impl,
+        "seconds": seconds,
+        "peak_mb": memory.peak_bytes / 2**20,
+        "tokens": sum(p.length for p in prompts),
+        "file_bytes": path.stat().st_size if path.exists() else 0,
+        "sites": args.sites,
+        "layers": len(layers),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     print(json.dumps(result), flush=True)
 

@@ -14,9 +14,9 @@ its token ids are valid inputs for the 3B-shaped model too (vocabulary 49152 < 1
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -30,11 +30,27 @@ MODELS = ("smollm2-135m", "llama-3.2-3b-shaped")
 
 #: meta-llama/Llama-3.2-3B config.json (architecture only).
 LLAMA_3_2_3B = dict(
-    vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-    num_key_value_heads=8, head_dim=128, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-    rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-    tie_word_embeddings=True, hidden_act="silu", bos_token_id=128000, eos_token_id=128001,
+    vocab_size=128256,
+    hidden_size=3072,
+    intermediate_size=8192,
+    num_hidden_layers=28,
+    num_attention_heads=24,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    rope_scaling={
+        "factor": 32.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    tie_word_embeddings=True,
+    hidden_act="silu",
+    bos_token_id=128000,
+    eos_token_id=128001,
 )
 
 
@@ -58,7 +74,12 @@ def load_benchmark_model(name: str, device: str, dtype: str):
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
         torch.manual_seed(0)
-        torch_dtype = {"auto": torch.bfloat16, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+        torch_dtype = {
+            "auto": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+            "float32": torch.float32,
+        }[dtype]
         with torch.device(device):
             model = LlamaForCausalLM(LlamaConfig(**LLAMA_3_2_3B)).to(torch_dtype)
         model.eval()
@@ -70,13 +91,23 @@ def load_benchmark_model(name: str, device: str, dtype: str):
 def benchmark_prompts(path: Path, count: int, max_prompt_tokens: int, seed: int = 0) -> list[Prompt]:
     """`count` LR probe-training prompts, made once and reused from `path`."""
     if path.exists():
-        prompts = read_prompts(path)
+        try:
+            prompts = read_prompts(path)
+        except ValueError:  # a prompt file of an older format: made again below
+            prompts = []
         if len(prompts) == count and path.with_suffix(".tokens").read_text() == str(max_prompt_tokens):
             return prompts
     task = get_task("LR")
     table = make_weight_table(task, 40, seed)
-    prompts = generate_prompts(task, table, prompt_weight_ids("probe_train", table, seed, count), "probe_train",
-                               load_tokenizer(embedded_manifest()), max_prompt_tokens, seed)
+    prompts = generate_prompts(
+        task,
+        table,
+        prompt_weight_ids("probe_train", table, seed, count),
+        "probe_train",
+        load_tokenizer(embedded_manifest()),
+        max_prompt_tokens,
+        seed,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_prompts(path, prompts)
     path.with_suffix(".tokens").write_text(str(max_prompt_tokens))

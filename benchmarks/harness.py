@@ -1,4 +1,4 @@
-"""The benchmark harness (issue 6): every figure as a ratio inside one run, printed as a
+"""The benchmark harness: every figure as a ratio inside one run, printed as a
 table and written as CSV.
 
     benchmarks/run                                   # embedded model, CPU, ~13 min on 2 cores
@@ -34,7 +34,8 @@ from benchmarks.common import REPO, benchmark_prompts, load_benchmark_model, mat
 from benchmarks.incremental import incremental_cost
 from benchmarks.stages import attribution_cost, patching_cost, probe_stacking, stream_cost
 from minormech.activations import pad_token_id
-from minormech.models import SITES
+from minormech.sites import PAPER_SITES as SITES
+from minormech.sites import ModelShape, site_widths
 
 TARGETS = {"caching": 1.10, "shard_bytes": 1.05, "probe_speedup": 20.0, "stream": 1.3, "attribution": 4.0}
 
@@ -53,18 +54,48 @@ def caching_jobs(args, prompts_file: Path, work: Path) -> list[dict]:
     best: dict[tuple[str, str], dict] = {}
     for round_ in range(args.rounds):
         for impl, sites in runs:
-            command = [sys.executable, "-m", "benchmarks.caching", "--impl", impl, "--model", args.model, "--device", args.device,
-                       "--dtype", args.dtype, "--prompts", str(prompts_file), "--sites", *sites, "--batch-size", str(args.batch_size),
-                       "--threads", str(args.threads), "--repeats", "1", "--out", str(work)]
-            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            command = [
+                sys.executable,
+                "-m",
+                "benchmarks.caching",
+                "--impl",
+                impl,
+                "--model",
+                args.model,
+                "--device",
+                args.device,
+                "--dtype",
+                args.dtype,
+                "--prompts",
+                str(prompts_file),
+                "--sites",
+                *sites,
+                "--batch-size",
+                str(args.batch_size),
+                "--threads",
+                str(args.threads),
+                "--repeats",
+                "1",
+                "--out",
+                str(work),
+            ]
+            done = subprocess.run(
+                command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"caching job {impl} failed:\n{done.stderr[-3000:]}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
             key = (impl, " ".join(sites))
             if key not in best or result["seconds"] < best[key]["seconds"]:
                 best[key] = result
-            log(f"caching round {round_}: {impl} sites={' '.join(sites)} {result['seconds']:.2f} s, peak {result['peak_mb']:.0f} MB")
-    return [{"impl": impl, "sites": sites, **{k: v for k, v in r.items() if k not in ("impl", "sites")}} for (impl, sites), r in best.items()]
+            log(
+                f"caching round {round_}: {impl} sites={' '.join(sites)} "
+                f"{result['seconds']:.2f} s, peak {result['peak_mb']:.0f} MB"
+            )
+    return [
+        {"impl": impl, "sites": sites, **{k: v for k, v in r.items() if k not in ("impl", "sites")}}
+        for (impl, sites), r in best.items()
+    ]
 
 
 def rows_from(floor, caching, probes, stream, attribution, patching, incremental, widths: dict[str, int]) -> list[dict]:
@@ -72,8 +103,16 @@ def rows_from(floor, caching, probes, stream, attribution, patching, incremental
     rows = []
 
     def add(stage, measure, value, target="", met="", detail=""):
-        rows.append({"stage": stage, "measure": measure, "value": round(value, 4) if isinstance(value, float) else value,
-                     "target": target, "met": met, "detail": detail})
+        rows.append(
+            {
+                "stage": stage,
+                "measure": measure,
+                "value": round(value, 4) if isinstance(value, float) else value,
+                "target": target,
+                "met": met,
+                "detail": detail,
+            }
+        )
 
     by = {(c["impl"], c["sites"]): c for c in caching}
     all_sites = " ".join(SITES)
@@ -81,50 +120,109 @@ def rows_from(floor, caching, probes, stream, attribution, patching, incremental
     if ("plain", all_sites) in by:
         plain = by[("plain", all_sites)]
         achieved = 2 * floor["parameters"] * plain["tokens"] / plain["seconds"]
-        add("floor", "plain forward FLOP rate / matmul rate", achieved / floor["rate"], "", "",
-            f"2 x {floor['parameters'] / 1e6:.0f} M parameters x {plain['tokens']} tokens in {plain['seconds']:.2f} s = {achieved / 1e9:.1f} GFLOP/s")
+        add(
+            "floor",
+            "plain forward FLOP rate / matmul rate",
+            achieved / floor["rate"],
+            "",
+            "",
+            f"2 x {floor['parameters'] / 1e6:.0f} M parameters x {plain['tokens']} tokens "
+            f"in {plain['seconds']:.2f} s = {achieved / 1e9:.1f} GFLOP/s",
+        )
     for impl in ("plain", "plain_decoder"):
         for sites in ("k", all_sites):
             if ("minormech", sites) in by and (impl, all_sites) in by:
                 ratio = by[("minormech", sites)]["seconds"] / by[(impl, all_sites)]["seconds"]
                 floor = "model(input_ids)" if impl == "plain" else "model.model(input_ids) (no vocabulary projection)"
-                add("caching", f"cache+write sites [{sites}] / {floor}", ratio, f"<= {TARGETS['caching']}" if impl == "plain" else "",
+                add(
+                    "caching",
+                    f"cache+write sites [{sites}] / {floor}",
+                    ratio,
+                    f"<= {TARGETS['caching']}" if impl == "plain" else "",
                     (ratio <= TARGETS["caching"]) if impl == "plain" else "",
-                    f"{by[('minormech', sites)]['seconds']:.2f} s vs {by[(impl, all_sites)]['seconds']:.2f} s, {by[('minormech', sites)]['tokens']} tokens")
+                    f"{by[('minormech', sites)]['seconds']:.2f} s vs {by[(impl, all_sites)]['seconds']:.2f} s, "
+                    f"{by[('minormech', sites)]['tokens']} tokens",
+                )
     for sites in ("k", all_sites):
         if ("minormech", sites) in by:
             result = by[("minormech", sites)]
             data = result["tokens"] * result["layers"] * sum(widths[s] for s in sites.split()) * 2  # float16
-            add("shards", f"bytes on disk / data bytes, sites [{sites}]", result["file_bytes"] / data, f"<= {TARGETS['shard_bytes']}",
-                result["file_bytes"] / data <= TARGETS["shard_bytes"], f"{result['file_bytes']:,} B file, {data:,} B data")
+            add(
+                "shards",
+                f"bytes on disk / data bytes, sites [{sites}]",
+                result["file_bytes"] / data,
+                f"<= {TARGETS['shard_bytes']}",
+                result["file_bytes"] / data <= TARGETS["shard_bytes"],
+                f"{result['file_bytes']:,} B file, {data:,} B data",
+            )
     for peer in ("transformer_lens", "nnsight"):
         if (peer, all_sites) in by:
             ours, theirs = by[("minormech", all_sites)], by[(peer, all_sites)]
-            add("peers", f"our time / {peer} time, all sites", ours["seconds"] / theirs["seconds"], "", "", f"{ours['seconds']:.2f} s vs {theirs['seconds']:.2f} s")
-            add("peers", f"our peak memory / {peer} peak memory", ours["peak_mb"] / theirs["peak_mb"], "", "", f"{ours['peak_mb']:.0f} MB vs {theirs['peak_mb']:.0f} MB above the loaded model")
+            add(
+                "peers",
+                f"our time / {peer} time, all sites",
+                ours["seconds"] / theirs["seconds"],
+                "",
+                "",
+                f"{ours['seconds']:.2f} s vs {theirs['seconds']:.2f} s",
+            )
+            add(
+                "peers",
+                f"our peak memory / {peer} peak memory",
+                ours["peak_mb"] / theirs["peak_mb"],
+                "",
+                "",
+                f"{ours['peak_mb']:.0f} MB vs {theirs['peak_mb']:.0f} MB above the loaded model",
+            )
     for row in probes:
-        add("probes", f"one at a time / stacked, site {row['site']} ({row['probes']} probes)", row["speedup"], f">= {TARGETS['probe_speedup']}",
+        add(
+            "probes",
+            f"one at a time / stacked, site {row['site']} ({row['probes']} probes)",
+            row["speedup"],
+            f">= {TARGETS['probe_speedup']}",
             row["speedup"] >= TARGETS["probe_speedup"],
-            f"{row['stacked_s']:.1f} s stacked vs {row['alone_s']:.1f} s alone ({row['probes_timed_alone']} timed), {row['steps']} steps; max relative test-MSE difference {row['max_rel_mse_diff']:.1e}")
+            f"{row['stacked_s']:.1f} s stacked vs {row['alone_s']:.1f} s alone ({row['probes_timed_alone']} timed), "
+            f"{row['steps']} steps; max relative test-MSE difference {row['max_rel_mse_diff']:.1e}",
+        )
     for row in stream:
         target = row["probe_batch"] == row["forward_batch"]
-        add("stream", f"stream pass / plain forwards, sites [{row['sites']}] ({row['probes']} probes), probe batch {row['probe_batch']}", row["ratio"],
-            f"<= {TARGETS['stream']}" if target else "", (row["ratio"] <= TARGETS["stream"]) if target else "",
-            f"{row['stream_s']:.2f} s vs {row['plain_s']:.2f} s, {row['prompts']} prompts in forward batches of {row['forward_batch']}")
+        add(
+            "stream",
+            f"stream pass / plain forwards, sites [{row['sites']}] ({row['probes']} probes), "
+            f"probe batch {row['probe_batch']}",
+            row["ratio"],
+            f"<= {TARGETS['stream']}" if target else "",
+            (row["ratio"] <= TARGETS["stream"]) if target else "",
+            f"{row['stream_s']:.2f} s vs {row['plain_s']:.2f} s, {row['prompts']} prompts "
+            f"in forward batches of {row['forward_batch']}",
+        )
     for row in attribution:
-        add("attribution", f"{row['method']} per prompt, {row['sites']} sites x {row['layers']} layers / one forward", row["ratio"],
-            f"<= {TARGETS['attribution']}", row["ratio"] <= TARGETS["attribution"],
-            f"{row['attribution_s_per_prompt'] * 1e3:.0f} ms vs {row['forward_s_per_prompt'] * 1e3:.0f} ms per prompt")
+        add(
+            "attribution",
+            f"{row['method']} per prompt, {row['sites']} sites x {row['layers']} layers / one forward",
+            row["ratio"],
+            f"<= {TARGETS['attribution']}",
+            row["ratio"] <= TARGETS["attribution"],
+            f"{row['attribution_s_per_prompt'] * 1e3:.0f} ms vs {row['forward_s_per_prompt'] * 1e3:.0f} ms per prompt",
+        )
     for row in patching:
-        add("patching", f"from cached input / full patched forward, layer {row['layer']}", row["ratio"], f"~ {row['expected']:.3f}",
-            abs(row["ratio"] - row["expected"]) <= 0.1 + 0.1 * row["expected"], f"{row['from_cache_s'] * 1e3:.0f} ms vs {row['full_s'] * 1e3:.0f} ms")
+        add(
+            "patching",
+            f"from cached input / full patched forward, layer {row['layer']}",
+            row["ratio"],
+            f"~ {row['expected']:.3f}",
+            abs(row["ratio"] - row["expected"]) <= 0.1 + 0.1 * row["expected"],
+            f"{row['from_cache_s'] * 1e3:.0f} ms vs {row['full_s'] * 1e3:.0f} ms",
+        )
     for row in incremental:
         add("incremental", row["change"], row["jobs"], "no upstream LLM job", row["ok"], row["by_rule"] or "nothing")
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    widths = {key: max(len(key), *(len(str(r[key])) for r in rows)) for key in ("stage", "measure", "value", "target", "met")}
+    widths = {
+        key: max(len(key), *(len(str(r[key])) for r in rows)) for key in ("stage", "measure", "value", "target", "met")
+    }
     header = "  ".join(key.ljust(widths[key]) for key in widths) + "  detail"
     print(header)
     print("-" * len(header))
@@ -138,7 +236,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-prompt-tokens", type=int, default=128, help="prompt example budget (the embedded default's)")
+    parser.add_argument(
+        "--max-prompt-tokens", type=int, default=128, help="prompt example budget (the embedded default's)"
+    )
     parser.add_argument("--cache-prompts", type=int, default=32, help="prompts per caching job")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the caching jobs")
@@ -146,13 +246,25 @@ def main() -> None:
     parser.add_argument("--probe-test", type=int, default=16)
     parser.add_argument("--probe-steps", type=int, default=50)
     parser.add_argument("--d-proj", type=int, default=512)
-    parser.add_argument("--solo-probes", type=int, default=30, help="probes per site timed alone (a seeded random choice; the total is scaled up from them); 0 = all")
+    parser.add_argument(
+        "--solo-probes",
+        type=int,
+        default=30,
+        help="probes per site timed alone (a seeded random choice; the total is scaled up from them); 0 = all",
+    )
     parser.add_argument("--attribution-prompts", type=int, default=8)
     parser.add_argument("--patching-prompts", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-peers", action="store_true", help="skip TransformerLens and nnsight")
-    parser.add_argument("--only", nargs="+", choices=["caching", "probes", "stream", "attribution", "patching", "incremental"], default=None)
-    parser.add_argument("--out", type=Path, default=None, help="CSV path (default benchmarks/results/<model>-<device>.csv)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["caching", "probes", "stream", "attribution", "patching", "incremental"],
+        default=None,
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="CSV path (default benchmarks/results/<model>-<device>.csv)"
+    )
     args = parser.parse_args()
     stages = set(args.only or ["caching", "probes", "stream", "attribution", "patching", "incremental"])
     out = args.out or REPO / "benchmarks" / "results" / f"{args.model}-{args.device}.csv"
@@ -161,38 +273,75 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="minormech-bench-"))
     cache_prompts_file = REPO / "benchmarks" / ".cache" / f"prompts-{args.cache_prompts}-{args.max_prompt_tokens}.jsonl"
-    pool = benchmark_prompts(REPO / "benchmarks" / ".cache" / f"pool-{args.max_prompt_tokens}.jsonl",
-                             args.probe_train + args.probe_test + args.attribution_prompts + 2 * args.patching_prompts, args.max_prompt_tokens)
+    pool = benchmark_prompts(
+        REPO / "benchmarks" / ".cache" / f"pool-{args.max_prompt_tokens}.jsonl",
+        args.probe_train + args.probe_test + args.attribution_prompts + 2 * args.patching_prompts,
+        args.max_prompt_tokens,
+    )
     benchmark_prompts(cache_prompts_file, args.cache_prompts, args.max_prompt_tokens)
     caching = caching_jobs(args, cache_prompts_file, work) if "caching" in stages else []
 
     model, tokenizer = load_benchmark_model(args.model, args.device, args.dtype)
     pad_id = pad_token_id(tokenizer)
-    widths = {"q": model.config.num_attention_heads * model.config.head_dim, "k": model.config.num_key_value_heads * model.config.head_dim,
-              "v": model.config.num_key_value_heads * model.config.head_dim, "o": model.config.hidden_size, "mlp": model.config.hidden_size}
+    widths = site_widths(ModelShape.of_config(model.config))
     train, rest = pool[: args.probe_train], pool[args.probe_train :]
     test, rest = rest[: args.probe_test], rest[args.probe_test :]
     attribution_set, rest = rest[: args.attribution_prompts], rest[args.attribution_prompts :]
     base, source = rest[: args.patching_prompts], rest[args.patching_prompts : 2 * args.patching_prompts]
     n_layers = len(model.model.layers)
-    probes = probe_stacking(model, pad_id, train, test, SITES, work, args.probe_steps, args.d_proj, args.batch_size, args.solo_probes, log) if "probes" in stages else []
-    attribution = attribution_cost(model, pad_id, attribution_set, SITES, 4, args.repeats, ["saliency", "input_x_gradient"]) if "attribution" in stages else []
+    probes = (
+        probe_stacking(
+            model,
+            pad_id,
+            train,
+            test,
+            SITES,
+            work,
+            args.probe_steps,
+            args.d_proj,
+            args.batch_size,
+            args.solo_probes,
+            log,
+        )
+        if "probes" in stages
+        else []
+    )
+    attribution = (
+        attribution_cost(model, pad_id, attribution_set, SITES, 4, args.repeats, ["saliency", "input_x_gradient"])
+        if "attribution" in stages
+        else []
+    )
     patch_layers = sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 1})
-    patching = patching_cost(model, pad_id, base, source, "k", patch_layers, args.repeats) if "patching" in stages else []
+    patching = (
+        patching_cost(model, pad_id, base, source, "k", patch_layers, args.repeats) if "patching" in stages else []
+    )
     incremental = incremental_cost(work / "incremental", args.threads) if "incremental" in stages else []
-    stream = stream_cost(model, pad_id, train, [["k"], SITES], widths, args.batch_size, args.d_proj, args.repeats, log) if "stream" in stages else []
+    stream = (
+        stream_cost(model, pad_id, train, [["k"], SITES], widths, args.batch_size, args.d_proj, args.repeats, log)
+        if "stream" in stages
+        else []
+    )
 
     dtype = next(model.parameters()).dtype
-    floor = {"rate": matmul_rate(next(model.parameters()).device, dtype), "dtype": str(dtype).replace("torch.", ""),
-             "parameters": sum(p.numel() for p in model.parameters())}
+    floor = {
+        "rate": matmul_rate(next(model.parameters()).device, dtype),
+        "dtype": str(dtype).replace("torch.", ""),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     rows = rows_from(floor, caching, probes, stream, attribution, patching, incremental, widths)
     print_table(rows)
-    machine = f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = (
+        f"{platform.node()} {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     if args.device.startswith("cuda"):
         machine += f", {torch.cuda.get_device_name()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as handle:
-        handle.write(f"# model {args.model}, device {args.device}, {machine}, {time.strftime('%Y-%m-%d')}, wall {time.perf_counter() - started:.0f} s\n")
+        handle.write(
+            f"# model {args.model}, device {args.device}, {machine}, {time.strftime('%Y-%m-%d')}, "
+            f"wall {time.perf_counter() - started:.0f} s\n"
+        )
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

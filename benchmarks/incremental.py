@@ -25,7 +25,7 @@ import yaml
 from benchmarks.common import REPO
 
 #: Rules that run the language model (load its weights): the GPU hours.
-LLM_RULES = {"prepare_model", "activations", "attribution", "patching"}
+LLM_RULES = {"model", "activations", "attribution", "patching"}
 WORKFLOW_PARTS = ("Snakefile", "rules", "workflow", "config", "envs", "minormech")
 #: Config edits a user makes between runs: (description, dotted key, new value).
 CONFIG_EDITS = [
@@ -48,7 +48,9 @@ def scheduled_jobs(dry_run: str) -> dict[str, int]:
     if "Job stats:" not in dry_run:
         return {}
     table = dry_run.split("Job stats:")[1].split("total")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE) if m.group(1) != "all"}
+    return {
+        m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE) if m.group(1) != "all"
+    }
 
 
 def rule_descendants(workdir: Path) -> dict[str, set[str]]:
@@ -103,8 +105,15 @@ def incremental_cost(workdir: Path, cores: int) -> list[dict]:
     def record(change: str, changed_rules: list[str], jobs: dict[str, int]) -> None:
         allowed = set(changed_rules).union(*(descendants.get(r, set()) for r in changed_rules))
         llm = {rule: n for rule, n in jobs.items() if rule in LLM_RULES}
-        rows.append({"change": change, "jobs": sum(jobs.values()), "by_rule": " ".join(f"{r}:{n}" for r, n in sorted(jobs.items())),
-                     "llm_jobs": sum(llm.values()), "ok": all(rule in allowed for rule in llm)})
+        rows.append(
+            {
+                "change": change,
+                "jobs": sum(jobs.values()),
+                "by_rule": " ".join(f"{r}:{n}" for r, n in sorted(jobs.items())),
+                "llm_jobs": sum(llm.values()),
+                "ok": all(rule in allowed for rule in llm),
+            }
+        )
 
     for script, owners in sorted(rules_of_scripts(workdir).items()):
         path = workdir / "workflow" / "scripts" / script
@@ -120,9 +129,16 @@ def incremental_cost(workdir: Path, cores: int) -> list[dict]:
         for part in parents:
             cursor = cursor.setdefault(part, {})
         cursor[last] = value
-        overlay.write_text(yaml.safe_dump(_merge(yaml.safe_load(CONFIG.read_text()), node)))  # keys re-sorted, as an editor may
+        overlay.write_text(
+            yaml.safe_dump(_merge(yaml.safe_load(CONFIG.read_text()), node))
+        )  # keys re-sorted, as an editor may
         jobs = scheduled_jobs(snakemake(workdir, "-n", "--configfile", "bench.yaml", "--configfile", overlay.name))
-        owner = {"probe": ["probe"], "attribution": ["attribution"], "patching": ["patching"], "activations": ["activations"]}[key.split(".")[0]]
+        owner = {
+            "probe": ["probe"],
+            "attribution": ["attribution"],
+            "patching": ["patching"],
+            "activations": ["activations"],
+        }[key.split(".")[0]]
         record(change, owner, jobs)
     return rows
 

@@ -1,6 +1,9 @@
 """Run prompts through a model once and keep every configured site's activations.
 
-One forward pass per batch records all (site, layer) pairs at every token position.
+The activations A of each site (paper §2.1, eq. 2-5) at every prompt position are what the
+probes of §4.1 and the feature differences of §4.2.2 read. One forward pass per batch
+(minormech.runner's batches and right padding) records all (site, layer) pairs at every
+token position.
 Batches are right-padded, so the default position ids (0..n-1) are right for every
 prompt; padded positions are dropped before anything is stored. Only the decoder
 stack runs (``model.model``): the vocabulary projection is not needed for activations
@@ -9,27 +12,18 @@ and costs about a fifth of SmolLM2-135M's forward pass.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from minormech.hooks import site_hooks
 from minormech.prompts import Prompt
-
-
-def right_padded_batch(prompts: Sequence[Prompt], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both [batch, longest prompt], padded on the right."""
-    width = max(p.length for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, : prompt.length] = torch.tensor(prompt.input_ids)
-        mask[row, : prompt.length] = 1
-    return ids.to(device), mask.to(device)
+from minormech.runner import RunOptions, batched, right_padded
 
 
 def pad_token_id(tokenizer) -> int:
-    """Any id works for right padding (padded positions are masked and never stored)."""
+    """The id to right-pad with: any id works (padded positions are masked and never
+    stored), so the tokenizer's pad token, else its end-of-sequence token, else 0."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if candidate is not None:
             return int(candidate)
@@ -42,10 +36,8 @@ def extract_stacked(
     prompts: Sequence[Prompt],
     sites: Sequence[str],
     layers: Sequence[int],
-    batch_size: int,
     store_dtype: torch.dtype,
-    pad_id: int,
-    progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
+    run: RunOptions,
     on_device: bool = False,
 ) -> dict[str, torch.Tensor]:
     """activations[site] = [layers, sum of prompt lengths, width], in prompt order; on the
@@ -67,14 +59,20 @@ def extract_stacked(
     def store(site: str, layer: int, output: torch.Tensor) -> None:
         rows = output.flatten(0, 1).index_select(0, cursor["rows"]).to(store_dtype)
         if site not in buffers:
-            buffers[site] = torch.empty((len(layers), total, output.shape[-1]), dtype=store_dtype,
-                                        device=device if on_device else "cpu", pin_memory=pinned)
-        buffers[site][layer_slot[layer], cursor["start"] : cursor["start"] + rows.shape[0]].copy_(rows, non_blocking=pinned)
+            buffers[site] = torch.empty(
+                (len(layers), total, output.shape[-1]),
+                dtype=store_dtype,
+                device=device if on_device else "cpu",
+                pin_memory=pinned,
+            )
+        buffers[site][layer_slot[layer], cursor["start"] : cursor["start"] + rows.shape[0]].copy_(
+            rows, non_blocking=pinned
+        )
 
-    batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+    batches = batched(prompts, run.batch_size)
     with site_hooks(model, sites, layers, store):
-        for batch in progress(batches, len(batches)):
-            ids, mask = right_padded_batch(batch, pad_id, device)
+        for batch in run.progress(batches, len(batches)):
+            ids, mask = right_padded([p.input_ids for p in batch], run.pad_id, device)
             cursor["rows"] = mask.flatten().nonzero().squeeze(1)  # row-major: prompt by prompt, position by position
             model.model(input_ids=ids, attention_mask=mask, use_cache=False)
             cursor["start"] += int(cursor["rows"].numel())
@@ -83,10 +81,15 @@ def extract_stacked(
     return buffers
 
 
-def extract_activations(model, prompts: Sequence[Prompt], sites: Sequence[str], layers: Sequence[int], *options: Any,
-                        **keywords: Any) -> dict[tuple[str, int], torch.Tensor]:
+def extract_activations(
+    model,
+    prompts: Sequence[Prompt],
+    sites: Sequence[str],
+    layers: Sequence[int],
+    store_dtype: torch.dtype,
+    run: RunOptions,
+) -> dict[tuple[str, int], torch.Tensor]:
     """activations[(site, layer)] = [sum of prompt lengths, width] on the CPU, in prompt
-    order: what a shard holds (views into the buffers of extract_stacked, which takes the
-    same arguments)."""
-    stacked = extract_stacked(model, prompts, sites, layers, *options, **keywords)
+    order: what a shard holds (views into the buffers of extract_stacked)."""
+    stacked = extract_stacked(model, prompts, sites, layers, store_dtype, run)
     return {(site, layer): stacked[site][i] for site in sites for i, layer in enumerate(layers)}

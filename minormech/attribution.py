@@ -3,7 +3,7 @@
 FA(site, layer) = mean over prompts of reduce_positions(attribution of p w.r.t. the
 site's activations A [positions, features]); positions are the prompt's own tokens
 (the teacher-forced answer tokens and padding are excluded). Reductions: ``sum`` of the
-signed values (SPEC default), ``mean``, ``abs_sum``, ``last`` (last prompt position).
+signed values (the default), ``mean``, ``abs_sum``, ``last`` (last prompt position).
 
 Methods and where they come from:
 - ``saliency`` (default, eq. 14) and ``input_x_gradient``: captum's
@@ -19,7 +19,7 @@ Methods and where they come from:
   Expected gradients: baselines are probe-test activations of both tasks, aligned
   from the first position (the shared context sentence) and zero-padded or cut to the
   prompt's length; GradientShap draws one baseline and one path point per sample.
-- ``smoothgrad`` is written here: SPEC's noise std is 0.1 x std(A) of each prompt, and
+- ``smoothgrad`` is written here: the noise std is 0.1 x std(A) of each prompt (App. A.2), and
   captum's ``NoiseTunnel`` takes one std per input tensor, not per example (and draws
   from the global RNG; this one is seeded).
 - ``idgi`` (Yang et al. 2023) is not in captum; it is written here on the same
@@ -30,16 +30,17 @@ Path and noise methods cost `steps` or `samples` forward+backward passes per pro
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Sequence
 
 import torch
 from captum.attr import GradientShap, IntegratedGradients, LayerGradientXActivation, Saliency
 
 from minormech.hooks import record_sites, site_hooks, site_module
 from minormech.prompts import Prompt
-from minormech.scoring import AnswerBatch, answer_prob, teacher_forced_batch
+from minormech.runner import AnswerBatch, answer_prob, batched, teacher_forced_batch
 from minormech.shards import Shard
+from minormech.sites import INPUT, get_site
 
 METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "expected_gradients", "idgi")
 REDUCTIONS = ("sum", "mean", "abs_sum", "last")
@@ -72,17 +73,28 @@ def reduce_positions(attributions: torch.Tensor, prompt_lengths: torch.Tensor, h
     raise ValueError(f"attribution.reduce: unknown reduction {how!r}; choose from {REDUCTIONS}")
 
 
-def layer_gradients(model, batch: AnswerBatch, sites: Sequence[str], layers: Sequence[int], multiply_by_inputs: bool) -> dict[tuple[str, int], torch.Tensor]:
-    """Signed d p / d A (or A * d p / d A) for every (site, layer): [B, S, d] each, one backward."""
+def layer_gradients(
+    model, batch: AnswerBatch, sites: Sequence[str], layers: Sequence[int], multiply_by_inputs: bool
+) -> dict[tuple[str, int], torch.Tensor]:
+    """Signed d p / d A (or A * d p / d A) for every (site, layer): [B, S, d] each. One
+    backward for the sites that are module outputs and, if any are asked for, one for those
+    that are module inputs (minormech.sites; captum's attribute_to_layer_input)."""
     keys = [(site, layer) for layer in layers for site in sites]
-    modules = [site_module(model, site, layer) for site, layer in keys]
 
     def forward(input_ids: torch.Tensor) -> torch.Tensor:
         return answer_prob(model, replace(batch, input_ids=input_ids))
 
-    method = LayerGradientXActivation(forward, modules, multiply_by_inputs=multiply_by_inputs)
-    attributions = method.attribute(batch.input_ids)
-    return {key: a.float() for key, a in zip(keys, attributions)}
+    found = {}
+    for to_input in (False, True):
+        group = [(site, layer) for site, layer in keys if (get_site(site).kind == INPUT) == to_input]
+        if not group:
+            continue
+        modules = [site_module(model, site, layer) for site, layer in group]
+        method = LayerGradientXActivation(forward, modules, multiply_by_inputs=multiply_by_inputs)
+        attributions = method.attribute(batch.input_ids, attribute_to_layer_input=to_input)
+        # an input attribution is a tuple over the module's positional inputs: the hidden states
+        found.update({key: (a[0] if isinstance(a, tuple) else a).float() for key, a in zip(group, attributions)})
+    return {key: found[key] for key in keys}
 
 
 def site_function(model, site: str, layer: int) -> Callable[..., torch.Tensor]:
@@ -98,7 +110,9 @@ def site_function(model, site: str, layer: int) -> Callable[..., torch.Tensor]:
     return g
 
 
-def idgi(g: Callable[..., torch.Tensor], inputs: torch.Tensor, baseline: torch.Tensor, steps: int, extra: tuple) -> torch.Tensor:
+def idgi(
+    g: Callable[..., torch.Tensor], inputs: torch.Tensor, baseline: torch.Tensor, steps: int, extra: tuple
+) -> torch.Tensor:
     """Important Direction Gradient Integration on the straight path baseline -> inputs."""
     alphas = torch.linspace(0, 1, steps + 1, device=inputs.device, dtype=inputs.dtype)
     path = (baseline[None] + alphas.view(-1, *[1] * inputs.dim()) * (inputs - baseline)[None]).detach()
@@ -114,7 +128,9 @@ def idgi(g: Callable[..., torch.Tensor], inputs: torch.Tensor, baseline: torch.T
     return (squared * weights.view(steps, inputs.shape[0], *[1] * (inputs.dim() - 1))).sum(0)
 
 
-def smoothgrad(g: Callable[..., torch.Tensor], inputs: torch.Tensor, extra: tuple, samples: int, noise_scale: float, seed: int = 0) -> torch.Tensor:
+def smoothgrad(
+    g: Callable[..., torch.Tensor], inputs: torch.Tensor, extra: tuple, samples: int, noise_scale: float, seed: int = 0
+) -> torch.Tensor:
     """Mean gradient over `samples` noisy copies, noise std = noise_scale x std(A) of each prompt."""
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     std = noise_scale * inputs.flatten(1).std(1).view(-1, *[1] * (inputs.dim() - 1))
@@ -142,11 +158,15 @@ def path_attribution(
     if method == "smoothgrad":
         return smoothgrad(g, inputs, extra, settings.samples, settings.noise_scale)
     if method == "integrated_gradients":
-        return IntegratedGradients(g).attribute(inputs, baselines=torch.zeros_like(inputs), n_steps=settings.steps, additional_forward_args=extra)
+        return IntegratedGradients(g).attribute(
+            inputs, baselines=torch.zeros_like(inputs), n_steps=settings.steps, additional_forward_args=extra
+        )
     if method == "expected_gradients":
         if baselines is None:
             raise ValueError("expected_gradients needs baseline activations")
-        return GradientShap(g).attribute(inputs, baselines=baselines, n_samples=settings.samples, stdevs=0.0, additional_forward_args=extra)
+        return GradientShap(g).attribute(
+            inputs, baselines=baselines, n_samples=settings.samples, stdevs=0.0, additional_forward_args=extra
+        )
     if method == "idgi":
         return idgi(g, inputs, torch.zeros_like(inputs), settings.steps, extra)
     raise ValueError(f"attribution.method: unknown method {method!r}; choose from {METHODS}")
@@ -161,7 +181,9 @@ def align_baselines(pool: torch.Tensor, pool_lengths: torch.Tensor, width: int) 
     return out * (positions[None, :] < pool_lengths[:, None]).to(pool.dtype)[..., None]
 
 
-def baseline_pool(shards_by_task: dict[str, Sequence[Shard]], sites: Sequence[str], layers: Sequence[int], per_task: int, rng) -> dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]:
+def baseline_pool(
+    shards_by_task: dict[str, Sequence[Shard]], sites: Sequence[str], layers: Sequence[int], per_task: int, rng
+) -> dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]:
     """Expected-gradients baselines: `per_task` probe-test prompts of every task (seeded
     choice), as (site, layer) -> (activations [K, longest, d] zero-padded, lengths [K])."""
     picked: list[tuple[Shard, int]] = []
@@ -172,7 +194,10 @@ def baseline_pool(shards_by_task: dict[str, Sequence[Shard]], sites: Sequence[st
     for site in sites:
         for layer in layers:
             rows = [shard.read(site, layer)[shard.offsets[i] : shard.offsets[i + 1]].float() for shard, i in picked]
-            pool[(site, layer)] = (torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), torch.tensor([len(r) for r in rows]))
+            pool[(site, layer)] = (
+                torch.nn.utils.rnn.pad_sequence(rows, batch_first=True),
+                torch.tensor([len(r) for r in rows]),
+            )
     return pool
 
 
@@ -195,11 +220,13 @@ def attribute_prompts(
         reduced = reduce_positions(attributions.float(), batch.prompt_lengths, settings.reduce).sum(0)
         totals[key] = totals.get(key, 0) + reduced.cpu()
 
-    batches = [prompts[i : i + settings.batch_size] for i in range(0, len(prompts), settings.batch_size)]
+    batches = batched(prompts, settings.batch_size)
     for chunk in progress(batches, len(batches)):
         batch = teacher_forced_batch(chunk, pad_id, device)
         if settings.method in ("saliency", "input_x_gradient"):
-            for key, attributions in layer_gradients(model, batch, sites, layers, settings.method == "input_x_gradient").items():
+            for key, attributions in layer_gradients(
+                model, batch, sites, layers, settings.method == "input_x_gradient"
+            ).items():
                 add(key, attributions, batch)
             continue
         with torch.no_grad(), record_sites(model, sites, layers) as recorded:
@@ -211,5 +238,9 @@ def attribute_prompts(
             if baseline_pool is not None:
                 pool, lengths = baseline_pool[(site, layer)]
                 baselines = align_baselines(pool, lengths, inputs.shape[1]).to(device, inputs.dtype)
-            add((site, layer), path_attribution(site_function(model, site, layer), inputs, extra, settings, baselines), batch)
+            add(
+                (site, layer),
+                path_attribution(site_function(model, site, layer), inputs, extra, settings, baselines),
+                batch,
+            )
     return {key: total / len(prompts) for key, total in totals.items()}

@@ -56,7 +56,11 @@ def _describe(schema: dict, plural: bool = False) -> str:
         return f"a {'non-empty ' if low >= 1 else ''}list of {items}"
     if kind in ("integer", "number"):
         noun = {"integer": ("an integer", "integers"), "number": ("a number", "numbers")}[kind][plural]
-        bounds = [f"{op} {schema[key]}" for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")) if key in schema]
+        bounds = [
+            f"{op} {schema[key]}"
+            for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+            if key in schema
+        ]
         return " ".join([noun, " and ".join(bounds)]).strip()
     if kind == "string":
         noun = "strings" if plural else "a string"
@@ -105,7 +109,11 @@ def _model_config_problem(config_file: Path) -> str | None:
         cfg = json.loads(config_file.read_text())
     except (OSError, ValueError) as error:
         return f"has a config.json that is not readable JSON ({error})"
-    missing = [key for key in ("num_hidden_layers", "hidden_size", "num_attention_heads") if not isinstance(cfg, dict) or key not in cfg]
+    missing = [
+        key
+        for key in ("num_hidden_layers", "hidden_size", "num_attention_heads")
+        if not isinstance(cfg, dict) or key not in cfg
+    ]
     if missing:
         return f"has a config.json without {missing} (not a Llama-style causal LM)"
     return None
@@ -119,15 +127,27 @@ def _check_trained_model(config: dict[str, Any], i: int) -> None:
     train = entry["train"]
     for other in ("hub", "path"):
         if other in entry:
-            raise ConfigError(f"models[{i}]: 'train' and {other!r} exclude each other (a trained model's weights come from training); allowed: one of them")
+            raise ConfigError(
+                f"models[{i}]: 'train' and {other!r} exclude each other "
+                "(a trained model's weights come from training); allowed: one of them"
+            )
     if train["hidden_size"] % (2 * train["heads"]):
-        raise ConfigError(f"{key}.hidden_size: {train['hidden_size']} does not split into {train['heads']} heads of even width (rotary embeddings); allowed values: a multiple of {2 * train['heads']}")
+        raise ConfigError(
+            f"{key}.hidden_size: {train['hidden_size']} does not split into {train['heads']} heads of even width "
+            f"(rotary embeddings); allowed values: a multiple of {2 * train['heads']}"
+        )
     if train["heads"] % train["kv_heads"]:
-        raise ConfigError(f"{key}.kv_heads: {train['kv_heads']} does not divide heads={train['heads']}; allowed values: a divisor of {train['heads']}")
+        raise ConfigError(
+            f"{key}.kv_heads: {train['kv_heads']} does not divide heads={train['heads']}; "
+            f"allowed values: a divisor of {train['heads']}"
+        )
     trained = {other["id"] for other in config["models"] if "train" in other}
     allowed = sorted((set(KNOWN_MODELS) | {other["id"] for other in config["models"]}) - trained)
     if train["tokenizer_of"] not in allowed:
-        raise ConfigError(f"{key}.tokenizer_of: {train['tokenizer_of']!r} is not a known or configured untrained model; allowed values: {allowed}")
+        raise ConfigError(
+            f"{key}.tokenizer_of: {train['tokenizer_of']!r} is not a known or configured untrained model; "
+            f"allowed values: {allowed}"
+        )
 
 
 def longest_example(task: Task) -> str:
@@ -174,7 +194,9 @@ def layers_for(config: dict[str, Any], spec: ModelSpec) -> list[int]:
 def validate_config(config: dict[str, Any], schema: dict) -> None:
     """Raise ConfigError for the first problem found, schema problems first."""
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
+    )
     if errors:
         raise ConfigError(_schema_message(errors[0]))
 
@@ -183,7 +205,10 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
             raise ConfigError(f"tasks[{i}]: unknown task {name!r}; allowed values: {sorted(TASKS)}")
         n_weights = len(value_grid(get_task(name)))
         if config["test_weights"] >= n_weights:
-            raise ConfigError(f"test_weights: {config['test_weights']} leaves no training weights; task {name} has {n_weights} weight vectors (allowed values: 1..{n_weights - 1})")
+            raise ConfigError(
+                f"test_weights: {config['test_weights']} leaves no training weights; "
+                f"task {name} has {n_weights} weight vectors (allowed values: 1..{n_weights - 1})"
+            )
     if len(set(config["tasks"])) != len(config["tasks"]):
         raise ConfigError(f"tasks: a task is listed twice in {config['tasks']}; allowed values: distinct task names")
 
@@ -202,41 +227,66 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
             if name not in config["tasks"]:
                 raise ConfigError(f"task_pairs[{i}][{j}]: {name!r} is not in tasks; allowed values: {config['tasks']}")
         if pair[0] == pair[1]:
-            raise ConfigError(f"task_pairs[{i}]: a pair needs two different tasks, got {pair}; allowed values: two different names from {config['tasks']}")
+            raise ConfigError(
+                f"task_pairs[{i}]: a pair needs two different tasks, got {pair}; "
+                f"allowed values: two different names from {config['tasks']}"
+            )
 
     if config["layers"] != "all" and len(set(config["layers"])) != len(config["layers"]):
-        raise ConfigError(f"layers: a layer is listed twice in {config['layers']}; allowed values: distinct layer indices")
+        raise ConfigError(
+            f"layers: a layer is listed twice in {config['layers']}; allowed values: distinct layer indices"
+        )
     if len(set(config["sites"])) != len(config["sites"]):
         raise ConfigError(f"sites: a site is listed twice in {config['sites']}; allowed values: distinct sites")
 
     ids = [entry["id"] for entry in config["models"]]
     for i, model_id in enumerate(ids):
         if ids.index(model_id) != i:
-            raise ConfigError(f"models[{i}].id: duplicate model id {model_id!r}; every id names one output folder, so allowed values: an id not used by another entry")
+            raise ConfigError(
+                f"models[{i}].id: duplicate model id {model_id!r}; every id names one output folder, "
+                "so allowed values: an id not used by another entry"
+            )
         if "train" in config["models"][i]:
             _check_trained_model(config, i)
         path = config["models"][i].get("path")
         if path is not None:
             if not Path(path).is_dir():
-                raise ConfigError(f"models[{i}].path: {path} does not exist or is not a directory; allowed values: a local directory with a transformers model (config.json, *.safetensors weights, tokenizer files)")
+                raise ConfigError(
+                    f"models[{i}].path: {path} does not exist or is not a directory; "
+                    "allowed values: a local directory with a transformers model "
+                    "(config.json, *.safetensors weights, tokenizer files)"
+                )
             problem = _model_config_problem(Path(path) / "config.json")
             if problem:
-                raise ConfigError(f"models[{i}].path: {path} {problem}; allowed values: a local directory with a transformers model (config.json, *.safetensors weights, tokenizer files)")
+                raise ConfigError(
+                    f"models[{i}].path: {path} {problem}; "
+                    "allowed values: a local directory with a transformers model "
+                    "(config.json, *.safetensors weights, tokenizer files)"
+                )
         try:
             spec = resolve_model_spec(config["models"][i])
         except KeyError as error:
             raise ConfigError(f"models[{i}].id: {error.args[0].removeprefix('models: ')}") from None
         if config["layers"] == "all" and spec.num_layers is None:
-            raise ConfigError(f"layers: 'all' needs the layer count of model {model_id!r}, which is known only after it is loaded; allowed values: a list of layer indices")
+            raise ConfigError(
+                f"layers: 'all' needs the layer count of model {model_id!r}, "
+                "which is known only after it is loaded; allowed values: a list of layer indices"
+            )
         if config["layers"] != "all" and spec.num_layers is not None:
             for j, layer in enumerate(config["layers"]):
                 if not 0 <= layer < spec.num_layers:
-                    raise ConfigError(f"layers[{j}]: layer {layer} is out of range for model {model_id!r} (allowed: 0..{spec.num_layers - 1})")
+                    raise ConfigError(
+                        f"layers[{j}]: layer {layer} is out of range for model {model_id!r} "
+                        f"(allowed: 0..{spec.num_layers - 1})"
+                    )
     patched = config["patching"]["layers"]
     if patched != "all":
         for j, layer in enumerate(patched):
             if config["layers"] != "all" and layer not in config["layers"]:
-                raise ConfigError(f"patching.layers[{j}]: layer {layer} is not among the analysed layers; allowed values: {config['layers']}")
+                raise ConfigError(
+                    f"patching.layers[{j}]: layer {layer} is not among the analysed layers; "
+                    f"allowed values: {config['layers']}"
+                )
         # Each model patches the listed layers it has (a shallow positive control patches the
         # first ones); a layer no model has, or a model left with none, is an error.
         depths = {spec.id: spec.num_layers for spec in model_specs(config) if spec.num_layers is not None}
@@ -244,10 +294,15 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
             deepest = max(depths.values())
             for j, layer in enumerate(patched):
                 if layer >= deepest:
-                    raise ConfigError(f"patching.layers[{j}]: layer {layer} is out of range for every model (allowed: 0..{deepest - 1})")
+                    raise ConfigError(
+                        f"patching.layers[{j}]: layer {layer} is out of range for every model "
+                        f"(allowed: 0..{deepest - 1})"
+                    )
             for model_id, depth in depths.items():
                 if not any(layer < depth for layer in patched):
-                    raise ConfigError(f"patching.layers: none of {patched} is a layer of model {model_id!r} (allowed: 0..{depth - 1})")
+                    raise ConfigError(
+                        f"patching.layers: none of {patched} is a layer of model {model_id!r} (allowed: 0..{depth - 1})"
+                    )
     chunks = config["activations"]["chunks"]
     sizes = {
         "probe_train": config["prompts"]["probe_train"],
@@ -255,6 +310,13 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
     }
     for prompt_set, n_chunks in chunks.items():
         if n_chunks > sizes[prompt_set]:
-            raise ConfigError(f"activations.chunks.{prompt_set}: {n_chunks} chunks for {sizes[prompt_set]} prompts; allowed values: 1..{sizes[prompt_set]}")
+            raise ConfigError(
+                f"activations.chunks.{prompt_set}: {n_chunks} chunks for {sizes[prompt_set]} prompts; "
+                f"allowed values: 1..{sizes[prompt_set]}"
+            )
     if config["heads"]["prompts"] > config["prompts"]["attribution"]:
-        raise ConfigError(f"heads.prompts: {config['heads']['prompts']} is more than the {config['prompts']['attribution']} attribution prompts it reads; allowed values: 1..{config['prompts']['attribution']}")
+        raise ConfigError(
+            f"heads.prompts: {config['heads']['prompts']} is more than the "
+            f"{config['prompts']['attribution']} attribution prompts it reads; "
+            f"allowed values: 1..{config['prompts']['attribution']}"
+        )

@@ -1,4 +1,4 @@
-"""A positive control: a small Llama trained from scratch on the tasks' ICL prompts (issue 9).
+"""A positive control: a small Llama trained from scratch on the tasks' ICL prompts.
 
 Probes on pretrained models land near the baseline (predicting the mean training weight,
 MSE about 44), which leaves open whether the models hold no w or the pipeline cannot find
@@ -6,7 +6,7 @@ it. A model trained on nothing but these prompts must infer w in context to pred
 Output values, so its probes should beat the baseline in some layer; the pipeline runs on
 it like on any other model (`models: [{id: ..., train: {...}}]`).
 
-Training data are fresh prompts built exactly as the pipeline builds them (Algorithm 1,
+Training data are fresh prompts built exactly as the pipeline builds them (§5.4, Algorithm 1,
 `minormech.prompts.build_prompt`, with the tokenizer of `train.tokenizer_of` and the
 configured token budget), followed by their answer. Their weights come only from each
 task's training weights: the probes are tested on the test weights, which the model must
@@ -16,7 +16,8 @@ the CPU.
 
 Schedule: AdamW (weight decay 0.01, gradient norm clipped to 1) with a linear warm-up over
 the first 10% of the steps, then a cosine decay to 10% of the peak rate: the usual recipe
-for small transformers, stable at the high peak rates (1e-3 to 1e-2) they train with. The loss scores only the digits of the Output values by default (`train.loss`),
+for small transformers, stable at the high peak rates (1e-3 to 1e-2) they train with. The
+loss scores only the digits of the Output values by default (`train.loss`),
 and the vocabulary projection runs only at scored positions: with the 49k-token
 vocabulary of SmolLM2 and Llama 3 it would otherwise cost more than the model itself.
 """
@@ -41,7 +42,8 @@ from minormech.models import (
     resolve_device,
     resolve_dtype,
 )
-from minormech.prompts import OUTPUT_VALUE, Tokenizer, build_prompt
+from minormech.prompts import Tokenizer, build_prompt, output_spans
+from minormech.runner import batched, no_progress, right_padded
 from minormech.storage import CONTEXT_TOKENS
 from minormech.tasks import WeightTable, get_task, stable_seed
 
@@ -55,6 +57,8 @@ WARMUP_FRACTION = 0.1
 FINAL_LR_FRACTION = 0.1
 #: Tokens an answer may add beyond the prompt (answers up to 968 are 3 digits; margin).
 ANSWER_TOKENS = 16
+#: Held-out prompts per forward pass of the held-out check.
+EVAL_BATCH_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,28 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss: {self.loss!r}; allowed values: {list(LOSSES)}")
+
+
+@dataclass(frozen=True)
+class TrainingPrompts:
+    """Where the training and held-out prompts come from: the tasks (prompt i of the run is
+    of task tasks[i % len(tasks)]), each task's weight table, the tokenizer and the token
+    budget of Algorithm 1 (`prompts.max_prompt_tokens`)."""
+
+    tasks: Sequence[str]
+    tables: dict[str, WeightTable]
+    tokenizer: Tokenizer
+    max_prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where training runs: the device, the compute dtype ("auto": bfloat16 on CUDA,
+    float32 on the CPU) and the job's cores (on CUDA all but one build prompts)."""
+
+    device: str = "cpu"
+    dtype: str = "auto"
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -109,27 +135,29 @@ def llama_config(settings: TrainSettings, tokenizer, max_prompt_tokens: int):
     )
 
 
-def output_value_mask(text: str, offsets: Sequence[tuple[int, int]]) -> list[bool]:
-    """For each token (character span `offsets` in `text`): does it lie inside the digits of
-    an Output value?"""
-    spans = [match.span(1) for match in OUTPUT_VALUE.finditer(text)]
+def output_value_mask(spans: Sequence[tuple[int, int]], offsets: Sequence[tuple[int, int]]) -> list[bool]:
+    """For each token (character span `offsets`): does it lie inside the digits of an
+    Output value (character `spans`, minormech.prompts.output_spans)?"""
     return [end > start and any(s <= start and end <= e for s, e in spans) for start, end in offsets]
 
 
-def make_example(task_name: str, table: WeightTable, tokenizer: Tokenizer, max_prompt_tokens: int, seed: int, index: int, purpose: str, score: str) -> Example:
+def make_example(prompts: TrainingPrompts, task_name: str, seed: int, index: int, purpose: str, score: str) -> Example:
     """Prompt `index` of one purpose: "control_model" (training) draws a training weight,
     "control_model_eval" (the held-out check) a test weight. `score` picks the labelled
     tokens: one of LOSSES, or "answer" (the final answer only, for the held-out check)."""
-    task = get_task(task_name)
+    task, table = get_task(task_name), prompts.tables[task_name]
     rng = np.random.default_rng(stable_seed(seed, task.name, purpose, index))
     weight_id = int(rng.choice(table.train_ids if purpose == "control_model" else table.test_ids))
-    text, answer, prompt_ids, answer_ids, _ = build_prompt(task, table.weights[weight_id], rng, tokenizer, max_prompt_tokens)
+    text, answer, prompt_ids, answer_ids, example_x, example_y = build_prompt(
+        task, table.weights[weight_id], rng, prompts.tokenizer, prompts.max_prompt_tokens
+    )
     ids = prompt_ids + answer_ids
     if score == "all":
         labels = list(ids)
     elif score == "outputs":
-        offsets = tokenizer(text + answer, return_offsets_mapping=True)["offset_mapping"]
-        labels = [t if scored else -100 for t, scored in zip(ids, output_value_mask(text + answer, offsets))]
+        offsets = prompts.tokenizer(text + answer, return_offsets_mapping=True)["offset_mapping"]
+        spans = output_spans(example_x, example_y, len(task.context) + 2)
+        labels = [t if scored else -100 for t, scored in zip(ids, output_value_mask(spans, offsets))]
     elif score == "answer":
         labels = [-100] * len(prompt_ids) + list(answer_ids)
     else:
@@ -137,11 +165,12 @@ def make_example(task_name: str, table: WeightTable, tokenizer: Tokenizer, max_p
     return Example(task=task.name, weight_id=weight_id, input_ids=ids, labels=labels)
 
 
-def training_examples(tasks: Sequence[str], tables: dict[str, WeightTable], tokenizer: Tokenizer, max_prompt_tokens: int, settings: TrainSettings, start: int, count: int) -> list[Example]:
+def training_examples(prompts: TrainingPrompts, settings: TrainSettings, start: int, count: int) -> list[Example]:
     """Training prompts start..start+count-1; prompt i is of task tasks[i % len(tasks)], so
     every batch mixes the tasks evenly."""
+    tasks = prompts.tasks
     return [
-        make_example(tasks[i % len(tasks)], tables[tasks[i % len(tasks)]], tokenizer, max_prompt_tokens, settings.seed, i, "control_model", settings.loss)
+        make_example(prompts, tasks[i % len(tasks)], settings.seed, i, "control_model", settings.loss)
         for i in range(start, start + count)
     ]
 
@@ -151,45 +180,45 @@ class TrainingBatches(torch.utils.data.Dataset):
     processes build them while the model trains. At 600 tokens a prompt takes ~8 ms to
     build, so a batch of 64 costs ~0.5 s of one core, far more than a small model's step."""
 
-    def __init__(self, tasks: Sequence[str], tables: dict[str, WeightTable], tokenizer: Tokenizer, max_prompt_tokens: int, settings: TrainSettings):
-        self.args = (tasks, tables, tokenizer, max_prompt_tokens, settings)
+    def __init__(self, prompts: TrainingPrompts, settings: TrainSettings):
+        self.prompts = prompts
         self.settings = settings
 
     def __len__(self) -> int:
         return self.settings.steps
 
     def __getitem__(self, step: int) -> list[Example]:
-        return training_examples(*self.args, step * self.settings.batch_size, self.settings.batch_size)
+        return training_examples(self.prompts, self.settings, step * self.settings.batch_size, self.settings.batch_size)
 
 
 def _unchanged(batch: list[Example]) -> list[Example]:
     return batch
 
 
-def training_batches(tasks: Sequence[str], tables: dict[str, WeightTable], tokenizer: Tokenizer, max_prompt_tokens: int, settings: TrainSettings, workers: int) -> torch.utils.data.DataLoader:
+def training_batches(prompts: TrainingPrompts, settings: TrainSettings, workers: int) -> torch.utils.data.DataLoader:
     """Step by step, the list of that step's training examples; with workers > 0 built
     ahead in that many processes, in the same order."""
     return torch.utils.data.DataLoader(
-        TrainingBatches(tasks, tables, tokenizer, max_prompt_tokens, settings),
-        batch_size=None, collate_fn=_unchanged, num_workers=workers, prefetch_factor=4 if workers else None,
+        TrainingBatches(prompts, settings),
+        batch_size=None,
+        collate_fn=_unchanged,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
     )
 
 
-def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask, labels) tensors."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        mask[row, :n] = 1
-    return ids.to(device), mask.to(device), labels.to(device)
+def collate(
+    examples: Sequence[Example], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, labels) tensors; padding is never scored."""
+    ids, mask = right_padded([e.input_ids for e in examples], pad_id, device)
+    labels, _ = right_padded([e.labels for e in examples], -100, device)
+    return ids, mask, labels
 
 
-def scored_logits(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def scored_logits(
+    model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, targets) of the scored positions only: position p predicts token p + 1, and
     the vocabulary projection (the bulk of the compute with a 49k vocabulary and a narrow
     model) runs only where a label is set."""
@@ -209,14 +238,16 @@ def lr_factor(step: int, steps: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, examples: Sequence[Example], pad_id: int, device: torch.device, autocast: torch.dtype | None) -> dict[str, float]:
+def evaluate(
+    model, examples: Sequence[Example], pad_id: int, device: torch.device, autocast: torch.dtype | None
+) -> dict[str, float]:
     """Answer-token loss and greedy accuracy on prompts scored on their answer only. An
     answer counts as right when every answer token is the argmax given the true tokens
     before it, which is exactly when greedy decoding reproduces it."""
     model.eval()
     loss, wrong_answers, right_tokens, tokens = 0.0, 0, 0, 0
-    for start in range(0, len(examples), 16):
-        ids, mask, labels = collate(examples[start : start + 16], pad_id, device)
+    for batch in batched(examples, EVAL_BATCH_SIZE):
+        ids, mask, labels = collate(batch, pad_id, device)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             logits, targets = scored_logits(model, ids, mask, labels)
         hits = logits.argmax(-1) == targets
@@ -226,28 +257,27 @@ def evaluate(model, examples: Sequence[Example], pad_id: int, device: torch.devi
         right_tokens += int(hits.sum())
         tokens += len(targets)
     model.train()
-    return {"answer_loss": loss / tokens, "accuracy": 1 - wrong_answers / len(examples), "digit_accuracy": right_tokens / tokens}
+    return {
+        "answer_loss": loss / tokens,
+        "accuracy": 1 - wrong_answers / len(examples),
+        "digit_accuracy": right_tokens / tokens,
+    }
 
 
-def held_out_examples(tasks: Sequence[str], tables: dict[str, WeightTable], tokenizer: Tokenizer, max_prompt_tokens: int, seed: int) -> dict[str, list[Example]]:
+def held_out_examples(prompts: TrainingPrompts, seed: int) -> dict[str, list[Example]]:
     """EVAL_PROMPTS prompts per task from the test weights, scored on the final answer."""
     return {
-        name: [make_example(name, tables[name], tokenizer, max_prompt_tokens, seed, i, "control_model_eval", "answer") for i in range(EVAL_PROMPTS)]
-        for name in tasks
+        name: [make_example(prompts, name, seed, i, "control_model_eval", "answer") for i in range(EVAL_PROMPTS)]
+        for name in prompts.tasks
     }
 
 
 def train(
     settings: TrainSettings,
-    tasks: Sequence[str],
-    tables: dict[str, WeightTable],
-    tokenizer,
-    max_prompt_tokens: int,
-    device: str = "cpu",
-    dtype: str = "auto",
+    prompts: TrainingPrompts,
+    runtime: Runtime = Runtime(),
     log: logging.Logger | None = None,
-    progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
-    threads: int = 1,
+    progress: Callable[[Iterable, int], Iterable] = no_progress,
 ) -> tuple[torch.nn.Module, dict]:
     """Train the control model; returns it (float32, on the CPU, eval mode) and the training
     record written to training.json. CPU runs in float32, building each step's prompts
@@ -257,21 +287,22 @@ def train(
     from transformers import LlamaForCausalLM
 
     log = log or logging.getLogger(__name__)
-    torch_device = resolve_device(device)
-    compute = resolve_dtype(dtype, torch_device)
+    tasks, tokenizer, max_prompt_tokens = prompts.tasks, prompts.tokenizer, prompts.max_prompt_tokens
+    torch_device = resolve_device(runtime.device)
+    compute = resolve_dtype(runtime.dtype, torch_device)
     autocast = compute if torch_device.type == "cuda" and compute != torch.float32 else None
     torch.manual_seed(settings.seed)
     model = LlamaForCausalLM(llama_config(settings, tokenizer, max_prompt_tokens)).to(torch_device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    held_out = held_out_examples(tasks, tables, tokenizer, max_prompt_tokens, settings.seed)
+    held_out = held_out_examples(prompts, settings.seed)
     before = {name: evaluate(model, examples, pad_id, torch_device, autocast) for name, examples in held_out.items()}
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings.steps))
     log_every = max(1, settings.steps // 20)
     curve: list[float] = []
-    workers = threads - 1 if torch_device.type == "cuda" else 0
-    batches = training_batches(tasks, tables, tokenizer, max_prompt_tokens, settings, workers)
+    workers = runtime.threads - 1 if torch_device.type == "cuda" else 0
+    batches = training_batches(prompts, settings, workers)
     started, started_cpu = time.perf_counter(), time.process_time()
     model.train()
     for step, batch in progress(enumerate(batches), settings.steps):
@@ -286,11 +317,25 @@ def train(
         schedule.step()
         curve.append(loss.item())
         if (step + 1) % log_every == 0 or step + 1 == settings.steps:
-            log.info("step %d/%d: loss %.4f (mean of the last %d steps), lr %.2e", step + 1, settings.steps, float(np.mean(curve[-log_every:])), log_every, schedule.get_last_lr()[0])
+            log.info(
+                "step %d/%d: loss %.4f (mean of the last %d steps), lr %.2e",
+                step + 1,
+                settings.steps,
+                float(np.mean(curve[-log_every:])),
+                log_every,
+                schedule.get_last_lr()[0],
+            )
     wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
     after = {name: evaluate(model, examples, pad_id, torch_device, autocast) for name, examples in held_out.items()}
     for name in tasks:
-        log.info("%s held-out answers: loss %.3f -> %.3f, accuracy %.3f -> %.3f", name, before[name]["answer_loss"], after[name]["answer_loss"], before[name]["accuracy"], after[name]["accuracy"])
+        log.info(
+            "%s held-out answers: loss %.3f -> %.3f, accuracy %.3f -> %.3f",
+            name,
+            before[name]["answer_loss"],
+            after[name]["answer_loss"],
+            before[name]["accuracy"],
+            after[name]["accuracy"],
+        )
     record = {
         "settings": asdict(settings),
         "tasks": list(tasks),
@@ -321,4 +366,6 @@ def save(model, tokenizer, record: dict, model_id: str, out_dir: str | Path, rec
     tokenizer.save_pretrained(out_dir)
     Path(record_path).write_text(json.dumps(record, indent=1) + "\n")
     num_layers, widths = _facts_from_config(model.config.to_dict())
-    return ModelManifest(id=model_id, source="trained", load_from=str(out_dir.resolve()), num_layers=num_layers, site_widths=widths)
+    return ModelManifest(
+        id=model_id, source="trained", load_from=str(out_dir.resolve()), num_layers=num_layers, site_widths=widths
+    )

@@ -10,24 +10,21 @@
 
 from __future__ import annotations
 
-import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from minormech.prompts import FEATURE_VALUE, Prompt
+from minormech.prompts import Prompt
 from minormech.tasks import Task, stable_seed, value_grid
-
-_EXAMPLE = re.compile(r"((?:Feature \d+: -?\d+\n)+)Output: (-?\d+)")
 
 
 def prompt_examples(prompt: Prompt) -> tuple[np.ndarray, np.ndarray]:
-    """The complete (x, y) examples of a prompt's text, [k, d] and [k]; the query (whose
-    answer the prompt ends before) is not among them."""
-    pairs = [([int(v) for v in FEATURE_VALUE.findall(features)], int(y)) for features, y in _EXAMPLE.findall(prompt.text)]
-    if not pairs:
+    """The complete (x, y) examples the prompt shows, [k, d] and [k], from its record; the
+    query (whose answer the prompt ends before) is not among them: it is what the model,
+    and the least-squares ceiling, must answer."""
+    if len(prompt.example_y) < 2:
         return np.zeros((0, len(prompt.weight)), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.array([x for x, _ in pairs], dtype=np.int64), np.array([y for _, y in pairs], dtype=np.int64)
+    return np.array(prompt.example_x[:-1], dtype=np.int64), np.array(prompt.example_y[:-1], dtype=np.int64)
 
 
 def least_squares_weight(task: Task, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from minormech.ranking import HALVES  # noqa: E402
+
 TASK_COLOURS = {"LR": "tab:red", "MD": "tab:blue"}
 
 
@@ -46,19 +48,30 @@ def band(ax, rows: pd.DataFrame, column: str, colour: str, label: str, style: st
     shaded band."""
     ax.plot(rows["layer"], rows[column], style, color=colour, markersize=3, label=label)
     if f"{column}_ci_low" in rows:
-        ax.fill_between(rows["layer"], rows[f"{column}_ci_low"], rows[f"{column}_ci_high"], color=colour, alpha=0.15, linewidth=0)
+        ax.fill_between(
+            rows["layer"], rows[f"{column}_ci_low"], rows[f"{column}_ci_high"], color=colour, alpha=0.15, linewidth=0
+        )
 
 
 def reference_lines(ax, rows: pd.DataFrame) -> None:
     """The model-free references of a probe panel: the training-mean baseline (grey dashed)
     and, when computed, the least-squares ceiling (green dashed), each with its interval."""
-    for column, colour, name in (("baseline_mse", "grey", "training-mean baseline"), ("ceiling_mse", "tab:green", "least-squares ceiling")):
+    for column, colour, name in (
+        ("baseline_mse", "grey", "training-mean baseline"),
+        ("ceiling_mse", "tab:green", "least-squares ceiling"),
+    ):
         if column not in rows or rows[column].isna().all():
             continue
         value = rows[column].iloc[0]
         ax.axhline(value, linestyle="--", color=colour, linewidth=1, label=f"{name} ({value:.2f})")
         if f"{column}_ci_low" in rows:
-            ax.axhspan(rows[f"{column}_ci_low"].iloc[0], rows[f"{column}_ci_high"].iloc[0], color=colour, alpha=0.1, linewidth=0)
+            ax.axhspan(
+                rows[f"{column}_ci_low"].iloc[0],
+                rows[f"{column}_ci_high"].iloc[0],
+                color=colour,
+                alpha=0.1,
+                linewidth=0,
+            )
 
 
 def probe_curves_figure(table: pd.DataFrame, model_id: str, site: str, random_init: pd.DataFrame | None = None):
@@ -68,7 +81,13 @@ def probe_curves_figure(table: pd.DataFrame, model_id: str, site: str, random_in
     task MSE), a second row shows it per layer, for the random-init model too."""
     tasks = list(dict.fromkeys(table["task"]))
     with_selectivity = "selectivity" in table
-    fig, grid = plt.subplots(2 if with_selectivity else 1, len(tasks), figsize=(5 * len(tasks), 7 if with_selectivity else 3.6), sharex=True, squeeze=False)
+    fig, grid = plt.subplots(
+        2 if with_selectivity else 1,
+        len(tasks),
+        figsize=(5 * len(tasks), 7 if with_selectivity else 3.6),
+        sharex=True,
+        squeeze=False,
+    )
     for column, task in enumerate(tasks):
         rows = table[table["task"] == task].sort_values("layer")
         colour = TASK_COLOURS.get(task, "black")
@@ -103,8 +122,12 @@ def xi_heatmap_figure(xi: np.ndarray, layers: list[int], model_id: str, site: st
 
     d = xi.shape[1]
     fig, ax = plt.subplots(figsize=(10, 0.18 * len(layers) + 2))
-    image = ax.imshow(xi, aspect="auto", cmap="RdBu_r", vmin=-(d - 1), vmax=d - 1, interpolation="nearest", origin="lower")
-    ax.set_yticks(np.arange(len(layers))[:: max(1, len(layers) // 10)], [str(l) for l in layers][:: max(1, len(layers) // 10)])
+    image = ax.imshow(
+        xi, aspect="auto", cmap="RdBu_r", vmin=-(d - 1), vmax=d - 1, interpolation="nearest", origin="lower"
+    )
+    ax.set_yticks(
+        np.arange(len(layers))[:: max(1, len(layers) // 10)], [str(l) for l in layers][:: max(1, len(layers) // 10)]
+    )
     ax.set_xlabel("feature")
     ax.set_ylabel("layer")
     bar = fig.colorbar(image, ax=ax)
@@ -115,7 +138,9 @@ def xi_heatmap_figure(xi: np.ndarray, layers: list[int], model_id: str, site: st
     return fig
 
 
-def filtered_probe_figure(table: pd.DataFrame, unfiltered: pd.DataFrame, variants: list[str], model_id: str, site: str, pair: tuple[str, str]):
+def filtered_probe_figure(
+    table: pd.DataFrame, unfiltered: pd.DataFrame, variants: list[str], model_id: str, site: str, pair: tuple[str, str]
+):
     """Figures 3 and 4: filtered probe test MSE per layer, one panel per probe task, one
     curve per filter variant with its 95% band; the unfiltered probe (thin grey), the
     baseline and the least-squares ceiling for reference."""
@@ -131,7 +156,9 @@ def filtered_probe_figure(table: pd.DataFrame, unfiltered: pd.DataFrame, variant
             band(ax, rows, "test_mse", colour, f"{variant}: {labels[variant[:2]]}", style)
         reference_lines(ax, table[table["task"] == task])
         finish_panel(ax, f"probe for {task} weights, site {site}")
-    return finish_figure(fig, axes, "test MSE", f"{model_id}: probes on filtered features ({', '.join(variants)}; bands: 95% intervals)")
+    return finish_figure(
+        fig, axes, "test MSE", f"{model_id}: probes on filtered features ({', '.join(variants)}; bands: 95% intervals)"
+    )
 
 
 def eq41_table(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
@@ -139,12 +166,10 @@ def eq41_table(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
     (paper eq. 41: each task is probed better on its own important half)."""
     wide = table.pivot_table(index="layer", columns=["task", "variant"], values="test_mse")
     t1, t2 = pair
-    out = pd.DataFrame({
-        f"r_{t1}_ge0.5": wide[(t1, "ge0.5")], f"r_{t1}_le0.5": wide[(t1, "le0.5")],
-        f"r_{t2}_ge0.5": wide[(t2, "ge0.5")], f"r_{t2}_le0.5": wide[(t2, "le0.5")],
-    })
-    out[f"{t1}_better_on_own_half"] = out[f"r_{t1}_ge0.5"] < out[f"r_{t1}_le0.5"]
-    out[f"{t2}_better_on_own_half"] = out[f"r_{t2}_ge0.5"] > out[f"r_{t2}_le0.5"]
+    out = pd.DataFrame({f"r_{task}_{variant}": wide[(task, variant)] for task in pair for variant in HALVES})
+    first, second = (f"r_{{}}_{variant}" for variant in HALVES)
+    out[f"{t1}_better_on_own_half"] = out[first.format(t1)] < out[second.format(t1)]
+    out[f"{t2}_better_on_own_half"] = out[first.format(t2)] > out[second.format(t2)]
     out["eq41_holds"] = out[f"{t1}_better_on_own_half"] & out[f"{t2}_better_on_own_half"]
     return out.reset_index()
 
@@ -171,7 +196,16 @@ def patching_figure(counts: pd.DataFrame, accuracy: pd.DataFrame, model_id: str,
             band(top, xi, "rho", colour, f"rho({tau1},{u},{v})", ("-" if v == "B" else "--") + marker)
             band(bottom, xi, "dlogp", colour, "_nolegend_", ("-" if v == "B" else "--") + marker)
             for ax, metric in ((top, "rho"), (bottom, "dlogp")):
-                ax.plot(random["layer"], random[metric], ":", marker=marker, markersize=2, markerfacecolor="none", linewidth=0.8, color=colour)
+                ax.plot(
+                    random["layer"],
+                    random[metric],
+                    ":",
+                    marker=marker,
+                    markersize=2,
+                    markerfacecolor="none",
+                    linewidth=0.8,
+                    color=colour,
+                )
             top.plot(noop["layer"], noop["rho"], "x", color="grey", markersize=4)
         top.axhline(n_pairs, color="grey", linewidth=0.8)
         bottom.axhline(0, color="grey", linewidth=0.8, label="no change")
@@ -184,4 +218,9 @@ def patching_figure(counts: pd.DataFrame, accuracy: pd.DataFrame, model_id: str,
         finish_panel(top, f"tau1 = {tau1} (unpatched accuracy {ref['accuracy'].iloc[0]:.0%})", "")
         finish_panel(bottom, f"tau1 = {tau1}: change in log p(r_NP)", "patched layer")
     grid[1, 0].set_ylabel("mean dlogp (nats)")
-    return finish_figure(fig, [grid[0, 0]], f"rho (of {n_pairs} pairs)", f"{model_id}, site {site}: predictions unchanged by patching half the features (bands: 95% intervals)")
+    return finish_figure(
+        fig,
+        [grid[0, 0]],
+        f"rho (of {n_pairs} pairs)",
+        f"{model_id}, site {site}: predictions unchanged by patching half the features (bands: 95% intervals)",
+    )

@@ -1,4 +1,4 @@
-"""Head-level views (issue 10): which attention heads carry each task.
+"""Head-level views: which attention heads carry each task.
 
 Three measurements per (layer, query head), all at the last prompt position, from one
 unpatched pass per batch that records q/k/v of every layer and the residual entering it:
@@ -11,9 +11,9 @@ unpatched pass per batch that records q/k/v of every layer and the residual ente
   only the next token (for Llama 3 it is the whole answer).
 - **Knockout** (Yu and Ananiadou, comparative neuron analysis, §3.2): the head's slice of
   the o_proj input set to zero at every position, the model rerun from the layer's cached
-  input (layers below cannot change) and the answer scored as the pipeline scores it
-  (SPEC: log p(answer) teacher forced over all its tokens; "correct" = greedy decode of the
-  true answer). The head stays knocked out while the answer's later tokens are decoded.
+  input (layers below cannot change) and the answer scored as patching scores it
+  (log p(answer) teacher forced over all its tokens, paper eq. 1; "correct" = greedy decode
+  of the true answer). The head stays knocked out while the answer's later tokens are decoded.
 - **Attention to the examples' answers**: for the top heads by I, the attention weight from
   the last position to each in-context example's answer tokens (summed over the answer's
   tokens), beside the example's index and the distance of its x from the query's x: the
@@ -29,20 +29,20 @@ tests/test_heads.py checks it against the model's own o_proj input.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from minormech.controls import prompt_examples
 from minormech.hooks import hook_name
-from minormech.patching import PromptRun, cache_below, last_logits, run_layers, score_answer, unpatched_run
-from minormech.prompts import FEATURE_VALUE, OUTPUT_VALUE, Prompt
+from minormech.prompts import Prompt
+from minormech.runner import PromptRun, RunOptions, batched, rerun_from, score_answer, token_log_probs, unpatched_run
+from minormech.sites import HEAD_SITES, head_count
 from minormech.uncertainty import Bootstrap
+
 
 @dataclass(frozen=True)
 class HeadLayout:
@@ -53,23 +53,28 @@ class HeadLayout:
     head_dim: int
 
     @classmethod
-    def of(cls, model) -> "HeadLayout":
+    def of(cls, model) -> HeadLayout:
         return cls.of_config(model.config)
 
     @classmethod
-    def of_config(cls, config) -> "HeadLayout":
+    def of_config(cls, config) -> HeadLayout:
         """From a transformers config (Llama's head_dim defaults to hidden_size / heads)."""
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads, head_dim)
+        return cls(
+            config.num_attention_heads,
+            getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            head_dim,
+        )
+
+    def heads_of(self, site: str) -> int | None:
+        """Heads of head_dim features that `site` splits into (minormech.sites: q the query
+        heads, k and v the key/value heads); None for a site without head slices."""
+        return head_count(site, self.n_heads, self.n_kv_heads)
 
     @property
     def group(self) -> int:
         """Query heads per key/value head."""
         return self.n_heads // self.n_kv_heads
-
-    def kv_head(self, head: int) -> int:
-        """The key/value head query head `head` reads (repeat_kv order)."""
-        return head // self.group
 
 
 @dataclass
@@ -80,7 +85,9 @@ class HeadOutputs:
     attention: torch.Tensor  # [B, H, T] float32: attention weights over prompt positions
 
 
-def head_outputs(model, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> HeadOutputs:
+def head_outputs(
+    model, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor
+) -> HeadOutputs:
     """Every query head's attention output at each row's last prompt position, from the
     q/k/v projections [B, T, width] of one right-padded batch (positions 0..T-1)."""
     layout = HeadLayout.of(model)
@@ -108,18 +115,22 @@ def head_residual_contributions(model, layer: int, z: torch.Tensor) -> torch.Ten
     to its output; o_proj has no bias in Llama, and a bias would belong to no head)."""
     layout = HeadLayout.of(model)
     weight = model.model.layers[layer].self_attn.o_proj.weight  # [hidden, H * hd]
-    return torch.einsum("bhd,mhd->bhm", z.to(weight.dtype), weight.view(weight.shape[0], layout.n_heads, layout.head_dim))
+    return torch.einsum(
+        "bhd,mhd->bhm", z.to(weight.dtype), weight.view(weight.shape[0], layout.n_heads, layout.head_dim)
+    )
 
 
 def final_logprobs(model, residual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(token) [B, ...] when `residual` [B, ..., hidden] is the last hidden state: the
     final norm, then the unembedding."""
     logits = model.lm_head(model.model.norm(residual)).float()
-    index = tokens.to(logits.device).view(-1, *([1] * (logits.dim() - 1)))
-    return logits.log_softmax(-1).gather(-1, index.expand(*logits.shape[:-1], 1))[..., 0]
+    index = tokens.to(logits.device).view(-1, *([1] * (logits.dim() - 2)))
+    return token_log_probs(logits, index.expand(*logits.shape[:-1]))
 
 
-def logprob_increase(model, layer: int, residual_last: torch.Tensor, contributions: torch.Tensor, first_answer: torch.Tensor) -> torch.Tensor:
+def logprob_increase(
+    model, layer: int, residual_last: torch.Tensor, contributions: torch.Tensor, first_answer: torch.Tensor
+) -> torch.Tensor:
     """[B, H] I = log p(a_1 | norm(x + head)) - log p(a_1 | norm(x)) with x = `residual_last`
     [B, hidden] entering `layer` and head = `contributions` [B, H, hidden]."""
     base = final_logprobs(model, residual_last, first_answer)
@@ -132,7 +143,11 @@ def knocked_out(model, layer: int, head: int | None) -> Iterator[None]:
     """Zero query head `head`'s slice of o_proj's input at `layer` (every position, prompt
     and decode steps); head None zeroes every head of the layer."""
     layout = HeadLayout.of(model)
-    start, stop = (0, layout.n_heads * layout.head_dim) if head is None else (head * layout.head_dim, (head + 1) * layout.head_dim)
+    start, stop = (
+        (0, layout.n_heads * layout.head_dim)
+        if head is None
+        else (head * layout.head_dim, (head + 1) * layout.head_dim)
+    )
 
     def zero(_module, args):
         (inputs,) = args
@@ -152,9 +167,7 @@ def knockout_scores(model, run: PromptRun, layer: int, head: int | None) -> tupl
     """([B] log p(true answer), [B] whether greedy decoding gives it) with `head` of `layer`
     knocked out, rerun from the residual entering `layer`."""
     with knocked_out(model, layer, head):
-        cache = cache_below(model, run.cache, layer)
-        hidden = run_layers(model, run.residuals[layer], layer, run.attention_mask, cache)
-        first = last_logits(model, hidden, run.lengths)
+        first, cache = rerun_from(model, run, layer)
         score = score_answer(model, run, first, cache, run.true_answer, run.answer_lengths)
     return score.logp, score.same
 
@@ -176,24 +189,38 @@ class ExampleAnswers:
 
 def example_answers(prompt: Prompt, tokenizer) -> ExampleAnswers:
     """Token spans of every complete example's answer (not the query's, which the prompt
-    ends before) and the distance of each example's x from the query's x.
+    ends before) and the distance of each example's x from the query's x, from the examples
+    the prompt record stores.
 
     Spans come from the tokenizer's character offsets of the prompt text, which must give
     the prompt's own input_ids (it raises otherwise: a prompt file from another tokenizer)."""
+    if len(prompt.example_y) != prompt.n_examples:
+        raise ValueError(
+            f"prompt {prompt.id}: the record holds {len(prompt.example_y)} examples, not its {prompt.n_examples}"
+        )
     encoded = tokenizer(prompt.text, return_offsets_mapping=True)
     if list(encoded["input_ids"]) != list(prompt.input_ids):
-        raise ValueError(f"prompt {prompt.id}: its text does not tokenize to its input_ids; the prompt file was made with another tokenizer")
+        raise ValueError(
+            f"prompt {prompt.id}: its text does not tokenize to its input_ids; "
+            "the prompt file was made with another tokenizer"
+        )
     offsets = encoded["offset_mapping"]
     spans = []
-    for match in OUTPUT_VALUE.finditer(prompt.text):
-        begin, end = match.span(1)
+    for begin, end in prompt.output_spans()[:-1]:
         tokens = [i for i, (a, b) in enumerate(offsets) if a < end and b > begin]
         spans.append((tokens[0], tokens[-1] + 1))
-    x, _ = prompt_examples(prompt)
-    query = np.array([int(v) for v in FEATURE_VALUE.findall(prompt.text.rsplit("\n\n", 1)[-1])])
-    if len(spans) != len(x) or len(query) != x.shape[1]:
-        raise ValueError(f"prompt {prompt.id}: {len(spans)} example answers but {len(x)} examples, query {query.tolist()}")
+    x = np.array(prompt.example_x[:-1], dtype=np.int64).reshape(len(spans), -1)
+    query = np.array(prompt.example_x[-1], dtype=np.int64)
     return ExampleAnswers(spans, np.sqrt(((x - query[None, :]) ** 2).sum(1)))
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """Config key `heads` (the measurement's part): whether to knock out every head (one
+    rerun per head and batch) and how many top heads get attention rows."""
+
+    knockout: bool = False
+    top: int = 4
 
 
 @dataclass
@@ -216,38 +243,38 @@ def top_heads(increase: np.ndarray, layers: Sequence[int], count: int) -> list[t
     return [(layers[i // mean.shape[1]], int(i % mean.shape[1])) for i in order]
 
 
-def batches(items: Sequence, size: int) -> list[Sequence]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 @torch.inference_mode()
 def head_results(
     model,
     tokenizer,
     prompts: Sequence[Prompt],
     layers: Sequence[int],
-    batch_size: int,
-    pad_id: int,
-    knockout: bool,
-    n_top: int,
-    progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
+    settings: HeadSettings,
+    run_options: RunOptions,
 ) -> HeadResults:
     """All head measurements of one task's prompts. The top heads for the attention rows
     are chosen from this task's mean I over all its prompts, so attention is recorded in a
     second pass over the recorded batches (kept in memory: q/k of the analysed layers)."""
     layout = HeadLayout.of(model)
+    knockout, n_top, pad_id = settings.knockout, settings.top, run_options.pad_id
     increase, dlogp, dcorrect, correct_rows, kept = [], [], [], [], []
-    chunks = batches(list(prompts), batch_size)
-    for chunk in progress(chunks, len(chunks)):
+    chunks = batched(list(prompts), run_options.batch_size)
+    for chunk in run_options.progress(chunks, len(chunks)):
         run = unpatched_run(model, chunk, ["q", "k", "v"], layers, pad_id)
         first_answer = torch.tensor([p.answer_ids[0] for p in chunk])
         rows = torch.arange(len(chunk))
         last = run.lengths - 1
         per_layer, weights = [], {}
         for layer in layers:
-            heads = head_outputs(model, layer, run.sites[("q", layer)], run.sites[("k", layer)], run.sites[("v", layer)], run.lengths)
+            heads = head_outputs(
+                model, layer, run.sites[("q", layer)], run.sites[("k", layer)], run.sites[("v", layer)], run.lengths
+            )
             residual = run.residuals[layer][rows, last.to(run.residuals[layer].device)]
-            per_layer.append(logprob_increase(model, layer, residual, head_residual_contributions(model, layer, heads.z), first_answer).cpu())
+            per_layer.append(
+                logprob_increase(
+                    model, layer, residual, head_residual_contributions(model, layer, heads.z), first_answer
+                ).cpu()
+            )
             weights[layer] = heads.attention.cpu()
         increase.append(torch.stack(per_layer, dim=1))  # [B, L, H]
         logp, correct = unpatched_answer_scores(model, run)
@@ -272,11 +299,18 @@ def head_results(
             for rank, (layer, head) in enumerate(chosen):
                 attention = weights[layer][row, head]
                 for example, ((start, stop), distance) in enumerate(zip(answers.spans, answers.distance)):
-                    attention_rows.append({
-                        "prompt": prompt.id, "rank": rank, "layer": layer, "head": head, "example": example,
-                        "examples_in_prompt": len(answers.spans), "distance": float(distance),
-                        "attention": float(attention[start:stop].sum()),
-                    })
+                    attention_rows.append(
+                        {
+                            "prompt": prompt.id,
+                            "rank": rank,
+                            "layer": layer,
+                            "head": head,
+                            "example": example,
+                            "examples_in_prompt": len(answers.spans),
+                            "distance": float(distance),
+                            "attention": float(attention[start:stop].sum()),
+                        }
+                    )
     return HeadResults(
         list(layers),
         increase_all,
@@ -300,23 +334,42 @@ def head_table(results: HeadResults, bootstrap: Bootstrap) -> list[dict]:
     rows = []
     for i, layer in enumerate(results.layers):
         for head in range(n_heads):
-            row = {"layer": layer, "head": head, "n_prompts": n_prompts, "unpatched_accuracy": float(results.unpatched_correct.mean())}
+            row = {
+                "layer": layer,
+                "head": head,
+                "n_prompts": n_prompts,
+                "unpatched_accuracy": float(results.unpatched_correct.mean()),
+            }
             for name in ("logprob_increase", "knockout_dlogp", "knockout_dcorrect"):
-                row.update(intervals[name].columns(name, i * n_heads + head) if name in intervals else {name: np.nan, f"{name}_ci_low": np.nan, f"{name}_ci_high": np.nan})
+                row.update(
+                    intervals[name].columns(name, i * n_heads + head)
+                    if name in intervals
+                    else {name: np.nan, f"{name}_ci_low": np.nan, f"{name}_ci_high": np.nan}
+                )
             rows.append(row)
     return rows
 
 
 def head_xi(xi: dict[str, torch.Tensor], layout: HeadLayout, layers: Sequence[int]) -> list[dict]:
     """xi summed within each head's slice of q (query heads) and k/v (key/value heads), per
-    layer: rows {site, layer, head, xi_sum, xi_mean}. The o site is o_proj's output, in
-    residual-stream coordinates that mix all heads, so it has no head slices."""
+    layer: rows {site, layer, head, xi_sum, xi_mean}. The o site is o_proj's output and the
+    resid_* sites the residual stream, coordinates that mix all heads, so they have no head
+    slices."""
     rows = []
-    for site, n in (("q", layout.n_heads), ("k", layout.n_kv_heads), ("v", layout.n_kv_heads)):
+    for site, n in ((site, layout.heads_of(site)) for site in HEAD_SITES):
         for layer in layers:
             name = hook_name(site, layer)
             if name not in xi:
                 continue
             per_head = xi[name].double().view(n, layout.head_dim)
-            rows.extend({"site": site, "layer": layer, "head": h, "xi_sum": float(per_head[h].sum()), "xi_mean": float(per_head[h].mean())} for h in range(n))
+            rows.extend(
+                {
+                    "site": site,
+                    "layer": layer,
+                    "head": h,
+                    "xi_sum": float(per_head[h].sum()),
+                    "xi_mean": float(per_head[h].mean()),
+                }
+                for h in range(n)
+            )
     return rows

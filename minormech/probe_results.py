@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from minormech.controls import control_targets, least_squares_predictions
+from minormech.controls import control_targets
 from minormech.hooks import hook_name
 from minormech.probes import ProbeTraining
 from minormech.prompts import Prompt
 from minormech.ranking import FILTER_VARIANTS, site_keep_masks, variant_name
 from minormech.shards import save_tensors
-from minormech.tasks import get_task
 from minormech.uncertainty import Bootstrap
 
 log = logging.getLogger(__name__)
@@ -43,15 +42,22 @@ class ProbeVariants:
     masks: torch.Tensor | None
 
     @classmethod
-    def of_kind(cls, kind: str, site: str, layers: Sequence[int], xi: dict[str, torch.Tensor] | None) -> "ProbeVariants":
-        """`unfiltered`, or the four filtered variants of SPEC "Filter" from the first task
+    def of_kind(cls, kind: str, site: str, layers: Sequence[int], xi: dict[str, torch.Tensor] | None) -> ProbeVariants:
+        """`unfiltered`, or the four filtered variants of eq. 35 from the first task
         pair's xi (features masked at read time; no second copy of any activation)."""
         if kind == "unfiltered":
             return cls(["unfiltered"], [""], [1.0], None)
         if kind != "filtered" or xi is None:
-            raise ValueError(f"probe kind {kind!r} needs {'an xi map' if kind == 'filtered' else 'one of ' + str(PROBE_KINDS)}")
+            raise ValueError(
+                f"probe kind {kind!r} needs {'an xi map' if kind == 'filtered' else 'one of ' + str(PROBE_KINDS)}"
+            )
         masks = torch.stack([site_keep_masks(xi, site, list(layers), op, h) for op, h in FILTER_VARIANTS]).float()
-        return cls([variant_name(op, h) for op, h in FILTER_VARIANTS], [op for op, _ in FILTER_VARIANTS], [h for _, h in FILTER_VARIANTS], masks)
+        return cls(
+            [variant_name(op, h) for op, h in FILTER_VARIANTS],
+            [op for op, _ in FILTER_VARIANTS],
+            [h for _, h in FILTER_VARIANTS],
+            masks,
+        )
 
 
 def xi_tensor_names(sites: Sequence[str], layers: Sequence[int]) -> list[str]:
@@ -68,19 +74,42 @@ class ProbeOutputs:
 @dataclass(frozen=True)
 class ProbeReport:
     """How a probe table is reported: the references drawn beside the probes and the
-    bootstrap settings (config keys `controls`, `uncertainty`, `seed`)."""
+    bootstrap settings."""
 
     train_weights: torch.Tensor  # [n_train_weights, d]: the training-mean baseline predicts their mean
-    least_squares: torch.Tensor | None  # [N, d] least-squares w of every test prompt (controls.least_squares)
+    least_squares: torch.Tensor | None  # [N, d] least-squares w of every test prompt (the ceiling)
     interval: Bootstrap
 
-    @classmethod
-    def from_config(cls, config: dict, task: str, table, test_prompts: Sequence[Prompt]) -> "ProbeReport":
-        """The report of one task's probes under `config` (`table` = the task's WeightTable)."""
-        least_squares = None
-        if config["controls"]["least_squares"]:
-            least_squares = torch.as_tensor(least_squares_predictions(get_task(task), test_prompts), dtype=torch.float32)
-        return cls(torch.as_tensor(table.weights[table.train_ids]), least_squares, Bootstrap.from_config(config["uncertainty"], config["seed"]))
+
+@dataclass(frozen=True)
+class ProbeIdentity:
+    """Which probes a table describes: model, task, site, layers and variants."""
+
+    model_id: str
+    task: str
+    site: str
+    layers: Sequence[int]
+    variants: ProbeVariants
+
+
+@dataclass(frozen=True)
+class ProbePredictions:
+    """Test predictions [V * seeds, L, N, 2] (seed-minor, as ProbeStack orders them) of the
+    test prompts `index`, and optionally (control-task predictions [seeds, L, N, 2], the
+    control-task targets of every weight id)."""
+
+    predictions: torch.Tensor
+    index: torch.Tensor
+    control: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class TestPrompts:
+    """The held-out test prompts with their targets, and how many prompts trained the probes."""
+
+    prompts: Sequence[Prompt]
+    targets: torch.Tensor
+    n_train: int
 
 
 def control_task_targets(table, seed: int) -> torch.Tensor:
@@ -96,30 +125,28 @@ def squared_errors(predictions: torch.Tensor, targets: torch.Tensor) -> np.ndarr
 
 def write_probe_results(
     outputs: ProbeOutputs,
-    model_id: str,
-    task: str,
-    site: str,
-    layers: Sequence[int],
-    variants: ProbeVariants,
-    predictions: torch.Tensor,
-    index: torch.Tensor,
-    test_prompts: Sequence[Prompt],
-    test_targets: torch.Tensor,
+    identity: ProbeIdentity,
+    result: ProbePredictions,
+    test: TestPrompts,
     report: ProbeReport,
-    n_train: int,
     settings: ProbeTraining,
     summary: dict,
-    control: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Write the three files of one (task, site, kind); returns the test MSE [V, L] (mean
     over seeds).
 
-    `predictions` is [V * seeds, L, N, 2] (seed-minor, as ProbeStack orders them) for the
-    test prompts `index`. `control` = (control-task predictions [seeds, L, N, 2], the
-    control-task targets of every weight id) adds the control task's MSE and the
-    selectivity to each row. Every MSE comes with its bootstrap interval over the test
-    weights (and seeds).
+    A control in `result` adds the control task's MSE and the selectivity to each row.
+    Every MSE comes with its bootstrap interval over the test weights (and seeds).
     """
+    model_id, task, site, layers, variants = (
+        identity.model_id,
+        identity.task,
+        identity.site,
+        identity.layers,
+        identity.variants,
+    )
+    predictions, index, control = result.predictions, result.index, result.control
+    test_prompts, test_targets, n_train = test.prompts, test.targets, test.n_train
     seeds = settings.seeds
     prompts = [test_prompts[i] for i in index]
     groups = np.array([p.weight_id for p in prompts])
@@ -128,7 +155,11 @@ def write_probe_results(
     errors = squared_errors(by_seed, targets).transpose(1, 0, 2, 3)  # [S, V, L, N]
     test_mse = report.interval(errors, groups, seed_axis=True)
     seed_sd = errors.mean(-1).std(0, ddof=1) if seeds > 1 else np.zeros(errors.shape[1:3])
-    references = {"baseline_mse": report.interval(squared_errors(report.train_weights.float().mean(0).expand_as(targets), targets), groups)}
+    references = {
+        "baseline_mse": report.interval(
+            squared_errors(report.train_weights.float().mean(0).expand_as(targets), targets), groups
+        )
+    }
     least_squares = None
     if report.least_squares is not None:
         least_squares = report.least_squares[index]
@@ -142,8 +173,18 @@ def write_probe_results(
     for v, name in enumerate(variants.names):
         for l, layer in enumerate(layers):
             n_kept = int(variants.masks[v, l].sum()) if variants.masks is not None else None
-            row = {"model": model_id, "task": task, "site": site, "variant": name, "op": variants.ops[v], "h": variants.hs[v], "layer": layer,
-                   **test_mse.columns("test_mse", (v, l)), "test_mse_seed_sd": float(seed_sd[v, l]), "n_seeds": seeds}
+            row = {
+                "model": model_id,
+                "task": task,
+                "site": site,
+                "variant": name,
+                "op": variants.ops[v],
+                "h": variants.hs[v],
+                "layer": layer,
+                **test_mse.columns("test_mse", (v, l)),
+                "test_mse_seed_sd": float(seed_sd[v, l]),
+                "n_seeds": seeds,
+            }
             for key, interval in references.items():
                 row.update(interval.columns(key))
             if control is not None:
@@ -151,18 +192,35 @@ def write_probe_results(
                 row.update(selectivity.columns("selectivity", (l,)))
             rows.append({**row, "n_kept": n_kept, "n_train": n_train, "n_test": len(test_prompts)})
     pd.DataFrame(rows).to_csv(outputs.table, index=False)
-    tensors = {"predictions": by_seed.contiguous(), "targets": targets, "prompt_ids": torch.tensor([p.id for p in prompts]), "weight_ids": torch.as_tensor(groups)}
+    tensors = {
+        "predictions": by_seed.contiguous(),
+        "targets": targets,
+        "prompt_ids": torch.tensor([p.id for p in prompts]),
+        "weight_ids": torch.as_tensor(groups),
+    }
     if least_squares is not None:
         tensors["least_squares"] = least_squares.contiguous()
     if control is not None:
         tensors["control_predictions"] = control[0].contiguous()
         tensors["control_targets"] = control[1][torch.as_tensor(groups)].contiguous()
-    save_tensors(tensors, outputs.predictions, metadata={"layers": json.dumps(list(layers)), "variants": json.dumps(variants.names), "seeds": str(seeds)})
+    save_tensors(
+        tensors,
+        outputs.predictions,
+        metadata={"layers": json.dumps(list(layers)), "variants": json.dumps(variants.names), "seeds": str(seeds)},
+    )
     with open(outputs.summary, "w") as handle:
         json.dump({**summary, "settings": asdict(settings), "variants": variants.names}, handle, indent=2)
     baseline = references["baseline_mse"].mean
     for v, name in enumerate(variants.names):
-        log.info("%s %s %s test MSE per layer (mean of %d seeds): %s (baseline %.2f)", task, site, name, seeds, [round(x, 2) for x in test_mse.mean[v].tolist()], baseline)
+        log.info(
+            "%s %s %s test MSE per layer (mean of %d seeds): %s (baseline %.2f)",
+            task,
+            site,
+            name,
+            seeds,
+            [round(x, 2) for x in test_mse.mean[v].tolist()],
+            baseline,
+        )
     if control is not None:
         log.info("%s %s selectivity per layer: %s", task, site, [round(x, 2) for x in selectivity.mean.tolist()])
     return torch.as_tensor(test_mse.mean)

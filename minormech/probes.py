@@ -1,4 +1,4 @@
-"""Attention-pooled probes (paper §4.1, SPEC "Probe").
+"""Attention-pooled probes (paper §4.1, eq. 8-13).
 
 m(A) = W_l (W_p A^T softmax(a_{1:n})) with W_p [d_proj, d_feat], position logits a (one
 per position up to the longest prompt, softmax over the prompt's own n positions) and
@@ -17,7 +17,7 @@ Activations come from an ActivationSource: ProbeData reads shards (one site per 
 minormech.stream.StreamSource runs the model (every site of a (model, task) in one job).
 Both serve the batches of `batch_order`, so the two train the same probes alike.
 
-Two regimes (SPEC): ``paper`` = Adam, lr 1e-4, batch 1, a fixed number of steps
+Two regimes: ``paper`` = Adam, lr 1e-4, batch 1, a fixed number of steps
 (20000 in the paper, one fresh prompt per step); ``improved`` (paper App. D.1) =
 batches, a validation split of training weights, early stopping on validation MSE,
 keeping each probe's best state.
@@ -28,8 +28,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -59,19 +60,37 @@ class StackedProbes(nn.Module):
     stream pass over all five sites on the CPU (torch profiler).
     """
 
-    def __init__(self, n_variants: int, n_layers: int, d_feat: int, d_proj: int, d_out: int, max_positions: int, seed: int,
-                 layer_ids: Sequence[int] | None = None, variant_ids: Sequence[int] | None = None, init_seeds: Sequence[int] | None = None):
+    def __init__(
+        self,
+        n_variants: int,
+        n_layers: int,
+        d_feat: int,
+        d_proj: int,
+        d_out: int,
+        max_positions: int,
+        seed: int,
+        layer_ids: Sequence[int] | None = None,
+        variant_ids: Sequence[int] | None = None,
+        init_seeds: Sequence[int] | None = None,
+    ):
         super().__init__()
         layer_ids = list(range(n_layers)) if layer_ids is None else list(layer_ids)
         variant_ids = list(range(n_variants)) if variant_ids is None else list(variant_ids)
         init_seeds = [seed] * n_variants if init_seeds is None else list(init_seeds)
         if len(layer_ids) != n_layers or len(variant_ids) != n_variants or len(init_seeds) != n_variants:
-            raise ValueError(f"{len(variant_ids)} variant ids, {len(init_seeds)} init seeds and {len(layer_ids)} layer ids for {n_variants} x {n_layers} probes")
-        w_proj = torch.empty(n_variants, n_layers, d_proj, d_feat)  # drawn as nn.Linear(d_feat, d_proj).weight, stored transposed
+            raise ValueError(
+                f"{len(variant_ids)} variant ids, {len(init_seeds)} init seeds and "
+                f"{len(layer_ids)} layer ids for {n_variants} x {n_layers} probes"
+            )
+        w_proj = torch.empty(
+            n_variants, n_layers, d_proj, d_feat
+        )  # drawn as nn.Linear(d_feat, d_proj).weight, stored transposed
         w_out = torch.empty(n_variants, n_layers, d_out, d_proj)
         for v, (variant, init_seed) in enumerate(zip(variant_ids, init_seeds)):
             for l, layer in enumerate(layer_ids):
-                generator = torch.Generator().manual_seed(int(np.random.SeedSequence([init_seed, variant, layer]).generate_state(1)[0]))
+                generator = torch.Generator().manual_seed(
+                    int(np.random.SeedSequence([init_seed, variant, layer]).generate_state(1)[0])
+                )
                 # nn.Linear's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
                 w_proj[v, l].uniform_(-1 / math.sqrt(d_feat), 1 / math.sqrt(d_feat), generator=generator)
                 w_out[v, l].uniform_(-1 / math.sqrt(d_proj), 1 / math.sqrt(d_proj), generator=generator)
@@ -83,7 +102,9 @@ class StackedProbes(nn.Module):
     def max_positions(self) -> int:
         return self.position_logits.shape[-1]
 
-    def forward(self, activations: torch.Tensor, lengths: torch.Tensor, feature_masks: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, activations: torch.Tensor, lengths: torch.Tensor, feature_masks: torch.Tensor | None = None
+    ) -> torch.Tensor:
         n_positions = activations.shape[2]
         if n_positions > self.max_positions:
             raise ValueError(f"prompt of {n_positions} tokens but the probe has {self.max_positions} position logits")
@@ -113,7 +134,7 @@ class PackedActivations:
         self.values, self.lengths, self.offsets = values, lengths, packed_offsets(lengths)
 
     @classmethod
-    def from_shard(cls, shard: Shard, site: str, layers: Sequence[int]) -> "PackedActivations":
+    def from_shard(cls, shard: Shard, site: str, layers: Sequence[int]) -> PackedActivations:
         return cls({site: torch.stack([shard.read(site, layer) for layer in layers])}, shard.lengths)
 
     def gather(self, site: str, rows: np.ndarray) -> torch.Tensor:
@@ -134,14 +155,27 @@ class ProbeBatch:
     when a probe stack asks for them. Only the site last asked for is kept, so a batch
     holds one site's float32 copy at a time (stacks of one site come one after another)."""
 
-    def __init__(self, packed: PackedActivations, rows: np.ndarray, targets: torch.Tensor, weight_ids: torch.Tensor, prompt_index: torch.Tensor,
-                 device: torch.device | None = None):
-        self.packed, self.rows, self.weight_ids, self.prompt_index, self.device = packed, rows, weight_ids, prompt_index, device
+    def __init__(
+        self,
+        packed: PackedActivations,
+        rows: np.ndarray,
+        targets: torch.Tensor,
+        weight_ids: torch.Tensor,
+        prompt_index: torch.Tensor,
+        device: torch.device | None = None,
+    ):
+        self.packed, self.rows, self.weight_ids, self.prompt_index, self.device = (
+            packed,
+            rows,
+            weight_ids,
+            prompt_index,
+            device,
+        )
         self.lengths = packed.lengths[rows].to(device) if device is not None else packed.lengths[rows]
         self.targets = targets.to(device) if device is not None else targets
         self._kept: tuple[str, torch.Tensor] | None = None
 
-    def to(self, device: torch.device) -> "ProbeBatch":
+    def to(self, device: torch.device) -> ProbeBatch:
         return ProbeBatch(self.packed, self.rows, self.targets, self.weight_ids, self.prompt_index, device)
 
     def activations(self, site: str) -> torch.Tensor:
@@ -152,7 +186,12 @@ class ProbeBatch:
         return self._kept[1]
 
 
-def batch_order(chunk_sizes: Sequence[int], batch_size: int, select: np.ndarray | None = None, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+def batch_order(
+    chunk_sizes: Sequence[int],
+    batch_size: int,
+    select: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> Iterator[np.ndarray]:
     """One pass's batches as prompt indices (bool mask `select` over all prompts). Prompts
     are split into chunks of `chunk_sizes` (the shards of shard mode); with rng, chunks and
     the prompts inside each chunk come in random order, and no batch spans two chunks, so
@@ -198,7 +237,14 @@ class ProbeData:
     memory stays at one shard whatever the set's size.
     """
 
-    def __init__(self, shards: Sequence[Shard], prompts: Sequence[Prompt], site: str, layers: Sequence[int], keep_in_memory: bool = True):
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        prompts: Sequence[Prompt],
+        site: str,
+        layers: Sequence[int],
+        keep_in_memory: bool = True,
+    ):
         by_id = {p.id: p for p in prompts}
         self.shards = list(shards)
         self.site, self.layers, self.keep_in_memory = site, list(layers), keep_in_memory
@@ -207,10 +253,16 @@ class ProbeData:
         for shard in self.shards:
             missing = [int(i) for i in shard.prompt_ids if int(i) not in by_id]
             if missing:
-                raise ValueError(f"{shard.path}: prompt ids {missing[:5]} are not in the prompt file; the shard is stale: delete it and rerun")
+                raise ValueError(
+                    f"{shard.path}: prompt ids {missing[:5]} are not in the prompt file; "
+                    "the shard is stale: delete it and rerun"
+                )
             chunk_prompts = [by_id[int(i)] for i in shard.prompt_ids]
             if prompts_digest(chunk_prompts) != shard.header.prompts_sha256:
-                raise ValueError(f"{shard.path}: made from other prompts than the prompt file holds; the shard is stale: delete it and rerun")
+                raise ValueError(
+                    f"{shard.path}: made from other prompts than the prompt file holds; "
+                    "the shard is stale: delete it and rerun"
+                )
             self.chunk_prompts.append(chunk_prompts)
         self.prompts = [p for chunk in self.chunk_prompts for p in chunk]
         self.targets = torch.tensor([p.weight for p in self.prompts], dtype=torch.float32)
@@ -243,7 +295,9 @@ class ProbeData:
             c = int(np.searchsorted(self._chunk_start, rows[0], side="right")) - 1
             local = rows - self._chunk_start[c]
             if local.min() < 0 or local.max() >= self.chunk_sizes[c]:
-                raise ValueError(f"a batch spans two shards ({self.shards[c].path} and another); batch_order never makes one")
+                raise ValueError(
+                    f"a batch spans two shards ({self.shards[c].path} and another); batch_order never makes one"
+                )
             index = torch.as_tensor(rows)
             yield ProbeBatch(self._chunk(c), local, self.targets[index], self.weight_ids[index], index)
 
@@ -267,10 +321,16 @@ class ProbeTraining:
     seeds: int = 1  # probes per (variant, layer), initialised from seed, seed + 1, ...
 
     @classmethod
-    def from_config(cls, probe_config: dict) -> "ProbeTraining":
+    def from_config(cls, probe_config: dict) -> ProbeTraining:
         regime = probe_config["regime"]
         settings = dict(probe_config[regime])
-        return cls(regime=regime, d_proj=probe_config["d_proj"], seed=probe_config["seed"], seeds=probe_config["seeds"], **settings)
+        return cls(
+            regime=regime,
+            d_proj=probe_config["d_proj"],
+            seed=probe_config["seed"],
+            seeds=probe_config["seeds"],
+            **settings,
+        )
 
 
 def validation_mask(weight_ids: Sequence[int], fraction: float, seed: int) -> np.ndarray:
@@ -308,16 +368,39 @@ class ProbeStack:
     the stack, initialised from settings.seed + k. They see the same batches, so the
     spread between them is that of the probes' initial values."""
 
-    def __init__(self, group: ProbeGroup, width: int, layers: Sequence[int], settings: ProbeTraining, max_positions: int, device: torch.device):
+    def __init__(
+        self,
+        group: ProbeGroup,
+        width: int,
+        layers: Sequence[int],
+        settings: ProbeTraining,
+        max_positions: int,
+        device: torch.device,
+    ):
         n_masks = 1 if group.feature_masks is None else group.feature_masks.shape[0]
         variant_ids = list(range(n_masks)) if group.variant_ids is None else list(group.variant_ids)
         self.site, self.name, self.seeds = group.site, group.name or group.site, settings.seeds
-        self.probes = StackedProbes(n_masks * settings.seeds, len(layers), width, settings.d_proj, 2, max_positions, settings.seed, layer_ids=layers,
-                                    variant_ids=[v for v in variant_ids for _ in range(settings.seeds)],
-                                    init_seeds=[settings.seed + k for _ in variant_ids for k in range(settings.seeds)]).to(device)
-        self.masks = None if group.feature_masks is None else group.feature_masks.repeat_interleave(settings.seeds, dim=0).to(device)
+        self.probes = StackedProbes(
+            n_masks * settings.seeds,
+            len(layers),
+            width,
+            settings.d_proj,
+            2,
+            max_positions,
+            settings.seed,
+            layer_ids=layers,
+            variant_ids=[v for v in variant_ids for _ in range(settings.seeds)],
+            init_seeds=[settings.seed + k for _ in variant_ids for k in range(settings.seeds)],
+        ).to(device)
+        self.masks = (
+            None
+            if group.feature_masks is None
+            else group.feature_masks.repeat_interleave(settings.seeds, dim=0).to(device)
+        )
         self.control_targets = None if group.control_targets is None else group.control_targets.float().to(device)
-        self.optimizer = torch.optim.Adam(self.probes.parameters(), lr=settings.lr, fused=True)  # one kernel for all parameters: ~30% faster steps here
+        self.optimizer = torch.optim.Adam(
+            self.probes.parameters(), lr=settings.lr, fused=True
+        )  # one kernel for all parameters: ~30% faster steps here
         self.active = True
 
     def __call__(self, batch: ProbeBatch) -> torch.Tensor:
@@ -347,7 +430,9 @@ def order_rng(seed: int) -> np.random.Generator:
 
 
 @torch.no_grad()
-def predict_stacks(stacks: Sequence[ProbeStack], source: ActivationSource, batch_size: int, select: np.ndarray | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+def predict_stacks(
+    stacks: Sequence[ProbeStack], source: ActivationSource, batch_size: int, select: np.ndarray | None = None
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """(predictions [V, L, N, 2] per stack on the CPU, prompt indices [N]) for the selected
     prompts in source order, every stack from the same batches."""
     device = stacks[0].probes.w_proj.device
@@ -373,7 +458,9 @@ def train_probe_groups(
     """Train every group on `train`, all from the same batches (one read of the source per
     step); returns the trained stacks and a summary per group. `eval_batch_size` is the
     batch of validation passes (stream mode: a forward batch)."""
-    stacks = [ProbeStack(group, train.width(group.site), train.layers, settings, max_positions, device) for group in groups]
+    stacks = [
+        ProbeStack(group, train.width(group.site), train.layers, settings, max_positions, device) for group in groups
+    ]
     rng = order_rng(settings.seed)
     if settings.regime == "paper":
         return stacks, _train_fixed_steps(train, stacks, settings, rng, device, progress)
@@ -382,7 +469,9 @@ def train_probe_groups(
     raise ValueError(f"probe.regime: unknown regime {settings.regime!r}; choose paper or improved")
 
 
-def _train_fixed_steps(train: ActivationSource, stacks: Sequence[ProbeStack], settings: ProbeTraining, rng, device, progress) -> list[dict]:
+def _train_fixed_steps(
+    train: ActivationSource, stacks: Sequence[ProbeStack], settings: ProbeTraining, rng, device, progress
+) -> list[dict]:
     """The paper's regime: `steps` optimizer steps of `batch_size` prompts, cycling through
     the training prompts in a fresh random order each pass."""
 
@@ -391,61 +480,107 @@ def _train_fixed_steps(train: ActivationSource, stacks: Sequence[ProbeStack], se
             yield from batch_order(train.chunk_sizes, settings.batch_size, rng=rng)
 
     last = [None] * len(stacks)
-    for batch in progress(train.read(itertools.islice(endless(), settings.steps), sites=_sites_of(stacks)), settings.steps):
+    for batch in progress(
+        train.read(itertools.islice(endless(), settings.steps), sites=_sites_of(stacks)), settings.steps
+    ):
         batch = batch.to(device)
         last = [stack.step(batch) for stack in stacks]
     passes = settings.steps * settings.batch_size / len(train.prompts)
-    return [{"regime": "paper", "steps": settings.steps, "passes_over_data": passes, "final_train_loss": loss.mean().item()} for loss in last]
+    return [
+        {"regime": "paper", "steps": settings.steps, "passes_over_data": passes, "final_train_loss": loss.mean().item()}
+        for loss in last
+    ]
 
 
-def _train_early_stopping(train: ActivationSource, stacks: Sequence[ProbeStack], settings: ProbeTraining, rng, device, progress, eval_batch_size: int) -> list[dict]:
+@dataclass
+class _BestSoFar:
+    """Early-stopping state of one stack: each probe's best validation MSE, its parameters
+    and epoch then, and the stack's epochs and steps so far."""
+
+    state: dict[str, torch.Tensor]
+    epoch: torch.Tensor
+    mse: torch.Tensor | None = None
+    epochs_without_gain: int = 0
+    epochs: int = 0
+    steps: int = 0
+
+    @classmethod
+    def of(cls, stack: ProbeStack) -> _BestSoFar:
+        state = {name: p.detach().clone() for name, p in stack.probes.named_parameters()}
+        return cls(state, torch.zeros(stack.probes.w_proj.shape[:2], dtype=torch.long))
+
+    def update(self, stack: ProbeStack, val_mse: torch.Tensor, epoch: int) -> None:
+        """Keep the parameters of every probe whose validation MSE improved."""
+        self.epochs = epoch + 1
+        improved = val_mse < self.mse if self.mse is not None else torch.ones_like(val_mse, dtype=torch.bool)
+        if improved.any():
+            self.mse = val_mse if self.mse is None else torch.where(improved, val_mse, self.mse)
+            self.epoch[improved] = epoch
+            for name, param in stack.probes.named_parameters():
+                mask = improved.to(param.device)
+                self.state[name][mask] = param.detach()[mask]
+            self.epochs_without_gain = 0
+        else:
+            self.epochs_without_gain += 1
+
+    def restore(self, stack: ProbeStack) -> None:
+        with torch.no_grad():
+            for name, param in stack.probes.named_parameters():
+                param.copy_(self.state[name])
+
+    def summary(self, n_validation: int) -> dict:
+        return {
+            "regime": "improved",
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "n_validation_prompts": n_validation,
+            "best_epoch": self.epoch.tolist(),
+            "best_validation_mse": self.mse.tolist(),
+        }
+
+
+def _train_early_stopping(
+    train: ActivationSource,
+    stacks: Sequence[ProbeStack],
+    settings: ProbeTraining,
+    rng,
+    device,
+    progress,
+    eval_batch_size: int,
+) -> list[dict]:
     """Batches over the training weights minus a validation split; after each epoch every
     probe whose validation MSE improved keeps its parameters; a stack stops when none of its
     probes improved for `patience` epochs (the others go on). Each probe ends at its own
     best epoch."""
     is_val = validation_mask([p.weight_id for p in train.prompts], settings.val_fraction, settings.seed)
-    best_mse: list[torch.Tensor | None] = [None] * len(stacks)
-    best_state = [{name: p.detach().clone() for name, p in s.probes.named_parameters()} for s in stacks]
-    best_epoch = [torch.zeros(s.probes.w_proj.shape[:2], dtype=torch.long) for s in stacks]
-    epochs_without_gain, epochs, steps = [0] * len(stacks), [0] * len(stacks), [0] * len(stacks)
+    best = [_BestSoFar.of(stack) for stack in stacks]
     for epoch in progress(range(settings.max_epochs), settings.max_epochs):
         active = [i for i, s in enumerate(stacks) if s.active]
         if not active:
             break
-        sites = _sites_of([stacks[i] for i in active])  # a stream source stops recording the sites whose stacks all stopped
-        for batch in train.read(batch_order(train.chunk_sizes, settings.batch_size, select=~is_val, rng=rng), sites=sites):
+        sites = _sites_of(
+            [stacks[i] for i in active]
+        )  # a stream source stops recording the sites whose stacks all stopped
+        for batch in train.read(
+            batch_order(train.chunk_sizes, settings.batch_size, select=~is_val, rng=rng), sites=sites
+        ):
             batch = batch.to(device)
             for i in active:
                 stacks[i].step(batch)
-                steps[i] += 1
+                best[i].steps += 1
         predictions, index = predict_stacks([stacks[i] for i in active], train, eval_batch_size, select=is_val)
         for i, prediction in zip(active, predictions):
-            epochs[i] = epoch + 1
             val_mse = per_probe_mse(prediction, stacks[i].targets(train.targets[index], train.weight_ids[index]))
-            improved = val_mse < best_mse[i] if best_mse[i] is not None else torch.ones_like(val_mse, dtype=torch.bool)
-            if improved.any():
-                best_mse[i] = val_mse if best_mse[i] is None else torch.where(improved, val_mse, best_mse[i])
-                best_epoch[i][improved] = epoch
-                for name, param in stacks[i].probes.named_parameters():
-                    mask = improved.to(param.device)
-                    best_state[i][name][mask] = param.detach()[mask]
-                epochs_without_gain[i] = 0
-            else:
-                epochs_without_gain[i] += 1
-            log.info("epoch %d, %s: mean validation MSE %.3f (best %.3f)", epoch, stacks[i].name, val_mse.mean(), best_mse[i].mean())
-            if epochs_without_gain[i] >= settings.patience:
+            best[i].update(stacks[i], val_mse, epoch)
+            log.info(
+                "epoch %d, %s: mean validation MSE %.3f (best %.3f)",
+                epoch,
+                stacks[i].name,
+                val_mse.mean(),
+                best[i].mse.mean(),
+            )
+            if best[i].epochs_without_gain >= settings.patience:
                 stacks[i].active = False
-    summaries = []
-    for i, stack in enumerate(stacks):
-        with torch.no_grad():
-            for name, param in stack.probes.named_parameters():
-                param.copy_(best_state[i][name])
-        summaries.append({
-            "regime": "improved",
-            "epochs": epochs[i],
-            "steps": steps[i],
-            "n_validation_prompts": int(is_val.sum()),
-            "best_epoch": best_epoch[i].tolist(),
-            "best_validation_mse": best_mse[i].tolist(),
-        })
-    return summaries
+    for stack, state in zip(stacks, best):
+        state.restore(stack)
+    return [state.summary(int(is_val.sum())) for state in best]

@@ -1,4 +1,4 @@
-"""ICL prompts (paper Algorithm 1, SPEC "Prompts").
+"""ICL prompts (paper §5.4, Algorithm 1).
 
 A prompt is the task's context sentence, a blank line, and examples
 ``\\nFeature 0: {x0}\\nFeature 1: {x1}\\nOutput: {y}`` joined by blank lines. Examples
@@ -10,6 +10,11 @@ prompt ends right before the answer tokens, which are the target.
 Every prompt has its own random generator seeded from (seed, task, prompt set, index),
 so the draws for prompt i do not depend on the tokenizer or on how many examples
 earlier prompts used: two models see the same examples, truncated at their own budget.
+
+A prompt record keeps its examples' values (x and y of each, the query last), so code
+that needs them (least-squares ceiling, head views, the control model's loss) reads them
+rather than parsing the text back. A prompt file is JSON lines: a header record with the
+format version, then one prompt per line.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -28,6 +33,9 @@ from minormech.tasks import Task, WeightTable, examples_for, stable_seed
 
 #: Prompt sets made per (model, task); `prompt_weight_ids` says which weights each draws.
 PROMPT_SETS = ("probe_train", "probe_test", "attribution", "patching", "patching_ref")
+#: The first line of a prompt file; version 2 added each prompt's examples.
+PROMPT_FORMAT = "minormech prompts"
+PROMPT_FORMAT_VERSION = 2
 
 
 class Tokenizer(Protocol):
@@ -36,7 +44,11 @@ class Tokenizer(Protocol):
 
 @dataclass(frozen=True)
 class Prompt:
-    """One ICL prompt with its target; `input_ids` already include special tokens."""
+    """One ICL prompt with its target; `input_ids` already include special tokens.
+
+    example_x [n_examples][d] and example_y [n_examples] are the drawn examples in prompt
+    order, the query last (its y is the answer, cut off the text). Prompts built by hand
+    (tests) may leave them empty."""
 
     id: int
     weight_id: int
@@ -46,20 +58,38 @@ class Prompt:
     answer: str
     input_ids: list[int]
     answer_ids: list[int]
+    example_x: list[list[int]] = field(default_factory=list)
+    example_y: list[int] = field(default_factory=list)
 
     @property
     def length(self) -> int:
         return len(self.input_ids)
 
-
-#: The values format_example writes, for code that reads them back from a prompt's text.
-FEATURE_VALUE = re.compile(r"Feature \d+: (-?\d+)")
-OUTPUT_VALUE = re.compile(r"Output: (-?\d+)")
+    def output_spans(self) -> list[tuple[int, int]]:
+        """Character [start, stop) of every example's output value in text + answer (the
+        query's is the answer): the examples end the text, so they start where their own
+        text, as format_example writes it, begins."""
+        body = len("\n\n".join(format_example(x, y) for x, y in zip(self.example_x, self.example_y)))
+        return output_spans(self.example_x, self.example_y, len(self.text) + len(self.answer) - body)
 
 
 def format_example(x: Sequence[int], y: int) -> str:
+    """One example as Algorithm 1 writes it: a line per feature, then the output."""
     features = "".join(f"\nFeature {k}: {int(v)}" for k, v in enumerate(x))
     return f"{features}\nOutput: {int(y)}"
+
+
+def output_spans(example_x: Sequence[Sequence[int]], example_y: Sequence[int], start: int) -> list[tuple[int, int]]:
+    """Character [start, stop) of each example's output value in a text whose examples,
+    written by format_example and joined by blank lines as Algorithm 1 joins them, begin at
+    character `start`: where the output digits are, known from the format rather than
+    searched for in the text."""
+    spans, end = [], start
+    for x, y in zip(example_x, example_y):
+        end += len(format_example(x, y))
+        spans.append((end - len(str(int(y))), end))
+        end += 2
+    return spans
 
 
 def _count_tokens(tokenizer: Tokenizer, text: str) -> int:
@@ -95,18 +125,21 @@ def build_prompt(
     rng: np.random.Generator,
     tokenizer: Tokenizer,
     max_prompt_tokens: int,
-) -> tuple[str, str, list[int], list[int], int]:
+) -> tuple[str, str, list[int], list[int], list[list[int]], list[int]]:
     """Algorithm 1 for one weight vector.
 
-    Returns (prompt text without answer, answer text, prompt ids, answer ids, number of
-    examples including the query). Raises ValueError when not even one example fits.
+    Returns (prompt text without answer, answer text, prompt ids, answer ids, the examples'
+    x and y in prompt order, the query last). Raises ValueError when not even one example
+    fits.
     """
     xs, ys = examples_for(task, weight)
     examples: list[str] = []
+    drawn: list[int] = []
 
     def draw_more(k: int) -> None:
         while len(examples) < k:
             i = int(rng.integers(len(xs)))
+            drawn.append(i)
             examples.append(format_example(xs[i], ys[i]))
 
     def n_tokens_of(k: int) -> int:
@@ -130,7 +163,9 @@ def build_prompt(
             "the tokenizer merges the answer with the end of the prompt, so answer tokens "
             f"cannot be separated: prompt ends {text[-20:]!r}, answer {answer!r}"
         )
-    return text, answer, prompt_ids, full_ids[len(prompt_ids):], k
+    example_x = [[int(v) for v in xs[i]] for i in drawn[:k]]
+    example_y = [int(ys[i]) for i in drawn[:k]]
+    return text, answer, prompt_ids, full_ids[len(prompt_ids) :], example_x, example_y
 
 
 def prompt_weight_ids(prompt_set: str, table: WeightTable, seed: int, count: int) -> np.ndarray:
@@ -168,28 +203,31 @@ def generate_prompts(
     for i, wid in progress(enumerate(weight_ids), len(weight_ids)):
         rng = np.random.default_rng(stable_seed(seed, task.name, prompt_set, i))
         w = table.weights[wid]
-        text, answer, ids, answer_ids, k = build_prompt(task, w, rng, tokenizer, max_prompt_tokens)
+        text, answer, ids, answer_ids, example_x, example_y = build_prompt(task, w, rng, tokenizer, max_prompt_tokens)
         prompts.append(
             Prompt(
                 id=i,
                 weight_id=int(wid),
                 weight=[int(v) for v in w],
-                n_examples=k,
+                n_examples=len(example_y),
                 text=text,
                 answer=answer,
                 input_ids=ids,
                 answer_ids=answer_ids,
+                example_x=example_x,
+                example_y=example_y,
             )
         )
     return prompts
 
 
 def write_prompts(path: str | Path, prompts: Sequence[Prompt]) -> None:
-    """JSON lines, one prompt each; written to a temporary name and renamed, so an
-    interrupted job never leaves a half-written prompt file behind."""
+    """JSON lines: the format header, then one prompt each; written to a temporary name and
+    renamed, so an interrupted job never leaves a half-written prompt file behind."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as handle:
+        handle.write(json.dumps({"format": PROMPT_FORMAT, "version": PROMPT_FORMAT_VERSION}) + "\n")
         for prompt in prompts:
             handle.write(json.dumps(asdict(prompt)) + "\n")
     os.replace(tmp, path)
@@ -198,32 +236,65 @@ def write_prompts(path: str | Path, prompts: Sequence[Prompt]) -> None:
 def read_prompts(path: str | Path, expected_count: int | None = None) -> list[Prompt]:
     """Read a prompt file; a missing, damaged or incomplete file raises ValueError naming it.
 
-    Prompt ids must run 0..n-1 in order, and with `expected_count` n must equal it, so a
-    file cut at a line boundary is refused rather than read as a smaller prompt set.
+    The first line must be the header of the current format version: a file of an older
+    format (no header: its prompts lack their examples) is refused. Prompt ids must run
+    0..n-1 in order, and with `expected_count` n must equal it, so a file cut at a line
+    boundary is refused rather than read as a smaller prompt set.
     """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: prompt file does not exist; rerun snakemake, which remakes it (rule prompts)")
     prompts = []
     with open(path) as handle:
-        for line_no, line in enumerate(handle, 1):
+        _check_header(path, handle.readline())
+        for line_no, line in enumerate(handle, 2):
             try:
                 prompt = Prompt(**json.loads(line))
             except (json.JSONDecodeError, TypeError) as error:
-                raise ValueError(f"{path}:{line_no}: not a prompt record ({error}); the file is damaged: delete it and rerun") from None
-            if prompt.id != line_no - 1:
-                raise ValueError(f"{path}:{line_no}: prompt id {prompt.id}, expected {line_no - 1}; the file is damaged: delete it and rerun")
+                raise ValueError(
+                    f"{path}:{line_no}: not a prompt record ({error}); the file is damaged: delete it and rerun"
+                ) from None
+            if prompt.id != line_no - 2:
+                raise ValueError(
+                    f"{path}:{line_no}: prompt id {prompt.id}, expected {line_no - 2}; "
+                    "the file is damaged: delete it and rerun"
+                )
             prompts.append(prompt)
     if not prompts:
         raise ValueError(f"{path}: prompt file is empty; delete it and rerun")
     if expected_count is not None and len(prompts) != expected_count:
-        raise ValueError(f"{path}: {len(prompts)} prompts but the config asks for {expected_count}; the file is incomplete or stale: delete it and rerun")
+        raise ValueError(
+            f"{path}: {len(prompts)} prompts but the config asks for {expected_count}; "
+            "the file is incomplete or stale: delete it and rerun"
+        )
     return prompts
 
 
+def _check_header(path: Path, line: str) -> None:
+    """Refuse a prompt file whose first line is not the current format's header."""
+    if not line:
+        raise ValueError(f"{path}: prompt file is empty; delete it and rerun")
+    try:
+        header = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}:1: not a prompt file header ({error}); the file is damaged: delete it and rerun"
+        ) from None
+    if not isinstance(header, dict) or header.get("format") != PROMPT_FORMAT:
+        raise ValueError(
+            f"{path}: prompt file of an old format (no format header, prompts without their examples); "
+            "delete it and rerun"
+        )
+    if header.get("version") != PROMPT_FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: prompt format {header.get('version')!r}, expected {PROMPT_FORMAT_VERSION!r}; delete it and rerun"
+        )
+
+
 def prompts_digest(prompts: Sequence[Prompt]) -> str:
-    """SHA-256 over ids and token ids: shards record it so a reader can tell whether the
-    activations were made from exactly these prompts."""
+    """SHA-256 over ids and token ids (what the model reads; the examples are spelled out in
+    the tokens): shards record it so a reader can tell whether the activations were made
+    from exactly these prompts."""
     digest = hashlib.sha256()
     for prompt in prompts:
         digest.update(json.dumps([prompt.id, prompt.input_ids]).encode())

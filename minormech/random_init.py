@@ -26,7 +26,13 @@ def random_init_id(model_id: str) -> str:
 
 def random_init_spec(base: ModelSpec) -> ModelSpec:
     """The control's spec: the base's architecture facts, weights drawn, not loaded."""
-    return ModelSpec(id=random_init_id(base.id), source="random_init", location=base.id, num_layers=base.num_layers, site_widths=dict(base.site_widths))
+    return ModelSpec(
+        id=random_init_id(base.id),
+        source="random_init",
+        location=base.id,
+        num_layers=base.num_layers,
+        site_widths=dict(base.site_widths),
+    )
 
 
 def _saved_dtype(config) -> torch.dtype:
@@ -49,5 +55,13 @@ def prepare_random_init(base: ModelManifest, out_dir: str | Path, seed: int) -> 
     model = AutoModelForCausalLM.from_config(config, dtype=_saved_dtype(config))
     model.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(base.load_from).save_pretrained(out_dir)
-    (out_dir / "random_init.json").write_text(json.dumps({"base": base.id, "seed": seed, "dtype": str(model.dtype)}, indent=2) + "\n")
-    return ModelManifest(id=random_init_id(base.id), source="random_init", load_from=str(out_dir.resolve()), num_layers=base.num_layers, site_widths=dict(base.site_widths))
+    (out_dir / "random_init.json").write_text(
+        json.dumps({"base": base.id, "seed": seed, "dtype": str(model.dtype)}, indent=2) + "\n"
+    )
+    return ModelManifest(
+        id=random_init_id(base.id),
+        source="random_init",
+        load_from=str(out_dir.resolve()),
+        num_layers=base.num_layers,
+        site_widths=dict(base.site_widths),
+    )

@@ -1,4 +1,4 @@
-"""Rank-difference maps and the feature filter (paper §4.2.2 eq. 15-17, 34-35; SPEC).
+"""Rank-difference maps and the feature filter (paper §4.2.2 eq. 15-17, 34-35).
 
 rank(x) maps the smallest element to 1 and the largest to d, as the paper's text and
 eq. 41 require (its eq. 15 prints the reverse). Ties are broken at random by a seeded
@@ -17,12 +17,20 @@ import torch
 
 from minormech.hooks import hook_name
 
-#: The filtered probes of SPEC "Filter": (op, h) applied to each task's probe.
+#: The filtered probes (eq. 35): (op, h) applied to each task's probe.
 FILTER_VARIANTS: tuple[tuple[str, float], ...] = ((">=", 0.5), ("<=", 0.5), (">=", 0.25), ("<=", 0.75))
 
 
 def variant_name(op: str, h: float) -> str:
     return f"{'ge' if op == '>=' else 'le'}{h:g}"
+
+
+#: Each task's own half of the features (task 1's, task 2's): figure 3 and eq. 41.
+HALVES: tuple[str, str] = (variant_name(">=", 0.5), variant_name("<=", 0.5))
+#: Each task's own most important quarter: figure 4 and H3.
+QUARTERS: tuple[str, str] = (variant_name(">=", 0.25), variant_name("<=", 0.75))
+#: The variants each filtered-probe figure draws.
+FIGURE_VARIANTS: dict[int, tuple[str, str]] = {3: HALVES, 4: QUARTERS}
 
 
 def rank(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:

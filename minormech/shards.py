@@ -4,7 +4,8 @@ Why safetensors: it stores bfloat16 natively (h5py has none), loads without pick
 and memory-maps, so reading one (site, layer) is one contiguous read of one tensor.
 
 Layout of a shard:
-- ``blocks.{layer}.hook_{site}``: [total tokens of the chunk, width], the prompts'
+- one tensor per (site, layer) under its hook name (minormech.sites: ``blocks.3.attn.hook_k``,
+  ``blocks.3.hook_resid_post``, ...): [total tokens of the chunk, width], the prompts'
   token activations concatenated in prompt order (no padding stored);
 - ``prompt_ids`` and ``lengths``: [prompts], int64;
 - metadata: format version, model id, task, prompt set, chunk, sites, layers, store
@@ -22,9 +23,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ from safetensors.torch import load_file
 
 from minormech.hooks import hook_name
 
-SHARD_FORMAT_VERSION = "1"
+#: 2: tensors keyed by the site table's TransformerLens-style hook names (1 had
+#: ``blocks.{layer}.hook_{site}`` for every site); readers refuse any other version.
+SHARD_FORMAT_VERSION = "2"
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -66,7 +69,7 @@ class ShardHeader:
         }
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str]) -> "ShardHeader":
+    def from_metadata(cls, meta: dict[str, str]) -> ShardHeader:
         return cls(
             model_id=meta["model_id"],
             task=meta["task"],
@@ -79,8 +82,18 @@ class ShardHeader:
         )
 
 
-_SAFETENSORS_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
-                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+_SAFETENSORS_DTYPES = {
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -102,7 +115,11 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
         if tensor.dtype not in _SAFETENSORS_DTYPES:
             raise TypeError(f"{path}: tensor {name} has dtype {tensor.dtype}, which safetensors cannot store")
         size = tensor.numel() * tensor.element_size()
-        entries[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        entries[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     header = {"__metadata__": dict(sorted((metadata or {}).items())), **entries} if metadata else entries
     encoded = json.dumps(header, separators=(",", ":")).encode()
@@ -167,7 +184,7 @@ class Shard:
         self.lengths = self._file.get_tensor("lengths")
         self.offsets = packed_offsets(self.lengths)
 
-    def expect(self, **fields) -> "Shard":
+    def expect(self, **fields) -> Shard:
         """Raise ShardError unless every given header field has the given value."""
         for key, wanted in fields.items():
             found = getattr(self.header, key)
@@ -195,7 +212,10 @@ class Shard:
         except Exception as error:
             raise ShardError(f"{self.path}: cannot read {name} ({error}); delete it and rerun") from None
         if values.shape[0] != int(self.offsets[-1]):
-            raise ShardError(f"{self.path}: {name} has {values.shape[0]} rows, lengths say {int(self.offsets[-1])}; the shard is damaged: delete it and rerun")
+            raise ShardError(
+                f"{self.path}: {name} has {values.shape[0]} rows, lengths say {int(self.offsets[-1])}; "
+                "the shard is damaged: delete it and rerun"
+            )
         return values
 
 
@@ -208,7 +228,9 @@ def load_tensors(path: str | Path, needed: Sequence[str] = ()) -> dict[str, torc
     try:
         tensors = load_file(str(path))
     except Exception as error:  # safetensors raises its own error type for bad headers
-        raise ShardError(f"{path}: not a readable safetensors file ({error}); it is truncated or damaged: delete it and rerun") from None
+        raise ShardError(
+            f"{path}: not a readable safetensors file ({error}); it is truncated or damaged: delete it and rerun"
+        ) from None
     missing = [name for name in needed if name not in tensors]
     if missing:
         raise ShardError(

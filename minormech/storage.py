@@ -73,15 +73,25 @@ def plan_storage(config: dict, models: dict[str, ModelSpec]) -> list[ModelPlan]:
         for site in config["sites"]:
             known = n_layers is not None and site in spec.site_widths
             site_bytes[site] = {
-                prompt_set: shard_bytes(prompt_count(config, prompt_set) * len(config["tasks"]) * tokens_per_prompt, spec.site_widths, [site],
-                                        n_layers, config["activations"]["store_dtype"]) if known else None
+                prompt_set: shard_bytes(
+                    prompt_count(config, prompt_set) * len(config["tasks"]) * tokens_per_prompt,
+                    spec.site_widths,
+                    [site],
+                    n_layers,
+                    config["activations"]["store_dtype"],
+                )
+                if known
+                else None
                 for prompt_set in PROBE_SETS
             }
         total = _total(site_bytes)
         if chosen != "auto":
             source, reason = chosen, f"probe.source: {chosen}"
         elif total is None:
-            source, reason = "shards", "probe.source: auto, size unknown before loading; set probe.source: stream to be sure"
+            source, reason = (
+                "shards",
+                "probe.source: auto, size unknown before loading; set probe.source: stream to be sure",
+            )
         elif planned + total > limit_gb * 1e9:
             source, reason = "stream", f"probe.source: auto, shards would exceed storage.limit_gb={limit_gb:g}"
         else:
@@ -106,6 +116,12 @@ def format_plan(plans: list[ModelPlan], config: dict) -> str:
         for site, sets in plan.site_bytes.items():
             lines.append(f"  {plan.model:<{width}} site {site:<4} {_gb(_total({site: sets})):>12} in shard mode")
         lines.append(f"  {plan.model:<{width}} all sites {_gb(plan.shard_mode_bytes):>12} in shard mode")
-        lines.append(f"  {plan.model:<{width}} probes from {plan.source} ({plan.reason}): writes {_gb(plan.written_bytes(needed))} of shards")
-    lines.append(f"  total written {_gb(sum(p.written_bytes(needed) for p in plans))} (storage.limit_gb={config['storage']['limit_gb']:g})")
+        lines.append(
+            f"  {plan.model:<{width}} probes from {plan.source} ({plan.reason}): "
+            f"writes {_gb(plan.written_bytes(needed))} of shards"
+        )
+    lines.append(
+        f"  total written {_gb(sum(p.written_bytes(needed) for p in plans))} "
+        f"(storage.limit_gb={config['storage']['limit_gb']:g})"
+    )
     return "\n".join(lines)

@@ -15,7 +15,7 @@ prompt and epoch, plus the validation prompts each epoch.
 from __future__ import annotations
 
 import ctypes
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ import torch
 from minormech.activations import extract_stacked
 from minormech.probes import PackedActivations, ProbeBatch
 from minormech.prompts import Prompt
+from minormech.runner import RunOptions
 
 
 class StreamSource:
@@ -33,10 +34,21 @@ class StreamSource:
     run through the model, for logs and tests.
     """
 
-    def __init__(self, model, prompts: Sequence[Prompt], sites: Sequence[str], layers: Sequence[int], widths: dict[str, int],
-                 forward_batch_size: int, pad_id: int, chunk_sizes: Sequence[int]):
+    def __init__(
+        self,
+        model,
+        prompts: Sequence[Prompt],
+        sites: Sequence[str],
+        layers: Sequence[int],
+        widths: dict[str, int],
+        forward_batch_size: int,
+        pad_id: int,
+        chunk_sizes: Sequence[int],
+    ):
         if sum(chunk_sizes) != len(prompts):
-            raise ValueError(f"chunk sizes {list(chunk_sizes)[:5]}... add up to {sum(chunk_sizes)}, not the {len(prompts)} prompts")
+            raise ValueError(
+                f"chunk sizes {list(chunk_sizes)[:5]}... add up to {sum(chunk_sizes)}, not the {len(prompts)} prompts"
+            )
         self.model, self.sites, self.layers, self.widths = model, list(sites), list(layers), widths
         self.prompts = list(prompts)
         self.targets = torch.tensor([p.weight for p in self.prompts], dtype=torch.float32)
@@ -68,13 +80,23 @@ class StreamSource:
 
     def _run(self, batches: list[np.ndarray], sites: Sequence[str]) -> Iterator[ProbeBatch]:
         prompts = [self.prompts[i] for i in np.concatenate(batches)]
-        values = extract_stacked(self.model, prompts, sites, self.layers, self.forward_batch_size, self.dtype, self.pad_id, on_device=True)
+        values = extract_stacked(
+            self.model,
+            prompts,
+            sites,
+            self.layers,
+            self.dtype,
+            RunOptions(self.forward_batch_size, self.pad_id),
+            on_device=True,
+        )
         packed = PackedActivations(values, torch.tensor([p.length for p in prompts]))
         self.forward_prompts += len(prompts)
         start = 0
         for batch_rows in batches:
             index = torch.as_tensor(batch_rows)
-            yield ProbeBatch(packed, np.arange(start, start + len(batch_rows)), self.targets[index], self.weight_ids[index], index)
+            yield ProbeBatch(
+                packed, np.arange(start, start + len(batch_rows)), self.targets[index], self.weight_ids[index], index
+            )
             start += len(batch_rows)
 
 

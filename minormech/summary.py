@@ -10,21 +10,18 @@ patching), so a layer is listed as significant only when its interval excludes z
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from minormech.probe_results import squared_errors
+from minormech.ranking import HALVES
 from minormech.shards import load_tensors
 from minormech.uncertainty import Bootstrap, Interval
-
-#: Per task of the pair (first, second): the variant keeping the task's own important
-#: half and quarter (minormech.ranking: ge keeps the first task's, le the second's).
-OWN_HALF = ("ge0.5", "le0.5")
-OWN_QUARTER = ("ge0.25", "le0.75")
 
 
 def as_dict(interval: Interval, index=()) -> dict[str, float]:
@@ -42,15 +39,18 @@ class ProbeErrors:
     baseline: np.ndarray  # [N] squared error of the training-mean prediction
 
     @classmethod
-    def read(cls, path: str | Path, train_mean: np.ndarray, variants: Sequence[str]) -> "ProbeErrors":
+    def read(cls, path: str | Path, train_mean: np.ndarray, variants: Sequence[str]) -> ProbeErrors:
         """The errors of a predictions file written by minormech.probe_results, whose
         variants are `variants` in order."""
         tensors = load_tensors(path, ["predictions", "targets", "weight_ids"])
         predictions, targets = tensors["predictions"], tensors["targets"]  # [V, S, L, N, 2], [N, 2]
         if predictions.shape[0] != len(variants):
-            raise ValueError(f"{path}: {predictions.shape[0]} probe variants, expected {len(variants)} ({list(variants)}); delete it and rerun")
-        errors = ((predictions - targets) ** 2).mean(-1).numpy().transpose(1, 0, 2, 3)
-        baseline = ((targets - torch.as_tensor(train_mean, dtype=targets.dtype)) ** 2).mean(-1).numpy()
+            raise ValueError(
+                f"{path}: {predictions.shape[0]} probe variants, expected {len(variants)} ({list(variants)}); "
+                "delete it and rerun"
+            )
+        errors = squared_errors(predictions, targets).transpose(1, 0, 2, 3)
+        baseline = squared_errors(targets, torch.as_tensor(train_mean, dtype=targets.dtype))
         return cls(errors, tensors["weight_ids"].numpy(), list(variants), baseline)
 
     def variant(self, name: str) -> np.ndarray:
@@ -74,7 +74,9 @@ def probe_summary(unfiltered: pd.DataFrame, random_init: pd.DataFrame | None) ->
         "baseline_mse": interval(best, "baseline_mse"),
         "ceiling_mse": interval(best, "ceiling_mse"),
         "selectivity_at_best_layer": interval(best, "selectivity"),
-        "layers_below_baseline": [int(l) for l in unfiltered.loc[unfiltered["test_mse_ci_high"] < unfiltered["baseline_mse"], "layer"]],
+        "layers_below_baseline": [
+            int(l) for l in unfiltered.loc[unfiltered["test_mse_ci_high"] < unfiltered["baseline_mse"], "layer"]
+        ],
     }
     if "selectivity" in unfiltered:
         out["layers_selective"] = [int(l) for l in unfiltered.loc[unfiltered["selectivity_ci_low"] > 0, "layer"]]
@@ -82,7 +84,8 @@ def probe_summary(unfiltered: pd.DataFrame, random_init: pd.DataFrame | None) ->
         control_best = random_init.loc[random_init["test_mse"].idxmin()]
         out["random_init_best"] = {"layer": int(control_best["layer"]), "test_mse": interval(control_best, "test_mse")}
         out["layers_below_random_init"] = sorted(
-            int(l) for l, mse in zip(unfiltered["layer"], unfiltered["test_mse_ci_high"])
+            int(l)
+            for l, mse in zip(unfiltered["layer"], unfiltered["test_mse_ci_high"])
             if mse < float(random_init.loc[random_init["layer"] == l, "test_mse"].iloc[0])
         )
     return out
@@ -92,8 +95,8 @@ def eq41_summary(first: ProbeErrors, second: ProbeErrors, layers: Sequence[int],
     """Eq. 41 per layer: d1 = r(t1, >=, .5) - r(t1, <=, .5) < 0 and d2 = r(t2, >=, .5) -
     r(t2, <=, .5) > 0. `holds` uses the means (the paper's reading), `significant` needs
     both intervals to exclude zero."""
-    d1 = bootstrap(first.variant("ge0.5") - first.variant("le0.5"), first.groups, seed_axis=True)
-    d2 = bootstrap(second.variant("ge0.5") - second.variant("le0.5"), second.groups, seed_axis=True)
+    d1 = bootstrap(first.variant(HALVES[0]) - first.variant(HALVES[1]), first.groups, seed_axis=True)
+    d2 = bootstrap(second.variant(HALVES[0]) - second.variant(HALVES[1]), second.groups, seed_axis=True)
     per_layer = [{"layer": int(layer), "d1": as_dict(d1, l), "d2": as_dict(d2, l)} for l, layer in enumerate(layers)]
     return {
         "layers_holding": [int(layer) for l, layer in enumerate(layers) if d1.mean[l] < 0 and d2.mean[l] > 0],
@@ -113,7 +116,10 @@ def h3_summary(errors: ProbeErrors, half: str, quarter: str, layers: Sequence[in
         "half": half,
         "quarter": quarter,
         "layers": [int(layer) for l, layer in enumerate(layers) if gain.high[l] < 0 and loss.low[l] > 0],
-        "per_layer": [{"layer": int(layer), "half_minus_baseline": as_dict(gain, l), "quarter_minus_half": as_dict(loss, l)} for l, layer in enumerate(layers)],
+        "per_layer": [
+            {"layer": int(layer), "half_minus_baseline": as_dict(gain, l), "quarter_minus_half": as_dict(loss, l)}
+            for l, layer in enumerate(layers)
+        ],
     }
 
 
@@ -126,7 +132,11 @@ def patching_summary(counts: pd.DataFrame, pairs: pd.DataFrame | None, bootstrap
         for (layer, patch), row in rows.set_index(["layer", "patch"]).iterrows():
             entry["layers"].setdefault(str(int(layer)), {})[patch] = {
                 "rho": {"mean": float(row["rho"]), "low": float(row["rho_ci_low"]), "high": float(row["rho_ci_high"])},
-                "dlogp": {"mean": float(row["dlogp"]), "low": float(row["dlogp_ci_low"]), "high": float(row["dlogp_ci_high"])},
+                "dlogp": {
+                    "mean": float(row["dlogp"]),
+                    "low": float(row["dlogp_ci_low"]),
+                    "high": float(row["dlogp_ci_high"]),
+                },
             }
         if pairs is not None and {"xi", "random"} <= set(pairs["patch"]):
             differing = []
@@ -150,38 +160,72 @@ def _interval_text(value: dict | None, digits: int = 2) -> str:
 def summary_markdown(summary: dict) -> str:
     """The short human-readable version of summary.json."""
     level = f"{summary['uncertainty']['level']:.0%}"
-    lines = [f"# {summary['model']}: summary", "",
-             f"Intervals are {level} percentile bootstrap intervals ({summary['uncertainty']['bootstrap']} resamples) over the held-out "
-             "test weights and probe seeds (probes) or prompt pairs (patching). A layer is listed as significant only when its "
-             "paired interval excludes zero.", ""]
+    lines = [
+        f"# {summary['model']}: summary",
+        "",
+        f"Intervals are {level} percentile bootstrap intervals "
+        f"({summary['uncertainty']['bootstrap']} resamples) over the held-out "
+        "test weights and probe seeds (probes) or prompt pairs (patching). "
+        "A layer is listed as significant only when its "
+        "paired interval excludes zero.",
+        "",
+    ]
     for site, entry in summary["sites"].items():
-        lines += [f"## Site {site}", "", "| task | best layer | test MSE | baseline | least-squares ceiling | selectivity there | random-init best | layers below baseline |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Site {site}",
+            "",
+            "| task | best layer | test MSE | baseline "
+            "| least-squares ceiling | selectivity there | random-init best | layers below baseline |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for task, probe in entry["probes"].items():
             random_init = probe.get("random_init_best")
-            random_text = f"{_interval_text(random_init['test_mse'])} (layer {random_init['layer']})" if random_init else "n/a"
-            lines.append(f"| {task} | {probe['best_layer']} | {_interval_text(probe['test_mse'])} | {_interval_text(probe['baseline_mse'])} | "
-                         f"{_interval_text(probe['ceiling_mse'])} | {_interval_text(probe['selectivity_at_best_layer'])} | {random_text} | "
-                         f"{probe['layers_below_baseline'] or 'none'} |")
+            random_text = (
+                f"{_interval_text(random_init['test_mse'])} (layer {random_init['layer']})" if random_init else "n/a"
+            )
+            lines.append(
+                f"| {task} | {probe['best_layer']} | {_interval_text(probe['test_mse'])} "
+                f"| {_interval_text(probe['baseline_mse'])} | "
+                f"{_interval_text(probe['ceiling_mse'])} "
+                f"| {_interval_text(probe['selectivity_at_best_layer'])} | {random_text} | "
+                f"{probe['layers_below_baseline'] or 'none'} |"
+            )
         eq41 = entry["eq41"]
-        lines += ["", f"**Eq. 41 (H2)** holds by the means in layers {eq41['layers_holding'] or 'none'}; "
-                      f"significantly (both intervals exclude zero) in {eq41['layers_significant'] or 'none'}.", ""]
+        lines += [
+            "",
+            f"**Eq. 41 (H2)** holds by the means in layers {eq41['layers_holding'] or 'none'}; "
+            f"significantly (both intervals exclude zero) in {eq41['layers_significant'] or 'none'}.",
+            "",
+        ]
         for task, h3 in entry["h3"].items():
-            lines.append(f"**H3, {task}**: layers where the {h3['half']} probe beats the baseline and the {h3['quarter']} probe loses it: {h3['layers'] or 'none'}.")
+            lines.append(
+                f"**H3, {task}**: layers where the {h3['half']} probe beats the baseline "
+                f"and the {h3['quarter']} probe loses it: {h3['layers'] or 'none'}."
+            )
         if entry.get("patching"):
-            lines += ["", "**Patching**: rho of the xi-selected half, of a random subset of the same size and of the no-op patch, "
-                          "from the layer where xi moves the prediction most (lowest rho for B, highest for S) to the other "
-                          "layers' range; and the layers where xi and random differ (paired interval excluding zero). Per-layer "
-                          "values with intervals are in summary.json.", "",
-                      "| setting | layer | rho xi | rho random | rho no-op | xi range over layers | layers where xi differs from random |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "**Patching**: rho of the xi-selected half, of a random subset "
+                "of the same size and of the no-op patch, "
+                "from the layer where xi moves the prediction most (lowest rho for B, highest for S) to the other "
+                "layers' range; and the layers where xi and random differ (paired interval excluding zero). Per-layer "
+                "values with intervals are in summary.json.",
+                "",
+                "| setting | layer | rho xi | rho random | rho no-op "
+                "| xi range over layers | layers where xi differs from random |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for setting, patching in entry["patching"].items():
                 layers = patching["layers"]
                 xi = {layer: values["xi"]["rho"]["mean"] for layer, values in layers.items()}
                 pick = (min if setting.endswith(",B)") else max)(xi, key=xi.get)
-                cells = [_interval_text(layers[pick].get(patch, {}).get("rho"), 1) for patch in ("xi", "random", "noop")]
+                cells = [
+                    _interval_text(layers[pick].get(patch, {}).get("rho"), 1) for patch in ("xi", "random", "noop")
+                ]
                 differing = patching.get("layers_xi_differs_from_random")
-                lines.append(f"| {setting} | {pick} | {' | '.join(cells)} | {min(xi.values()):g}-{max(xi.values()):g} | "
-                             f"{'n/a' if differing is None else (differing or 'none')} |")
+                lines.append(
+                    f"| {setting} | {pick} | {' | '.join(cells)} | {min(xi.values()):g}-{max(xi.values()):g} | "
+                    f"{'n/a' if differing is None else (differing or 'none')} |"
+                )
         lines.append("")
     return "\n".join(lines)

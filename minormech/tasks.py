@@ -1,4 +1,4 @@
-"""ICL tasks and their datasets (paper §5.2-§5.3, SPEC "Tasks and datasets").
+"""ICL tasks and their datasets (paper §5.2-§5.3).
 
 A task maps an input point x and a hidden weight vector w (the intermediate result
 the probes look for) to an integer output y. Tasks live in a registry so that new
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import csv
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -57,8 +57,7 @@ register_task(
         name="LR",
         function=_linear_regression,
         context=(
-            "The output represents the result of a linear regression given 2 dimensions "
-            "with output range [0-1000]: "
+            "The output represents the result of a linear regression given 2 dimensions with output range [0-1000]: "
         ),
     )
 )
@@ -67,8 +66,7 @@ register_task(
         name="MD",
         function=_manhattan_distance,
         context=(
-            "The output represents the Manhattan Distance to a point given 2 dimensions "
-            "with output range [0-1000]: "
+            "The output represents the Manhattan Distance to a point given 2 dimensions with output range [0-1000]: "
         ),
     )
 )
@@ -140,7 +138,7 @@ class WeightTable:
                 writer.writerow([wid, *w.tolist(), "test" if test else "train"])
 
     @classmethod
-    def read_tsv(cls, path: str | Path, task: str) -> "WeightTable":
+    def read_tsv(cls, path: str | Path, task: str) -> WeightTable:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
         if not rows:

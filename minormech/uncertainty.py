@@ -24,7 +24,11 @@ class Interval:
 
     def columns(self, name: str, index=()) -> dict[str, float]:
         """{name: mean, name_ci_low: low, name_ci_high: high} at `index`, for a table row."""
-        return {name: float(self.mean[index]), f"{name}_ci_low": float(self.low[index]), f"{name}_ci_high": float(self.high[index])}
+        return {
+            name: float(self.mean[index]),
+            f"{name}_ci_low": float(self.low[index]),
+            f"{name}_ci_high": float(self.high[index]),
+        }
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,6 @@ class Bootstrap:
     n_boot: int = 1000
     level: float = 0.95
     seed: int = 0
-
-    @classmethod
-    def from_config(cls, uncertainty: dict, seed: int) -> "Bootstrap":
-        return cls(uncertainty["bootstrap"], uncertainty["level"], seed)
 
     def __call__(self, values: np.ndarray, groups: np.ndarray | None = None, seed_axis: bool = False) -> Interval:
         """bootstrap_interval of `values` with these settings."""
@@ -80,7 +80,9 @@ def bootstrap_interval(
     rng = np.random.default_rng([seed, 2718])
     group_draws = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=n_boot).astype(np.float64)  # [B, G]
     seed_draws = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_boot).astype(np.float64)  # [B, S]
-    per_seed = np.einsum("bg,s...g->bs...", group_draws, group_sums) / (group_draws @ group_sizes).reshape((n_boot, 1) + (1,) * (values.ndim - 2))
+    per_seed = np.einsum("bg,s...g->bs...", group_draws, group_sums) / (group_draws @ group_sizes).reshape(
+        (n_boot, 1) + (1,) * (values.ndim - 2)
+    )
     resampled = np.einsum("bs,bs...->b...", seed_draws, per_seed) / n_seeds
     tail = (1 - level) / 2
     low, high = np.quantile(resampled, [tail, 1 - tail], axis=0)

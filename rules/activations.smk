@@ -1,24 +1,24 @@
 rule activations:
     input:
-        prompts=prompt_input(),
-        model=model_manifest,
+        prompts=lambda wildcards: PLAN.prompts(wildcards.model, wildcards.task, wildcards.prompt_set),
+        model=paths.manifest(),
     output:
-        "results/{model}/activations/{task}/{prompt_set}/chunk{chunk}.safetensors",
+        paths.shard(),
     log:
-        "logs/activations/{model}/{task}/{prompt_set}/chunk{chunk}.log",
+        paths.log("activations", "{model}", "{task}", "{prompt_set}", "chunk{chunk}"),
+    benchmark:
+        paths.benchmark("activations", "{model}", "{task}", "{prompt_set}", "chunk{chunk}")
     params:
-        sites=SITES,
-        layers=lambda wildcards: layers_of(wildcards.model),
-        n_chunks=lambda wildcards: len(chunk_names(wildcards.prompt_set)),
+        sites=PLAN.sites,
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        n_prompts=lambda wildcards: PLAN.prompt_count(wildcards.prompt_set),
+        n_chunks=lambda wildcards: len(PLAN.chunk_names(wildcards.prompt_set)),
         batch_size=config["activations"]["batch_size"],
         store_dtype=config["activations"]["store_dtype"],
-        device=config["compute"]["device"],
-        dtype=config["compute"]["dtype"],
+        compute=PLAN.compute,
     threads: THREADS
     resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=GPUS,
+        **model_job(mem_mb=8000, runtime=120),
     conda:
         ENV
     script:

@@ -1,77 +1,25 @@
+# Feature attribution (§4.2.1): FA of every (site, layer) for one (model, task).
 rule attribution:
     input:
-        unpack(attribution_inputs),
+        unpack(lambda wildcards: PLAN.attribution_inputs(wildcards.model, wildcards.task)),
     output:
-        "results/{model}/attribution/{task}.safetensors",
+        paths.attribution_map(),
     log:
-        "logs/attribution/{model}/{task}.log",
+        paths.log("attribution", "{model}", "{task}"),
+    benchmark:
+        paths.benchmark("attribution", "{model}", "{task}")
     params:
-        sites=SITES,
-        layers=lambda wildcards: layers_of(wildcards.model),
+        sites=PLAN.sites,
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         attribution=canonical(config["attribution"]),
-        tasks=TASKS,
+        baseline_shards=lambda wildcards: PLAN.baseline_shards(wildcards.model),
+        n_prompts=PLAN.prompt_count("attribution"),
         seed=config["seed"],
-        device=config["compute"]["device"],
-        dtype=config["compute"]["dtype"],
+        compute=PLAN.compute,
     threads: THREADS
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=GPUS,
+        **model_job(mem_mb=8000, runtime=240),
     conda:
         ENV
     script:
         "../workflow/scripts/attribution.py"
-
-
-rule rank_difference:
-    localrule: True
-    input:
-        task1=lambda wildcards: f"results/{wildcards.model}/attribution/{wildcards.pair.split('-')[0]}.safetensors",
-        task2=lambda wildcards: f"results/{wildcards.model}/attribution/{wildcards.pair.split('-')[1]}.safetensors",
-    output:
-        "results/{model}/xi/{pair}.safetensors",
-    log:
-        "logs/rank_difference/{model}/{pair}.log",
-    params:
-        seed=config["seed"],
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/rank_difference.py"
-
-
-rule patching:
-    input:
-        model=model_manifest,
-        xi=f"results/{{model}}/xi/{'-'.join(FILTER_PAIR)}.safetensors",
-        reference=prompt_input("patching_ref", FILTER_PAIR),
-        others=prompt_input("patching", FILTER_PAIR),
-    output:
-        counts="results/{model}/patching/{site}.csv",
-        accuracy="results/{model}/patching/{site}_accuracy.csv",
-        pairs="results/{model}/patching/{site}_pairs.csv",
-    log:
-        "logs/patching/{model}/{site}.log",
-    params:
-        pair=FILTER_PAIR,
-        layers=lambda wildcards: patching_layers(wildcards.model),
-        patching=canonical(config["patching"]),
-        controls=config["controls"]["patching"],
-        uncertainty=canonical(config["uncertainty"]),
-        seed=config["seed"],
-        device=config["compute"]["device"],
-        dtype=config["compute"]["dtype"],
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=480,
-        gpu=GPUS,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/patching.py"

@@ -1,9 +1,9 @@
 rule task_dataset:
     localrule: True
     output:
-        "results/datasets/{task}.tsv",
+        paths.dataset(),
     log:
-        "logs/task_dataset/{task}.log",
+        paths.log("task_dataset", "{task}"),
     params:
         seed=config["seed"],
         test_weights=config["test_weights"],

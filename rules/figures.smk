@@ -1,167 +1,143 @@
+# The paper's figures (§6) and the head-level views, each a PDF and PNG with its numbers as
+# a CSV beside it; one target rule per figure (fig1 ... fig5, heads) selects them.
+FIGURE_JOB = {"mem_mb": 2000, "runtime": 5}
+
+
 rule plot_fig1:
     localrule: True
     input:
-        tables=expand("results/{{model}}/probes/{task}/{{site}}/unfiltered.csv", task=TASKS),
-        random_init=lambda wildcards: expand(
-            "results/{model}/probes/{task}/{site}/unfiltered.csv",
-            model=[random_init_id(wildcards.model)] if random_init_id(wildcards.model) in RANDOM_INIT_MODELS else [],
-            task=TASKS,
-            site=wildcards.site,
-        ),
+        unpack(lambda wildcards: PLAN.fig1_inputs(wildcards.model, wildcards.site)),
     output:
-        png=report(
-            "results/{model}/figures/fig1_{site}.png",
-            caption="../workflow/report/fig1.rst",
-            category="Figure 1: probes",
-            labels={"model": "{model}", "site": "{site}"},
-        ),
-        pdf="results/{model}/figures/fig1_{site}.pdf",
-        csv="results/{model}/figures/fig1_{site}.csv",
+        **figure_outputs("fig1_{site}", "fig1", "Figure 1: probes", {"site": "{site}"}),
     log:
-        "logs/plot_fig1/{model}/{site}.log",
+        paths.log("plot_fig1", "{model}", "{site}"),
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **FIGURE_JOB,
     conda:
         ENV
     script:
-        "../workflow/scripts/plot_fig1.py"
+        "../workflow/scripts/plot_fig1_probes.py"
 
 
 rule plot_fig2:
     localrule: True
     input:
-        xi=f"results/{{model}}/xi/{'-'.join(FILTER_PAIR)}.safetensors",
+        xi=lambda wildcards: PLAN.xi(wildcards.model),
     output:
-        png=report(
-            "results/{model}/figures/fig2_{site}.png",
-            caption="../workflow/report/fig2.rst",
-            category="Figure 2: rank differences",
-            labels={"model": "{model}", "site": "{site}"},
-        ),
-        pdf="results/{model}/figures/fig2_{site}.pdf",
-        csv="results/{model}/figures/fig2_{site}.csv",
+        **figure_outputs("fig2_{site}", "fig2", "Figure 2: rank differences", {"site": "{site}"}),
     log:
-        "logs/plot_fig2/{model}/{site}.log",
+        paths.log("plot_fig2", "{model}", "{site}"),
     params:
-        layers=lambda wildcards: layers_of(wildcards.model),
-        pair=FILTER_PAIR,
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        pair=PLAN.filter_pair,
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=5,
+        **FIGURE_JOB,
     conda:
         ENV
     script:
-        "../workflow/scripts/plot_fig2.py"
+        "../workflow/scripts/plot_fig2_xi.py"
 
 
 rule plot_fig3:
     localrule: True
     input:
-        filtered=expand("results/{{model}}/probes/{task}/{{site}}/filtered.csv", task=FILTER_PAIR),
-        unfiltered=expand("results/{{model}}/probes/{task}/{{site}}/unfiltered.csv", task=FILTER_PAIR),
+        unpack(lambda wildcards: PLAN.filtered_figure_inputs(wildcards.model, wildcards.site)),
     output:
-        png=report(
-            "results/{model}/figures/fig3_{site}.png",
-            caption="../workflow/report/fig3.rst",
-            category="Figure 3: 50% filtered probes",
-            labels={"model": "{model}", "site": "{site}"},
-        ),
-        pdf="results/{model}/figures/fig3_{site}.pdf",
-        csv="results/{model}/figures/fig3_{site}.csv",
-        eq41="results/{model}/figures/fig3_{site}_eq41.csv",
+        **figure_outputs("fig3_{site}", "fig3", "Figure 3: 50% filtered probes", {"site": "{site}"}),
+        eq41=paths.figure("{model}", "fig3_{site}_eq41", "csv"),
     log:
-        "logs/plot_fig3/{model}/{site}.log",
+        paths.log("plot_fig3", "{model}", "{site}"),
     params:
-        variants=["ge0.5", "le0.5"],
-        pair=FILTER_PAIR,
+        variants=paths.figure_variants(3),
+        pair=PLAN.filter_pair,
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **FIGURE_JOB,
     conda:
         ENV
     script:
-        "../workflow/scripts/plot_filtered.py"
+        "../workflow/scripts/plot_fig3_fig4_filtered.py"
 
 
-rule plot_fig4:
-    localrule: True
-    input:
-        filtered=expand("results/{{model}}/probes/{task}/{{site}}/filtered.csv", task=FILTER_PAIR),
-        unfiltered=expand("results/{{model}}/probes/{task}/{{site}}/unfiltered.csv", task=FILTER_PAIR),
+use rule plot_fig3 as plot_fig4 with:
     output:
-        png=report(
-            "results/{model}/figures/fig4_{site}.png",
-            caption="../workflow/report/fig4.rst",
-            category="Figure 4: 25%/75% filtered probes",
-            labels={"model": "{model}", "site": "{site}"},
-        ),
-        pdf="results/{model}/figures/fig4_{site}.pdf",
-        csv="results/{model}/figures/fig4_{site}.csv",
+        **figure_outputs("fig4_{site}", "fig4", "Figure 4: 25%/75% filtered probes", {"site": "{site}"}),
     log:
-        "logs/plot_fig4/{model}/{site}.log",
+        paths.log("plot_fig4", "{model}", "{site}"),
     params:
-        variants=["ge0.25", "le0.75"],
-        pair=FILTER_PAIR,
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/plot_filtered.py"
-
-
-rule fig1:
-    input:
-        expand("results/{model}/figures/fig1_{site}.pdf", model=MODELS, site=SITES),
-
-
-rule fig2:
-    input:
-        expand("results/{model}/figures/fig2_{site}.pdf", model=MODELS, site=SITES),
-
-
-rule fig3:
-    input:
-        expand("results/{model}/figures/fig3_{site}.pdf", model=MODELS, site=SITES),
-
-
-rule fig4:
-    input:
-        expand("results/{model}/figures/fig4_{site}.pdf", model=MODELS, site=SITES),
+        variants=paths.figure_variants(4),
+        pair=PLAN.filter_pair,
 
 
 rule plot_fig5:
     localrule: True
     input:
-        counts="results/{model}/patching/{site}.csv",
-        accuracy="results/{model}/patching/{site}_accuracy.csv",
+        counts=paths.patching_file(),
+        accuracy=paths.patching_file(table="_accuracy"),
     output:
-        png=report(
-            "results/{model}/figures/fig5_{site}.png",
-            caption="../workflow/report/fig5.rst",
-            category="Figure 5: activation patching",
-            labels={"model": "{model}", "site": "{site}"},
-        ),
-        pdf="results/{model}/figures/fig5_{site}.pdf",
-        csv="results/{model}/figures/fig5_{site}.csv",
+        **figure_outputs("fig5_{site}", "fig5", "Figure 5: activation patching", {"site": "{site}"}),
     log:
-        "logs/plot_fig5/{model}/{site}.log",
+        paths.log("plot_fig5", "{model}", "{site}"),
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **FIGURE_JOB,
     conda:
         ENV
     script:
-        "../workflow/scripts/plot_fig5.py"
+        "../workflow/scripts/plot_fig5_patching.py"
+
+
+rule plot_heads:
+    localrule: True
+    input:
+        tables=lambda wildcards: PLAN.head_figure_inputs(wildcards.model, wildcards.figure),
+    output:
+        **figure_outputs("{figure}", "heads", "Head-level views", {"figure": "{figure}"}),
+    log:
+        paths.log("plot_heads", "{model}", "{figure}"),
+    params:
+        pair=PLAN.filter_pair,
+    threads: 1
+    resources:
+        **FIGURE_JOB,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/plot_heads.py"
+
+
+rule fig1:
+    input:
+        PLAN.figure_targets(1),
+
+
+rule fig2:
+    input:
+        PLAN.figure_targets(2),
+
+
+rule fig3:
+    input:
+        PLAN.figure_targets(3),
+
+
+rule fig4:
+    input:
+        PLAN.figure_targets(4),
 
 
 rule fig5:
     input:
-        expand("results/{model}/figures/fig5_{site}.pdf", model=MODELS, site=SITES),
+        PLAN.figure_targets(5),
+
+
+rule heads:
+    input:
+        PLAN.head_targets(),
+
+
+rule summaries:
+    input:
+        PLAN.summary_targets(),

@@ -1,30 +1,26 @@
-# Head-level views (config key `heads`, issue 10; minormech/heads.py): per (layer, query
-# head) the log-probability increase, knockouts and attention to the examples' answers,
-# from one job per (model, task); xi summed per head; one figure target each.
-
+# Head-level views (config key `heads`; minormech.heads): per (layer, query head) the
+# log-probability increase, knockouts and attention to the examples' answers, from one job
+# per (model, task); xi summed per head; one figure each (rule plot_heads in figures.smk).
 rule head_views:
     input:
-        model=model_manifest,
-        prompts=prompt_input("attribution"),
+        model=paths.manifest(),
+        prompts=lambda wildcards: PLAN.prompts(wildcards.model, wildcards.task, "attribution"),
     output:
-        heads="results/{model}/heads/{task}.csv",
-        attention="results/{model}/heads/{task}_attention.csv",
+        heads=paths.head_table(),
+        attention=paths.head_table(table="_attention"),
     log:
-        "logs/head_views/{model}/{task}.log",
-    wildcard_constraints:
-        model="|".join(MODELS),
+        paths.log("head_views", "{model}", "{task}"),
+    benchmark:
+        paths.benchmark("head_views", "{model}", "{task}")
     params:
-        layers=lambda wildcards: layers_of(wildcards.model),
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         heads=canonical(config["heads"]),
-        uncertainty=canonical(config["uncertainty"]),
-        seed=config["seed"],
-        device=config["compute"]["device"],
-        dtype=config["compute"]["dtype"],
+        bootstrap=PLAN.bootstrap,
+        n_prompts=PLAN.prompt_count("attribution"),
+        compute=PLAN.compute,
     threads: THREADS
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=GPUS,
+        **model_job(mem_mb=8000, runtime=240),
     conda:
         ENV
     script:
@@ -34,17 +30,15 @@ rule head_views:
 rule head_xi:
     localrule: True
     input:
-        model=model_manifest,
-        xi=f"results/{{model}}/xi/{'-'.join(FILTER_PAIR)}.safetensors",
+        model=paths.manifest(),
+        xi=lambda wildcards: PLAN.xi(wildcards.model),
     output:
-        "results/{model}/heads/xi.csv",
+        paths.head_table(task="xi"),
     log:
-        "logs/head_xi/{model}.log",
-    wildcard_constraints:
-        model="|".join(MODELS),
+        paths.log("head_xi", "{model}"),
     params:
-        sites=SITES,
-        layers=lambda wildcards: layers_of(wildcards.model),
+        sites=PLAN.sites,
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
     threads: 1
     resources:
         mem_mb=2000,
@@ -53,38 +47,3 @@ rule head_xi:
         ENV
     script:
         "../workflow/scripts/head_xi.py"
-
-
-rule plot_heads:
-    localrule: True
-    input:
-        unpack(head_figure_inputs),
-    output:
-        png=report(
-            "results/{model}/figures/{figure}.png",
-            caption="../workflow/report/heads.rst",
-            category="Head-level views",
-            labels={"model": "{model}", "figure": "{figure}"},
-        ),
-        pdf="results/{model}/figures/{figure}.pdf",
-        csv="results/{model}/figures/{figure}.csv",
-    log:
-        "logs/plot_heads/{model}/{figure}.log",
-    wildcard_constraints:
-        model="|".join(MODELS),
-        figure="|".join(HEAD_FIGURES),
-    params:
-        pair=FILTER_PAIR,
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=5,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/plot_heads.py"
-
-
-rule heads:
-    input:
-        expand("results/{model}/figures/{figure}.pdf", model=MODELS, figure=HEAD_FIGURES) if config["heads"]["enabled"] else [],

@@ -1,50 +1,43 @@
-# Local: on a cluster it runs on the login node, which can reach the model hub when compute
-# nodes cannot; the GPU rules then load what it prepared.
-rule prepare_model:
+# Every model a job runs is made by rule `model` (minormech.plan: analysed, random-init,
+# trained and tokenizer-only models), whose script dispatches on the model's plan row. Hub
+# weights are downloaded first by the local rule `download_model`: on a cluster it runs on
+# the login node, which can reach the hub when compute nodes cannot.
+rule download_model:
     localrule: True
     output:
-        "results/{model}/model/manifest.json",
+        paths.download_record(),
     log:
-        "logs/prepare_model/{model}.log",
-    wildcard_constraints:
-        model="|".join(PREPARED_MODELS),
+        paths.log("download_model", "{model}"),
     params:
-        entry=lambda wildcards: canonical(model_entry(wildcards.model)),
+        entry=lambda wildcards: canonical(PLAN.model(wildcards.model).entry),
         cache_dir=config["model_cache"],
-    threads: THREADS
+    threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=2000,
+        runtime=120,
     conda:
         ENV
     script:
-        "../workflow/scripts/prepare_model.py"
+        "../workflow/scripts/download_model.py"
 
 
-# Trains on prompts of every configured task, weights from their training splits only.
-rule train_control_model:
+rule model:
     input:
-        datasets=expand("results/datasets/{task}.tsv", task=TASKS),
-        tokenizer=lambda wildcards: f"results/{MODELS[wildcards.model].location}/model/manifest.json",
+        unpack(lambda wildcards: PLAN.model_inputs(wildcards.model)),
     output:
-        manifest="results/{model}/model/manifest.json",
-        training="results/{model}/model/training.json",
+        paths.manifest(),
     log:
-        "logs/train_control_model/{model}.log",
-    wildcard_constraints:
-        model="|".join(TRAINED_MODELS) or "(?!)",
+        paths.log("model", "{model}"),
+    benchmark:
+        paths.benchmark("model", "{model}")
     params:
-        train=lambda wildcards: canonical(model_entry(wildcards.model)["train"]),
-        tasks=TASKS,
-        max_prompt_tokens=config["prompts"]["max_prompt_tokens"],
-        device=config["compute"]["device"],
-        dtype=config["compute"]["dtype"],
+        recipe=lambda wildcards: canonical(PLAN.model_recipe(wildcards.model)),
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wildcards: PLAN.model_mem_mb(wildcards.model),
         runtime=240,
-        gpu=GPUS,
+        gpu=lambda wildcards: PLAN.model_gpus(wildcards.model),
     conda:
         ENV
     script:
-        "../workflow/scripts/train_control_model.py"
+        "../workflow/scripts/model.py"

@@ -1,97 +1,58 @@
-# Probes read activations from shards (rule probe: one job per site and probe kind) or
-# from the model itself (rule stream_probes: one job per model and task). The storage plan
-# in common.smk assigns each model one source (probe.source); both rules write the same
-# files, so the figures do not depend on the choice. A stream job trains both probe kinds
-# for every task (the filtered variants need the first pair's xi, so it waits for
-# attribution); shard mode trains filtered probes only for the first pair's tasks.
-
-if SHARD_MODELS:
-
-    rule probe:
-        input:
-            unpack(probe_inputs),
-        output:
-            table="results/{model}/probes/{task}/{site}/{probe_kind}.csv",
-            predictions="results/{model}/probes/{task}/{site}/{probe_kind}_predictions.safetensors",
-            summary="results/{model}/probes/{task}/{site}/{probe_kind}.json",
-        log:
-            "logs/probe/{model}/{task}/{site}/{probe_kind}.log",
-        wildcard_constraints:
-            model="|".join(SHARD_MODELS),
-        params:
-            layers=lambda wildcards: layers_of(wildcards.model),
-            probe=probe_params(),
-            report=probe_report_params(),
-            device=config["compute"]["device"],
-        threads: THREADS
-        resources:
-            mem_mb=8000,
-            runtime=240,
-            gpu=GPUS,
-        conda:
-            ENV
-        script:
-            "../workflow/scripts/probe.py"
+# Probes (§4.1) read their activations from shards or from the model itself: the run plan
+# gives each model one probe source (probe.source; minormech.storage). Rule probe always
+# writes a (model, task, site, kind)'s files: in shard mode it trains them from the shards,
+# in stream mode it puts in place what that (model, task)'s stream_probes job trained. A
+# stream job trains every site and kind in one pass over the prompts, so in stream mode the
+# unfiltered probes (figure 1) also wait for the xi map the filtered ones need.
+rule probe:
+    input:
+        unpack(lambda wildcards: PLAN.probe_inputs(wildcards.model, wildcards.task, wildcards.site, wildcards.probe_kind)),
+    output:
+        **{name: paths.probe_file(suffix=suffix) for name, suffix in paths.PROBE_SUFFIXES.items()},
+    log:
+        paths.log("probe", "{model}", "{task}", "{site}", "{probe_kind}"),
+    benchmark:
+        paths.benchmark("probe", "{model}", "{task}", "{site}", "{probe_kind}")
+    params:
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        probe=canonical({key: value for key, value in config["probe"].items() if key != "source"}),
+        report=PLAN.probe_report,
+        n_prompts=PLAN.prompt_counts("probe_train", "probe_test"),
+        device=config["compute"]["device"],
+    threads: lambda wildcards: THREADS if PLAN.model(wildcards.model).probe_source == "shards" else 1
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=lambda wildcards: PLAN.gpus if PLAN.model(wildcards.model).probe_source == "shards" else 0,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/probe.py"
 
 
-STREAM_ANALYSED = [model for model in STREAM_MODELS if model not in RANDOM_INIT_MODELS]
-STREAM_RANDOM_INIT = [model for model in STREAM_MODELS if model in RANDOM_INIT_MODELS]
-
-if STREAM_MODELS:
-
-    rule stream_probes:
-        input:
-            dataset="results/datasets/{task}.tsv",
-            probe_train_prompts=prompt_input("probe_train"),
-            probe_test_prompts=prompt_input("probe_test"),
-            model=model_manifest,
-            xi=f"results/{{model}}/xi/{'-'.join(FILTER_PAIR)}.safetensors",
-        output:
-            tables=stream_outputs(".csv"),
-            predictions=stream_outputs("_predictions.safetensors"),
-            summaries=stream_outputs(".json"),
-        log:
-            "logs/stream_probes/{model}/{task}.log",
-        wildcard_constraints:
-            model="|".join(STREAM_ANALYSED) or "(?!)",  # no analysed model streams: matches nothing
-        params:
-            sites=SITES,
-            kinds=PROBE_KINDS,
-            layers=lambda wildcards: layers_of(wildcards.model),
-            probe=probe_params("keep_in_memory"),
-            report=probe_report_params(),
-            chunks=canonical(config["activations"]["chunks"]),
-            forward_batch_size=config["activations"]["batch_size"],
-            device=config["compute"]["device"],
-            dtype=config["compute"]["dtype"],
-        threads: THREADS
-        resources:
-            mem_mb=16000,
-            runtime=720,
-            gpu=GPUS,
-        conda:
-            ENV
-        script:
-            "../workflow/scripts/stream_probes.py"
-
-    if STREAM_RANDOM_INIT:
-
-        # A random-init control streams its unfiltered probes (and the control task) only:
-        # it has no xi map of its own and appears only in figure 1. Keyword params not
-        # named here are inherited from stream_probes.
-        use rule stream_probes as stream_probes_random_init with:
-            input:
-                dataset="results/datasets/{task}.tsv",
-                probe_train_prompts=prompt_input("probe_train"),
-                probe_test_prompts=prompt_input("probe_test"),
-                model=model_manifest,
-            output:
-                tables=stream_outputs(".csv", ["unfiltered"]),
-                predictions=stream_outputs("_predictions.safetensors", ["unfiltered"]),
-                summaries=stream_outputs(".json", ["unfiltered"]),
-            log:
-                "logs/stream_probes/{model}/{task}.log",
-            wildcard_constraints:
-                model="|".join(STREAM_RANDOM_INIT),
-            params:
-                kinds=["unfiltered"],
+rule stream_probes:
+    input:
+        unpack(lambda wildcards: PLAN.stream_inputs(wildcards.model, wildcards.task)),
+    output:
+        directory(paths.stream_dir()),
+    log:
+        paths.log("stream_probes", "{model}", "{task}"),
+    benchmark:
+        paths.benchmark("stream_probes", "{model}", "{task}")
+    params:
+        sites=PLAN.sites,
+        kinds=lambda wildcards: PLAN.model(wildcards.model).probe_kinds,
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        probe=canonical({key: value for key, value in config["probe"].items() if key not in ("source", "keep_in_memory")}),
+        report=PLAN.probe_report,
+        n_prompts=PLAN.prompt_counts("probe_train", "probe_test"),
+        chunks=canonical(config["activations"]["chunks"]),
+        forward_batch_size=config["activations"]["batch_size"],
+        compute=PLAN.compute,
+    threads: THREADS
+    resources:
+        **model_job(mem_mb=16000, runtime=720),
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/stream_probes.py"

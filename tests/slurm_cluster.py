@@ -22,6 +22,7 @@ What it does need: root (slurmd starts jobs as the submitting user, munged and t
 install need root), and Debian's slurm-wlm and munge packages, which it installs with
 apt-get when they are missing. Jobs run as the user that submits them (root here).
 """
+
 from __future__ import annotations
 
 import os
@@ -83,7 +84,9 @@ def ensure_installed(timeout: float = 900) -> None:
     if not missing_programs():
         return
     if shutil.which("apt-get") is None:
-        raise SlurmUnavailable(f"Slurm is not installed ({', '.join(missing_programs())} missing) and apt-get is not available")
+        raise SlurmUnavailable(
+            f"Slurm is not installed ({', '.join(missing_programs())} missing) and apt-get is not available"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]):
         try:
@@ -92,7 +95,9 @@ def ensure_installed(timeout: float = 900) -> None:
             raise SlurmUnavailable(f"'{' '.join(cmd)}' did not finish in {timeout:.0f} s (no network?)") from None
         if result.returncode != 0:
             last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]
-            raise SlurmUnavailable(f"'{' '.join(cmd)}' failed with exit code {result.returncode} (no network?): {last[0]}")
+            raise SlurmUnavailable(
+                f"'{' '.join(cmd)}' failed with exit code {result.returncode} (no network?): {last[0]}"
+            )
     if missing_programs():
         raise SlurmUnavailable(f"installed {' '.join(PACKAGES)} but still missing: {', '.join(missing_programs())}")
 
@@ -190,11 +195,15 @@ def _unlink_system_conf(cluster: LocalCluster) -> None:
 def _start(cluster: LocalCluster, name: str, cmd: list[str]) -> None:
     log = open(cluster.root / f"{name}.out", "w")
     env = {**os.environ, **cluster.env}
-    cluster.processes[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    cluster.processes[name] = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     time.sleep(0.5)
     if cluster.processes[name].poll() is not None:
         out = (cluster.root / f"{name}.out").read_text(errors="replace").strip()
-        raise SlurmUnavailable(f"{name} exited at start with code {cluster.processes[name].returncode}: {out[-300:]}\n{cluster.log_tail()}")
+        raise SlurmUnavailable(
+            f"{name} exited at start with code {cluster.processes[name].returncode}: {out[-300:]}\n{cluster.log_tail()}"
+        )
 
 
 def _start_munge(cluster: LocalCluster) -> None:
@@ -228,7 +237,9 @@ def _start_munge(cluster: LocalCluster) -> None:
 
 
 def node_state(cluster: LocalCluster) -> str:
-    result = _run(["sinfo", "-h", "-N", "-n", cluster.hostname, "-o", "%t"], timeout=20, env={**os.environ, **cluster.env})
+    result = _run(
+        ["sinfo", "-h", "-N", "-n", cluster.hostname, "-o", "%t"], timeout=20, env={**os.environ, **cluster.env}
+    )
     return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else ""
 
 
@@ -246,13 +257,27 @@ def start_cluster(root: Path, timeout: float = 90, fake_gpus: int = 0) -> LocalC
     memory_mb = _available_memory_mb() - MEMORY_MARGIN_MB
     if memory_mb < 1024:
         raise SlurmUnavailable(f"only {memory_mb + MEMORY_MARGIN_MB} MB of memory available")
-    cluster = LocalCluster(root=root, conf=write_config(root, hostname, cpus, memory_mb, fake_gpus), hostname=hostname, cpus=cpus, memory_mb=memory_mb)
+    cluster = LocalCluster(
+        root=root,
+        conf=write_config(root, hostname, cpus, memory_mb, fake_gpus),
+        hostname=hostname,
+        cpus=cpus,
+        memory_mb=memory_mb,
+    )
     try:
         _link_system_conf(cluster)
         _start_munge(cluster)
         # -D: stay in the foreground, so the pid we hold is the daemon's; -i/-c: fresh state
-        _start(cluster, "slurmctld", [shutil.which("slurmctld") or "/usr/sbin/slurmctld", "-D", "-c", "-i", "-f", str(cluster.conf)])
-        _start(cluster, "slurmd", [shutil.which("slurmd") or "/usr/sbin/slurmd", "-D", "-f", str(cluster.conf), "-N", hostname])
+        _start(
+            cluster,
+            "slurmctld",
+            [shutil.which("slurmctld") or "/usr/sbin/slurmctld", "-D", "-c", "-i", "-f", str(cluster.conf)],
+        )
+        _start(
+            cluster,
+            "slurmd",
+            [shutil.which("slurmd") or "/usr/sbin/slurmd", "-D", "-f", str(cluster.conf), "-N", hostname],
+        )
         deadline = time.time() + timeout
         state = ""
         while time.time() < deadline:
@@ -263,7 +288,9 @@ def start_cluster(root: Path, timeout: float = 90, fake_gpus: int = 0) -> LocalC
                 if process.poll() is not None:
                     raise SlurmUnavailable(f"{name} exited with code {process.returncode}\n{cluster.log_tail()}")
             time.sleep(1)
-        raise SlurmUnavailable(f"node {hostname} not idle after {timeout:.0f} s (state: {state or 'unknown'})\n{cluster.log_tail()}")
+        raise SlurmUnavailable(
+            f"node {hostname} not idle after {timeout:.0f} s (state: {state or 'unknown'})\n{cluster.log_tail()}"
+        )
     except BaseException:
         stop_cluster(cluster)
         raise
@@ -274,7 +301,11 @@ def stop_cluster(cluster: LocalCluster, timeout: float = 20) -> None:
     /etc/slurm/slurm.conf; cancel leftover jobs first so that no job outlives its slurmd."""
     if cluster.processes.get("slurmctld") and cluster.processes["slurmctld"].poll() is None:
         try:
-            _run(["scancel", "--full", "--partition", ",".join(PARTITIONS)], timeout=10, env={**os.environ, **cluster.env})
+            _run(
+                ["scancel", "--full", "--partition", ",".join(PARTITIONS)],
+                timeout=10,
+                env={**os.environ, **cluster.env},
+            )
         except (OSError, subprocess.TimeoutExpired):
             pass
     for name in ("slurmd", "slurmctld", "munged"):

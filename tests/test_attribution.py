@@ -1,19 +1,36 @@
 """Attribution methods: toy functions with known attributions, and one backward pass for
 every site against per-site autograd on a tiny random Llama."""
+
 import pytest
 import torch
 from conftest import random_prompts as _prompts
 
-from minormech.attribution import AttributionSettings, attribute_prompts, layer_gradients, path_attribution, reduce_positions, site_function
+from minormech.attribution import (
+    AttributionSettings,
+    attribute_prompts,
+    layer_gradients,
+    path_attribution,
+    reduce_positions,
+    site_function,
+)
 from minormech.hooks import record_sites, site_hooks
-from minormech.scoring import answer_log_prob, answer_prob, teacher_forced_batch
+from minormech.runner import (
+    RunOptions,
+    answer_log_prob,
+    answer_logits,
+    answer_prob,
+    teacher_forced_batch,
+    token_log_probs,
+)
 
 SITES = ["q", "k", "v", "o", "mlp"]
 
 
 def test_answer_log_prob_is_the_teacher_forced_product(tiny):
     prompts = _prompts()
-    batched = answer_log_prob(tiny, teacher_forced_batch(prompts, 0))
+    batch = teacher_forced_batch(prompts, 0)
+    with torch.no_grad():
+        batched = answer_log_prob(token_log_probs(answer_logits(tiny, batch), batch.answer_ids), batch.answer_mask)
     for p, value in zip(prompts, batched):
         ids = torch.tensor([p.input_ids + p.answer_ids])
         with torch.no_grad():
@@ -31,7 +48,7 @@ def test_one_backward_equals_per_site_autograd(tiny):
         for site in SITES:
             leaf = {}
 
-            def make_leaf(_s, _l, output):
+            def make_leaf(_s, _l, output, leaf=leaf):
                 leaf["a"] = output.detach().requires_grad_()
                 return leaf["a"]
 
@@ -102,7 +119,9 @@ def test_methods_on_a_linear_function(method, expected):
 def test_expected_gradients_on_a_linear_function():
     g, weights, inputs, extra = _linear_toy()
     baseline = torch.randn(1, 5, 4, dtype=torch.float64)
-    result = path_attribution(g, inputs, extra, AttributionSettings(method="expected_gradients", samples=16), baselines=baseline)
+    result = path_attribution(
+        g, inputs, extra, AttributionSettings(method="expected_gradients", samples=16), baselines=baseline
+    )
     torch.testing.assert_close(result, (inputs - baseline) * weights)
 
 
@@ -115,7 +134,9 @@ def test_reduce_positions():
     assert reduce_positions(a, lengths, "last")[:, 0].tolist() == [4.0, 5.0]
 
 
-@pytest.mark.parametrize("method", ["smoothgrad", "integrated_gradients", "expected_gradients", "idgi", "input_x_gradient"])
+@pytest.mark.parametrize(
+    "method", ["smoothgrad", "integrated_gradients", "expected_gradients", "idgi", "input_x_gradient"]
+)
 def test_every_method_runs_on_a_model(tiny, tmp_path, method):
     """Each configured method yields one finite, deterministic [d] vector per (site, layer);
     expected gradients take their baselines from real shards of two tasks."""
@@ -129,9 +150,15 @@ def test_every_method_runs_on_a_model(tiny, tmp_path, method):
     shards = {}
     for task, seed in (("LR", 5), ("MD", 6)):
         prompts = _prompts(3, seed)
-        acts = extract_activations(tiny, prompts, ["k", "o"], [0, 2], 2, torch.float32, 0)
+        acts = extract_activations(tiny, prompts, ["k", "o"], [0, 2], torch.float32, RunOptions(2, 0))
         path = tmp_path / f"{task}.safetensors"
-        write_shard(path, ShardHeader("tiny", task, "probe_test", 0, ("k", "o"), (0, 2), "float32", prompts_digest(prompts)), acts, [p.id for p in prompts], [p.length for p in prompts])
+        write_shard(
+            path,
+            ShardHeader("tiny", task, "probe_test", 0, ("k", "o"), (0, 2), "float32", prompts_digest(prompts)),
+            acts,
+            [p.id for p in prompts],
+            [p.length for p in prompts],
+        )
         shards[task] = [Shard(path)]
     pool = baseline_pool(shards, ["k", "o"], [0, 2], 2, np.random.default_rng(0))
     assert pool[("k", 0)][0].shape[0] == 4

@@ -27,8 +27,16 @@ def _set(config, dotted, value):
 
 def test_shipped_configs_are_valid(repo_root, default, schema):
     validate_config(default, schema)
-    overlays = sorted(path for path in (repo_root / "config").glob("*.yaml") if path.name not in ("config.yaml", "config.schema.yaml"))
-    assert {path.name for path in overlays} >= {"llama-3.2-3b.yaml", "llama-3.1-8b.yaml", "positive-control.yaml", "positive-control-gpu.yaml", "heads-full.yaml"}
+    overlays = sorted(
+        path for path in (repo_root / "config").glob("*.yaml") if path.name not in ("config.yaml", "config.schema.yaml")
+    )
+    assert {path.name for path in overlays} >= {
+        "llama-3.2-3b.yaml",
+        "llama-3.1-8b.yaml",
+        "positive-control.yaml",
+        "positive-control-gpu.yaml",
+        "heads-full.yaml",
+    }
     for path in overlays:
         merged = copy.deepcopy(default)
         update_config(merged, yaml.safe_load(path.read_text()))  # as snakemake --configfile merges
@@ -46,52 +54,217 @@ def test_every_schema_key_has_a_description(schema):
     walk(schema, "")
 
 
-#: (kind, key, value, message): every kind of bad value the issue "Reliability" lists (and a
+#: (kind, key, value, message): every kind of bad value a user may type (and a
 #: few more), each with the one line the user sees after "config error: ". Every message
 #: starts with the key and says what is allowed.
 BAD = [
-    ("unknown key", "bogus", 1, r"^\(top level\): unknown key\(s\) \['bogus'\]; allowed keys: \['activations', 'attribution', "),
-    ("unknown key", "probe.improved.lr_rate", 1e-3, r"^probe\.improved: unknown key\(s\) \['lr_rate'\]; allowed keys: \['batch_size', 'lr', 'max_epochs', 'patience', 'val_fraction'\]$"),
-    ("unknown site", "sites", ["k", "x"], r"^sites\[1\]: 'x' is not allowed; allowed values: \['q', 'k', 'v', 'o', 'mlp'\]$"),
-    ("layer out of range", "layers", [0, 30], r"^layers\[1\]: layer 30 is out of range for model 'smollm2-135m' \(allowed: 0..29\)$"),
+    (
+        "unknown key",
+        "bogus",
+        1,
+        r"^\(top level\): unknown key\(s\) \['bogus'\]; allowed keys: \['activations', 'attribution', ",
+    ),
+    (
+        "unknown key",
+        "probe.improved.lr_rate",
+        1e-3,
+        r"^probe\.improved: unknown key\(s\) \['lr_rate'\]; "
+        r"allowed keys: \['batch_size', 'lr', 'max_epochs', 'patience', 'val_fraction'\]$",
+    ),
+    (
+        "unknown site",
+        "sites",
+        ["k", "x"],
+        r"^sites\[1\]: 'x' is not allowed; allowed values: "
+        r"\['q', 'k', 'v', 'o', 'mlp', 'resid_pre', 'resid_mid', 'resid_post'\]$",
+    ),
+    (
+        "layer out of range",
+        "layers",
+        [0, 30],
+        r"^layers\[1\]: layer 30 is out of range for model 'smollm2-135m' \(allowed: 0..29\)$",
+    ),
     ("layer out of range", "layers", [-1], r"^layers\[0\]: -1 is not allowed; allowed values: an integer >= 0$"),
-    ("layer out of range", "patching.layers", [40], r"^patching\.layers\[0\]: layer 40 is out of range for every model \(allowed: 0..29\)$"),
+    (
+        "layer out of range",
+        "patching.layers",
+        [40],
+        r"^patching\.layers\[0\]: layer 40 is out of range for every model \(allowed: 0..29\)$",
+    ),
     ("h outside (0, 1)", "patching.h", 0, r"^patching\.h: 0 is not allowed; allowed values: a number > 0 and < 1$"),
-    ("h outside (0, 1)", "patching.h", 1.5, r"^patching\.h: 1\.5 is not allowed; allowed values: a number > 0 and < 1$"),
+    (
+        "h outside (0, 1)",
+        "patching.h",
+        1.5,
+        r"^patching\.h: 1\.5 is not allowed; allowed values: a number > 0 and < 1$",
+    ),
     ("unknown task", "tasks", ["LR", "XOR"], r"^tasks\[1\]: unknown task 'XOR'; allowed values: \['LR', 'MD'\]$"),
-    ("zero count", "prompts.probe_train", 0, r"^prompts\.probe_train: 0 is not allowed; allowed values: an integer >= 1$"),
-    ("negative count", "prompts.patching", -3, r"^prompts\.patching: -3 is not allowed; allowed values: an integer >= 1$"),
-    ("negative count", "activations.batch_size", -8, r"^activations\.batch_size: -8 is not allowed; allowed values: an integer >= 1$"),
-    ("too many head prompts", "heads.prompts", 65, r"^heads\.prompts: 65 is more than the 64 attribution prompts it reads; allowed values: 1\.\.64$"),
-    ("too many chunks", "activations.chunks.probe_test", 10**6, r"^activations\.chunks\.probe_test: 1000000 chunks for 40 prompts; allowed values: 1\.\.40$"),
-    ("max_prompt_tokens too small", "prompts.max_prompt_tokens", 40,
-     r"^prompts\.max_prompt_tokens: 40 may not hold one example: the longest LR example, '\\nFeature 0: 22\\nFeature 1: 22\\nOutput: 968', has 40 characters .*; allowed values: an integer >= 41$"),
-    ("test split too large", "test_weights", 529, r"^test_weights: 529 leaves no training weights; task LR has 529 weight vectors \(allowed values: 1\.\.528\)$"),
-    ("test split too large", "test_weights", 1000, r"^test_weights: 1000 leaves no training weights; .*\(allowed values: 1\.\.528\)$"),
-    ("unknown attribution method", "attribution.method", "lime", r"^attribution\.method: 'lime' is not allowed; allowed values: \['saliency', 'input_x_gradient', 'smoothgrad', 'integrated_gradients', 'expected_gradients', 'idgi'\]$"),
-    ("unknown model id", "models", [{"id": "gpt-9"}], r"^models\[0\]\.id: unknown model id 'gpt-9'; allowed values: \['llama-3.1-8b', 'llama-3.2-3b', 'smollm2-135m'\], or any id with 'hub: <name>' or 'path: <dir>'$"),
-    ("duplicate model ids", "models", [{"id": "smollm2-135m"}, {"id": "smollm2-135m"}], r"^models\[1\]\.id: duplicate model id 'smollm2-135m'; .*allowed values: an id not used by another entry$"),
-    ("model path missing", "models", [{"id": "mine", "path": "/nonexistent/model"}], r"^models\[0\]\.path: /nonexistent/model does not exist or is not a directory; allowed values: a local directory with a transformers model"),
-    ("model without layer count", "models", [{"id": "mine", "hub": "org/new-model"}], r"^layers: 'all' needs the layer count of model 'mine', .*; allowed values: a list of layer indices$"),
-    ("wrong type", "prompts.max_prompt_tokens", "600", r"^prompts\.max_prompt_tokens: '600' is not allowed; allowed values: an integer >= 1$"),
-    ("wrong type", "probe.keep_in_memory", "yes", r"^probe\.keep_in_memory: 'yes' is not allowed; allowed values: true or false$"),
-    ("wrong type", "sites", "k", r"^sites: 'k' is not allowed; allowed values: a non-empty list of values from \['q', 'k', 'v', 'o', 'mlp'\]$"),
-    ("wrong type", "layers", "most", r"^layers: 'most' is not allowed; allowed values: 'all' or a non-empty list of integers >= 0$"),
+    (
+        "zero count",
+        "prompts.probe_train",
+        0,
+        r"^prompts\.probe_train: 0 is not allowed; allowed values: an integer >= 1$",
+    ),
+    (
+        "negative count",
+        "prompts.patching",
+        -3,
+        r"^prompts\.patching: -3 is not allowed; allowed values: an integer >= 1$",
+    ),
+    (
+        "negative count",
+        "activations.batch_size",
+        -8,
+        r"^activations\.batch_size: -8 is not allowed; allowed values: an integer >= 1$",
+    ),
+    (
+        "too many head prompts",
+        "heads.prompts",
+        65,
+        r"^heads\.prompts: 65 is more than the 64 attribution prompts it reads; allowed values: 1\.\.64$",
+    ),
+    (
+        "too many chunks",
+        "activations.chunks.probe_test",
+        10**6,
+        r"^activations\.chunks\.probe_test: 1000000 chunks for 40 prompts; allowed values: 1\.\.40$",
+    ),
+    (
+        "max_prompt_tokens too small",
+        "prompts.max_prompt_tokens",
+        40,
+        r"^prompts\.max_prompt_tokens: 40 may not hold one example: the longest LR example, "
+        r"'\\nFeature 0: 22\\nFeature 1: 22\\nOutput: 968', has 40 characters .*; allowed values: an integer >= 41$",
+    ),
+    (
+        "test split too large",
+        "test_weights",
+        529,
+        r"^test_weights: 529 leaves no training weights; task LR has 529 weight vectors \(allowed values: 1\.\.528\)$",
+    ),
+    (
+        "test split too large",
+        "test_weights",
+        1000,
+        r"^test_weights: 1000 leaves no training weights; .*\(allowed values: 1\.\.528\)$",
+    ),
+    (
+        "unknown attribution method",
+        "attribution.method",
+        "lime",
+        r"^attribution\.method: 'lime' is not allowed; allowed values: "
+        r"\['saliency', 'input_x_gradient', 'smoothgrad', 'integrated_gradients', 'expected_gradients', 'idgi'\]$",
+    ),
+    (
+        "unknown model id",
+        "models",
+        [{"id": "gpt-9"}],
+        r"^models\[0\]\.id: unknown model id 'gpt-9'; "
+        r"allowed values: \['llama-3.1-8b', 'llama-3.2-3b', 'smollm2-135m'\], "
+        r"or any id with 'hub: <name>' or 'path: <dir>'$",
+    ),
+    (
+        "duplicate model ids",
+        "models",
+        [{"id": "smollm2-135m"}, {"id": "smollm2-135m"}],
+        r"^models\[1\]\.id: duplicate model id 'smollm2-135m'; .*allowed values: an id not used by another entry$",
+    ),
+    (
+        "model path missing",
+        "models",
+        [{"id": "mine", "path": "/nonexistent/model"}],
+        r"^models\[0\]\.path: /nonexistent/model does not exist or is not a directory; "
+        r"allowed values: a local directory with a transformers model",
+    ),
+    (
+        "model without layer count",
+        "models",
+        [{"id": "mine", "hub": "org/new-model"}],
+        r"^layers: 'all' needs the layer count of model 'mine', .*; allowed values: a list of layer indices$",
+    ),
+    (
+        "wrong type",
+        "prompts.max_prompt_tokens",
+        "600",
+        r"^prompts\.max_prompt_tokens: '600' is not allowed; allowed values: an integer >= 1$",
+    ),
+    (
+        "wrong type",
+        "probe.keep_in_memory",
+        "yes",
+        r"^probe\.keep_in_memory: 'yes' is not allowed; allowed values: true or false$",
+    ),
+    (
+        "wrong type",
+        "sites",
+        "k",
+        r"^sites: 'k' is not allowed; allowed values: "
+        r"a non-empty list of values from \['q', 'k', 'v', 'o', 'mlp', 'resid_pre', 'resid_mid', 'resid_post'\]$",
+    ),
+    (
+        "wrong type",
+        "layers",
+        "most",
+        r"^layers: 'most' is not allowed; allowed values: 'all' or a non-empty list of integers >= 0$",
+    ),
     ("wrong type", "compute.threads", 2.5, r"^compute\.threads: 2\.5 is not allowed; allowed values: an integer >= 1$"),
-    ("wrong type", "prompts", 5, r"^prompts: 5 is not allowed; allowed values: a mapping with keys \['attribution', 'max_prompt_tokens', "),
-    ("unknown value", "probe.regime", "fast", r"^probe\.regime: 'fast' is not allowed; allowed values: \['paper', 'improved'\]$"),
-    ("unknown value", "compute.device", "tpu", r"^compute\.device: 'tpu' is not allowed; allowed values: one of \['cpu', 'cuda', 'auto'\] or a string matching \^cuda:\[0-9\]\+\$$"),
-    ("out of range", "probe.improved.val_fraction", 1.0, r"^probe\.improved\.val_fraction: 1\.0 is not allowed; allowed values: a number > 0 and < 1$"),
-    ("duplicate", "layers", [3, 3], r"^layers: a layer is listed twice in \[3, 3\]; allowed values: distinct layer indices$"),
-    ("missing key", "compute", {"device": "cpu", "dtype": "auto"}, r"^compute: missing key\(s\) \['threads'\]; required keys: \['device', 'dtype', 'threads'\]$"),
+    (
+        "wrong type",
+        "prompts",
+        5,
+        r"^prompts: 5 is not allowed; allowed values: a mapping with keys \['attribution', 'max_prompt_tokens', ",
+    ),
+    (
+        "unknown value",
+        "probe.regime",
+        "fast",
+        r"^probe\.regime: 'fast' is not allowed; allowed values: \['paper', 'improved'\]$",
+    ),
+    (
+        "unknown value",
+        "compute.device",
+        "tpu",
+        r"^compute\.device: 'tpu' is not allowed; allowed values: "
+        r"one of \['cpu', 'cuda', 'auto'\] or a string matching \^cuda:\[0-9\]\+\$$",
+    ),
+    (
+        "out of range",
+        "probe.improved.val_fraction",
+        1.0,
+        r"^probe\.improved\.val_fraction: 1\.0 is not allowed; allowed values: a number > 0 and < 1$",
+    ),
+    (
+        "duplicate",
+        "layers",
+        [3, 3],
+        r"^layers: a layer is listed twice in \[3, 3\]; allowed values: distinct layer indices$",
+    ),
+    (
+        "missing key",
+        "compute",
+        {"device": "cpu", "dtype": "auto"},
+        r"^compute: missing key\(s\) \['threads'\]; required keys: \['device', 'dtype', 'threads'\]$",
+    ),
 ]
 
 
 def test_every_kind_of_the_issue_is_covered():
     kinds = {kind for kind, *_ in BAD}
-    assert {"unknown key", "unknown site", "layer out of range", "h outside (0, 1)", "unknown task", "zero count", "negative count",
-            "max_prompt_tokens too small", "test split too large", "unknown attribution method", "unknown model id",
-            "duplicate model ids", "wrong type"} <= kinds
+    assert {
+        "unknown key",
+        "unknown site",
+        "layer out of range",
+        "h outside (0, 1)",
+        "unknown task",
+        "zero count",
+        "negative count",
+        "max_prompt_tokens too small",
+        "test split too large",
+        "unknown attribution method",
+        "unknown model id",
+        "duplicate model ids",
+        "wrong type",
+    } <= kinds
 
 
 def test_path_model_without_config_json(default, schema, tmp_path):
@@ -100,7 +273,11 @@ def test_path_model_without_config_json(default, schema, tmp_path):
     with pytest.raises(ConfigError, match=r"^models\[0\]\.path: .* has no config\.json; allowed values: "):
         validate_config(config, schema)
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
-    with pytest.raises(ConfigError, match=r"^models\[0\]\.path: .* has a config\.json without \['num_hidden_layers', 'hidden_size', 'num_attention_heads'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^models\[0\]\.path: .* has a config\.json without "
+        r"\['num_hidden_layers', 'hidden_size', 'num_attention_heads'\]",
+    ):
         validate_config(config, schema)
 
 
@@ -117,4 +294,6 @@ def test_bad_values_name_their_key(default, schema, kind, key, value, message):
     with pytest.raises(ConfigError, match=message) as error:
         validate_config(config, schema)
     text = str(error.value)
-    assert "\n" not in text and ("allowed" in text or "required keys" in text)  # one line naming what is allowed; the regex anchors the key
+    assert "\n" not in text and (
+        "allowed" in text or "required keys" in text
+    )  # one line naming what is allowed; the regex anchors the key

@@ -1,6 +1,7 @@
-"""The positive-control model (issue 9): a tiny Llama trained on the tasks' prompts with the
+"""The positive-control model: a tiny Llama trained on the tasks' prompts with the
 real SmolLM2 tokenizer learns, is reproducible, never sees a test weight, and is saved as a
 model the pipeline loads like any other."""
+
 import copy
 import json
 
@@ -10,6 +11,7 @@ import yaml
 
 from minormech.config import ConfigError, load_schema, validate_config
 from minormech.control_model import (
+    TrainingPrompts,
     TrainSettings,
     make_example,
     output_value_mask,
@@ -18,10 +20,23 @@ from minormech.control_model import (
     training_batches,
 )
 from minormech.models import load_model, resolve_model_spec
+from minormech.prompts import format_example, output_spans
 from minormech.tasks import get_task, make_weight_table
 
 TASKS = ["LR", "MD"]
-TINY = {"tokenizer_of": "smollm2-135m", "hidden_size": 32, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate_size": 64, "steps": 25, "batch_size": 4, "lr": 1e-2, "seed": 0, "loss": "outputs"}
+TINY = {
+    "tokenizer_of": "smollm2-135m",
+    "hidden_size": 32,
+    "layers": 2,
+    "heads": 4,
+    "kv_heads": 2,
+    "intermediate_size": 64,
+    "steps": 25,
+    "batch_size": 4,
+    "lr": 1e-2,
+    "seed": 0,
+    "loss": "outputs",
+}
 BUDGET = 64  # prompts.max_prompt_tokens: 2-3 examples, short sequences
 
 
@@ -31,14 +46,30 @@ def tables():
 
 
 @pytest.fixture(scope="module")
-def trained(smollm2_tokenizer, tables):
-    return train(TrainSettings(**TINY), TASKS, tables, smollm2_tokenizer, BUDGET)
+def prompts(smollm2_tokenizer, tables):
+    return TrainingPrompts(TASKS, tables, smollm2_tokenizer, BUDGET)
+
+
+@pytest.fixture(scope="module")
+def trained(prompts):
+    return train(TrainSettings(**TINY), prompts)
 
 
 def test_train_entry_gives_layers_and_widths_before_training():
-    spec = resolve_model_spec({"id": "tiny-icl", "train": {**TINY, "hidden_size": 64, "layers": 4, "heads": 4, "kv_heads": 2}})
+    spec = resolve_model_spec(
+        {"id": "tiny-icl", "train": {**TINY, "hidden_size": 64, "layers": 4, "heads": 4, "kv_heads": 2}}
+    )
     assert (spec.source, spec.location, spec.num_layers) == ("trained", "smollm2-135m", 4)
-    assert spec.site_widths == {"q": 64, "k": 32, "v": 32, "o": 64, "mlp": 64}
+    assert spec.site_widths == {
+        "q": 64,
+        "k": 32,
+        "v": 32,
+        "o": 64,
+        "mlp": 64,
+        "resid_pre": 64,
+        "resid_mid": 64,
+        "resid_post": 64,
+    }
 
 
 def test_config_accepts_a_train_entry_and_names_bad_ones(repo_root):
@@ -50,8 +81,14 @@ def test_config_accepts_a_train_entry_and_names_bad_ones(repo_root):
     bad = [
         ({"hidden_size": 36}, r"^models\[0\]\.train\.hidden_size: 36 does not split into 4 heads of even width"),
         ({"kv_heads": 3}, r"^models\[0\]\.train\.kv_heads: 3 does not divide heads=4"),
-        ({"tokenizer_of": "tiny-icl"}, r"^models\[0\]\.train\.tokenizer_of: 'tiny-icl' is not a known or configured untrained model"),
-        ({"loss": "answer"}, r"^models\[0\]\.train\.loss: 'answer' is not allowed; allowed values: \['outputs', 'all'\]$"),
+        (
+            {"tokenizer_of": "tiny-icl"},
+            r"^models\[0\]\.train\.tokenizer_of: 'tiny-icl' is not a known or configured untrained model",
+        ),
+        (
+            {"loss": "answer"},
+            r"^models\[0\]\.train\.loss: 'answer' is not allowed; allowed values: \['outputs', 'all'\]$",
+        ),
     ]
     for change, message in bad:
         broken = copy.deepcopy(config)
@@ -60,28 +97,37 @@ def test_config_accepts_a_train_entry_and_names_bad_ones(repo_root):
             validate_config(broken, schema)
 
 
-def test_loss_scores_exactly_the_output_digits(smollm2_tokenizer, tables):
-    text = "ctx\n\nFeature 0: 3\nFeature 1: 22\nOutput: 968\n\nFeature 0: 1\nFeature 1: 0\nOutput: 17"
+def test_loss_scores_exactly_the_output_digits(smollm2_tokenizer, prompts):
+    text = "ctx\n\n" + "\n\n".join(format_example(x, y) for x, y in (([3, 22], 968), ([1, 0], 17)))
+    assert text == "ctx\n\n\nFeature 0: 3\nFeature 1: 22\nOutput: 968\n\n\nFeature 0: 1\nFeature 1: 0\nOutput: 17"
+    spans = output_spans([[3, 22], [1, 0]], [968, 17], len("ctx\n\n"))
+    assert [text[a:b] for a, b in spans] == ["968", "17"]
     encoded = smollm2_tokenizer(text, return_offsets_mapping=True)
-    scored = [smollm2_tokenizer.decode([t]) for t, s in zip(encoded["input_ids"], output_value_mask(text, encoded["offset_mapping"])) if s]
+    scored = [
+        smollm2_tokenizer.decode([t])
+        for t, s in zip(encoded["input_ids"], output_value_mask(spans, encoded["offset_mapping"]))
+        if s
+    ]
     assert scored == ["9", "6", "8", "1", "7"]
-    outputs, answer = (make_example("LR", tables["LR"], smollm2_tokenizer, BUDGET, 0, 0, "control_model", score) for score in ("outputs", "answer"))
+    outputs, answer = (make_example(prompts, "LR", 0, 0, "control_model", score) for score in ("outputs", "answer"))
     n_answer = sum(t != -100 for t in answer.labels)
-    assert outputs.input_ids == answer.input_ids and outputs.labels[-n_answer:] == answer.labels[-n_answer:]  # the answer is scored too
+    assert (
+        outputs.input_ids == answer.input_ids and outputs.labels[-n_answer:] == answer.labels[-n_answer:]
+    )  # the answer is scored too
     assert sum(t != -100 for t in outputs.labels) > n_answer  # and so are the earlier Output values
 
 
-def test_training_uses_only_training_weights(smollm2_tokenizer, tables):
+def test_training_uses_only_training_weights(prompts, tables):
     for name in TASKS:
-        drawn = {make_example(name, tables[name], smollm2_tokenizer, BUDGET, 0, i, "control_model", "outputs").weight_id for i in range(300)}
+        drawn = {make_example(prompts, name, 0, i, "control_model", "outputs").weight_id for i in range(300)}
         assert drawn <= set(tables[name].train_ids.tolist()) and len(drawn) > 100
 
 
-def test_prompt_workers_build_the_same_batches(smollm2_tokenizer, tables):
+def test_prompt_workers_build_the_same_batches(prompts):
     """GPU runs build prompts in worker processes; the batches are those built in-process."""
     settings = TrainSettings(**{**TINY, "steps": 4})
-    assert [[e.input_ids for e in batch] for batch in training_batches(TASKS, tables, smollm2_tokenizer, BUDGET, settings, workers=2)] == [
-        [e.input_ids for e in batch] for batch in training_batches(TASKS, tables, smollm2_tokenizer, BUDGET, settings, workers=0)
+    assert [[e.input_ids for e in batch] for batch in training_batches(prompts, settings, workers=2)] == [
+        [e.input_ids for e in batch] for batch in training_batches(prompts, settings, workers=0)
     ]
 
 
@@ -93,19 +139,28 @@ def test_training_reduces_the_loss(trained):
         assert record["held_out_after"][name]["answer_loss"] < 0.6 * record["held_out_before"][name]["answer_loss"]
 
 
-def test_same_seed_same_weights(smollm2_tokenizer, tables):
+def test_same_seed_same_weights(prompts):
     """Two short runs with equal settings end with identical weights; another seed differs."""
-    runs = [train(TrainSettings(**{**TINY, "steps": 3, "seed": seed, "loss": "all"}), TASKS, tables, smollm2_tokenizer, BUDGET)[0].state_dict() for seed in (0, 0, 1)]
+    runs = [
+        train(TrainSettings(**{**TINY, "steps": 3, "seed": seed, "loss": "all"}), prompts)[0].state_dict()
+        for seed in (0, 0, 1)
+    ]
     assert all(torch.equal(runs[0][key], runs[1][key]) for key in runs[0])
     assert not torch.equal(runs[0]["model.embed_tokens.weight"], runs[2]["model.embed_tokens.weight"])
 
 
 def test_saved_model_loads_like_any_model(trained, smollm2_tokenizer, tmp_path):
     model, record = trained
-    manifest = save(model, smollm2_tokenizer, record, "tiny-icl", tmp_path / "model", tmp_path / "model" / "training.json")
+    manifest = save(
+        model, smollm2_tokenizer, record, "tiny-icl", tmp_path / "model", tmp_path / "model" / "training.json"
+    )
     assert list((tmp_path / "model").glob("*.safetensors")) and not list((tmp_path / "model").glob("*.bin"))
     spec = resolve_model_spec({"id": "tiny-icl", "train": TINY})
-    assert (manifest.source, manifest.num_layers, manifest.site_widths) == ("trained", spec.num_layers, spec.site_widths)
+    assert (manifest.source, manifest.num_layers, manifest.site_widths) == (
+        "trained",
+        spec.num_layers,
+        spec.site_widths,
+    )
     loaded, tokenizer = load_model(manifest, "cpu", "float32")
     ids = tokenizer("Feature 0: 3\nFeature 1: 4\nOutput: ", return_tensors="pt").input_ids
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Model-free controls and the interval code, on cases whose answer is known."""
+
 import numpy as np
 import pytest
 

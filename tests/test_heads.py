@@ -1,6 +1,7 @@
 """Head-level views (minormech.heads): head outputs from cached q/k/v against the model's
 own attention, knockouts against zeroing o_proj, grouped-query attention on the tiny Llama
 (4 query heads, 2 key/value heads), and example-answer spans on real prompts."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,12 +10,24 @@ from conftest import random_prompts
 
 from minormech.head_figures import attention_figure, head_heatmap_figure
 from minormech.heads import (
-    HeadLayout, HeadResults, example_answers, head_outputs, head_residual_contributions, head_results, head_xi, knocked_out, knockout_scores, logprob_increase,
-    head_table, top_heads, unpatched_answer_scores,
+    HeadLayout,
+    HeadResults,
+    HeadSettings,
+    example_answers,
+    head_outputs,
+    head_residual_contributions,
+    head_results,
+    head_table,
+    head_xi,
+    knocked_out,
+    knockout_scores,
+    logprob_increase,
+    top_heads,
+    unpatched_answer_scores,
 )
 from minormech.hooks import hook_name
-from minormech.patching import unpatched_run
 from minormech.prompts import generate_prompts, prompt_weight_ids
+from minormech.runner import RunOptions, unpatched_run
 from minormech.tasks import get_task, make_weight_table
 from minormech.uncertainty import Bootstrap
 
@@ -24,7 +37,12 @@ LAYERS = [0, 1, 2]
 def o_proj_inputs(model, run):
     """The model's own attention output per head: o_proj's input [B, T, H * hd] per layer."""
     seen = {}
-    handles = [model.model.layers[l].self_attn.o_proj.register_forward_pre_hook(lambda _m, args, l=l: seen.__setitem__(l, args[0])) for l in LAYERS]
+    handles = [
+        model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(
+            lambda _m, args, layer=layer: seen.__setitem__(layer, args[0])
+        )
+        for layer in LAYERS
+    ]
     try:
         with torch.no_grad():
             model(run.input_ids, attention_mask=run.attention_mask)
@@ -44,7 +62,9 @@ def test_head_output_from_cached_qkv_equals_the_models_attention(tiny):
     own = o_proj_inputs(tiny, run)
     rows, last = torch.arange(4), run.lengths - 1
     for layer in LAYERS:
-        heads = head_outputs(tiny, layer, run.sites[("q", layer)], run.sites[("k", layer)], run.sites[("v", layer)], run.lengths)
+        heads = head_outputs(
+            tiny, layer, run.sites[("q", layer)], run.sites[("k", layer)], run.sites[("v", layer)], run.lengths
+        )
         expected = own[layer][rows, last].view(4, layout.n_heads, layout.head_dim)
         torch.testing.assert_close(heads.z, expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(heads.attention.sum(-1), torch.ones(4, layout.n_heads))
@@ -60,10 +80,11 @@ def test_grouped_query_heads_read_their_key_value_head(tiny):
     layout = HeadLayout.of(tiny)
     before = head_outputs(tiny, 1, q, k, v, run.lengths).z
     changed = k.clone()
-    changed[..., layout.head_dim : 2 * layout.head_dim] += torch.randn_like(changed[..., layout.head_dim : 2 * layout.head_dim])
+    changed[..., layout.head_dim : 2 * layout.head_dim] += torch.randn_like(
+        changed[..., layout.head_dim : 2 * layout.head_dim]
+    )
     after = head_outputs(tiny, 1, q, changed, v, run.lengths).z
     moved = (after - before).abs().amax(dim=(0, 2))
-    assert [layout.kv_head(h) for h in range(4)] == [0, 0, 1, 1]
     assert moved[:2].max() == 0 and moved[2:].min() > 1e-4, moved
 
 
@@ -71,7 +92,9 @@ def test_knocking_out_every_head_equals_zeroing_the_o_proj_input(tiny):
     run = unpatched_run(tiny, random_prompts(3, seed=5), [], LAYERS, 0)
     layout = HeadLayout.of(tiny)
     for layer in LAYERS:
-        handle = tiny.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(lambda _m, args: (torch.zeros_like(args[0]),))
+        handle = tiny.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(
+            lambda _m, args: (torch.zeros_like(args[0]),)
+        )
         try:
             with torch.no_grad():
                 zeroed = tiny(run.input_ids, attention_mask=run.attention_mask).logits  # o_proj's input zeroed
@@ -80,7 +103,13 @@ def test_knocking_out_every_head_equals_zeroing_the_o_proj_input(tiny):
         assert not torch.allclose(zeroed, tiny(run.input_ids, attention_mask=run.attention_mask).logits)
         with torch.no_grad(), knocked_out(tiny, layer, None):
             every = tiny(run.input_ids, attention_mask=run.attention_mask).logits
-        with torch.no_grad(), knocked_out(tiny, layer, 0), knocked_out(tiny, layer, 1), knocked_out(tiny, layer, 2), knocked_out(tiny, layer, 3):
+        with (
+            torch.no_grad(),
+            knocked_out(tiny, layer, 0),
+            knocked_out(tiny, layer, 1),
+            knocked_out(tiny, layer, 2),
+            knocked_out(tiny, layer, 3),
+        ):
             one_by_one = tiny(run.input_ids, attention_mask=run.attention_mask).logits
         assert layout.n_heads == 4
         torch.testing.assert_close(every, zeroed)
@@ -111,8 +140,15 @@ def test_unpatched_answer_scores_are_teacher_forced_log_probabilities(tiny):
     logp, _ = unpatched_answer_scores(tiny, run)
     for row, prompt in enumerate(run.prompts):
         with torch.no_grad():
-            logits = tiny(torch.tensor([prompt.input_ids + prompt.answer_ids])).logits[0, prompt.length - 1 : -1].float()
-        torch.testing.assert_close(logp[row], logits.log_softmax(-1).gather(1, torch.tensor(prompt.answer_ids)[:, None]).sum(), rtol=1e-5, atol=1e-5)
+            logits = (
+                tiny(torch.tensor([prompt.input_ids + prompt.answer_ids])).logits[0, prompt.length - 1 : -1].float()
+            )
+        torch.testing.assert_close(
+            logp[row],
+            logits.log_softmax(-1).gather(1, torch.tensor(prompt.answer_ids)[:, None]).sum(),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_logprob_increase_of_the_whole_layer_is_the_attention_layers_effect(tiny):
@@ -122,7 +158,9 @@ def test_logprob_increase_of_the_whole_layer_is_the_attention_layers_effect(tiny
     run = unpatched_run(tiny, random_prompts(3, seed=8), ["q", "k", "v", "mlp"], [2], 0)
     rows, last = torch.arange(3), run.lengths - 1
     heads = head_outputs(tiny, 2, *(run.sites[(s, 2)] for s in "qkv"), run.lengths)
-    every_head = head_residual_contributions(tiny, 2, heads.z).sum(1, keepdim=True) + run.sites[("mlp", 2)][rows, last][:, None]
+    every_head = (
+        head_residual_contributions(tiny, 2, heads.z).sum(1, keepdim=True) + run.sites[("mlp", 2)][rows, last][:, None]
+    )
     first = torch.tensor([p.answer_ids[0] for p in run.prompts])
     residual = run.residuals[2][rows, last]
     increase = logprob_increase(tiny, 2, residual, every_head, first)[:, 0]
@@ -151,7 +189,9 @@ def test_head_xi_sums_each_heads_slice():
 
 def _real_prompts(tokenizer, task, n=3):
     table = make_weight_table(get_task(task), 40, 0)
-    return generate_prompts(get_task(task), table, prompt_weight_ids("attribution", table, 0, n), "attribution", tokenizer, 128, 0)
+    return generate_prompts(
+        get_task(task), table, prompt_weight_ids("attribution", table, 0, n), "attribution", tokenizer, 128, 0
+    )
 
 
 @pytest.mark.parametrize("task", ["LR", "MD"])
@@ -159,7 +199,11 @@ def test_example_answer_spans_cover_each_examples_output_value(smollm2_tokenizer
     for prompt in _real_prompts(smollm2_tokenizer, task):
         answers = example_answers(prompt, smollm2_tokenizer)
         assert len(answers.spans) == prompt.n_examples - 1 >= 1
-        values = [line.split("Output: ")[1] for line in prompt.text.split("\n") if line.startswith("Output: ") and line != "Output: "]
+        values = [
+            line.split("Output: ")[1]
+            for line in prompt.text.split("\n")
+            if line.startswith("Output: ") and line != "Output: "
+        ]
         decoded = [smollm2_tokenizer.decode(prompt.input_ids[a:b]).strip() for a, b in answers.spans]
         assert decoded == values
         assert (answers.distance >= 0).all()
@@ -172,7 +216,9 @@ def test_head_results_on_the_embedded_model(smollm2):
     model, tokenizer = smollm2
     prompts = _real_prompts(tokenizer, "LR", n=2)
     layers = [0, 29]
-    result = head_results(model, tokenizer, prompts, layers, batch_size=2, pad_id=0, knockout=True, n_top=2)
+    result = head_results(
+        model, tokenizer, prompts, layers, HeadSettings(knockout=True, top=2), RunOptions(batch_size=2, pad_id=0)
+    )
     layout = HeadLayout.of(model)
     assert result.logprob_increase.shape == result.knockout_dlogp.shape == (2, 2, layout.n_heads)
     assert np.isfinite(result.logprob_increase).all() and np.isfinite(result.knockout_dlogp).all()
@@ -189,10 +235,30 @@ def test_head_figures_with_knockouts():
     rng = np.random.default_rng(0)
     tables, attention = {}, {}
     for task in ("LR", "MD"):
-        results = HeadResults([0, 4], rng.normal(size=(5, 2, 3)), rng.normal(size=(5, 2, 3)), rng.integers(-1, 2, size=(5, 2, 3)).astype(float), np.ones(5, bool), [])
+        results = HeadResults(
+            [0, 4],
+            rng.normal(size=(5, 2, 3)),
+            rng.normal(size=(5, 2, 3)),
+            rng.integers(-1, 2, size=(5, 2, 3)).astype(float),
+            np.ones(5, bool),
+            [],
+        )
         tables[task] = pd.DataFrame(head_table(results, Bootstrap(n_boot=200)))
         attention[task] = pd.DataFrame(
-            [{"prompt": p, "rank": 0, "layer": 4, "head": 1, "example": e, "examples_in_prompt": 3, "distance": float(3 - e), "attention": 0.1 * (e + 1)} for p in range(4) for e in range(3)]
+            [
+                {
+                    "prompt": p,
+                    "rank": 0,
+                    "layer": 4,
+                    "head": 1,
+                    "example": e,
+                    "examples_in_prompt": 3,
+                    "distance": float(3 - e),
+                    "attention": 0.1 * (e + 1),
+                }
+                for p in range(4)
+                for e in range(3)
+            ]
         )
     for figure, column in (("heads_increase", "logprob_increase"), ("heads_knockout", "knockout_dlogp")):
         _, table = head_heatmap_figure(tables, figure, ("LR", "MD"), "m")
@@ -200,4 +266,6 @@ def test_head_figures_with_knockouts():
         np.testing.assert_allclose(table["LR-MD"], tables["LR"][column] - tables["MD"][column])
     _, correlations = attention_figure(attention, ("LR", "MD"), "m")
     # attention grows with the example index: falls with "examples before the query" and with distance
-    assert correlations["spearman_before_query"].tolist() == [-1.0, -1.0] and correlations["spearman_distance"].tolist() == [-1.0, -1.0]
+    assert correlations["spearman_before_query"].tolist() == [-1.0, -1.0] and correlations[
+        "spearman_distance"
+    ].tolist() == [-1.0, -1.0]

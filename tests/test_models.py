@@ -1,5 +1,6 @@
 """Model registry and loaders: the embedded GGUF model, a local path, and a hub name
 resolved offline from an HF_HOME cache (the cluster's situation), all on real weights."""
+
 import os
 import shutil
 import subprocess
@@ -52,7 +53,7 @@ def test_local_path_model(smollm2_manifest, tmp_path):
 
 def test_hub_model_prepared_from_a_cache_and_loaded_offline(smollm2_manifest, tmp_path):
     """A hub model is found in the configured download cache with HF_HUB_OFFLINE=1 (as on a
-    login node after `prepare_model` ran, or a pre-filled cache), and the manifest points the
+    login node after `download_model` ran, or a pre-filled cache), and the manifest points the
     GPU jobs at the local snapshot. The cache is laid out as huggingface_hub lays it out."""
     cache = tmp_path / "models"
     snapshot = cache / "models--local--smollm2" / "snapshots" / ("0" * 40)
@@ -60,13 +61,16 @@ def test_hub_model_prepared_from_a_cache_and_loaded_offline(smollm2_manifest, tm
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     code = (
-        "import json, sys; from minormech.models import load_model, prepare_model, resolve_model_spec;"
+        "import json, sys; from minormech.models import "
+        "download_hub_model, load_model, prepare_model, resolve_model_spec;"
         "spec = resolve_model_spec({'id': 'hub-smollm2', 'hub': 'local/smollm2'});"
-        "manifest = prepare_model(spec, sys.argv[1], sys.argv[2]);"
+        "manifest = prepare_model(spec, sys.argv[1], download_hub_model(spec, sys.argv[2]));"
         "m, t = load_model(manifest, 'cpu', 'auto');"
         "print(manifest.load_from, manifest.num_layers, len(m.model.layers), m.dtype)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "elsewhere")}
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out"), str(cache)], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "out"), str(cache)], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [str(snapshot), "30", "30", "torch.float32"]

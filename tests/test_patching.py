@@ -1,15 +1,27 @@
 """Activation patching on a tiny random Llama (exact equivalences, the settings' logic) and
 its controls on the real embedded model."""
+
 import torch
 from conftest import random_prompts
 
 from minormech.activations import pad_token_id
 from minormech.hooks import record_sites, site_hooks
 from minormech.patching import (
-    BASIC, PATCH_KINDS, SWAPPED, aligned_source_index, cache_below, compare, greedy_continue, patch_hook, patched_first_logits, patching_counts,
-    random_keep_mask, same_prediction, score_answer, settings_for, unpatched_run,
+    BASIC,
+    PATCH_KINDS,
+    SWAPPED,
+    PatchingSettings,
+    aligned_source_index,
+    compare,
+    patch_hook,
+    patched_first_logits,
+    patching_counts,
+    random_keep_mask,
+    same_prediction,
+    settings_for,
 )
 from minormech.prompts import generate_prompts, prompt_weight_ids
+from minormech.runner import RunOptions, cache_below, greedy_continue, score_answer, unpatched_run
 from minormech.tasks import get_task, make_weight_table
 from minormech.uncertainty import Bootstrap
 
@@ -25,7 +37,18 @@ def _runs(tiny, seed_base=1, seed_source=2, n=3):
 def _patched_greedy(model, base, source, site, layer, keep, n_tokens):
     """The patched base's greedy prediction, decoded on a copy of its cache; and the pass."""
     first, cache = patched_first_logits(model, base, source, site, layer, keep)
-    return greedy_continue(model, first, cache_below(model, cache, len(model.model.layers)), base.attention_mask, base.lengths, n_tokens).cpu(), first, cache
+    return (
+        greedy_continue(
+            model,
+            first,
+            cache_below(model, cache, len(model.model.layers)),
+            base.attention_mask,
+            base.lengths,
+            n_tokens,
+        ).cpu(),
+        first,
+        cache,
+    )
 
 
 def _half(width, seed=0):
@@ -53,7 +76,11 @@ def test_cached_decoding_equals_decoding_with_full_forwards(tiny):
     site, layer = "v", 1
     keep = _half(16)
     cached, _, _ = _patched_greedy(tiny, base, source, site, layer, keep, n_tokens=3)
-    with torch.no_grad(), site_hooks(tiny, [site], [layer], patch_hook(base, source, site, layer, keep, "end")), record_sites(tiny, [site], [layer]) as seen:
+    with (
+        torch.no_grad(),
+        site_hooks(tiny, [site], [layer], patch_hook(base, source, site, layer, keep, "end")),
+        record_sites(tiny, [site], [layer]) as seen,
+    ):
         tiny(base.input_ids, attention_mask=base.attention_mask)
     patched_values = seen[(site, layer)]
     for row, prompt in enumerate(base.prompts):
@@ -86,11 +113,17 @@ def test_patching_all_features_copies_the_source_activations(tiny):
     site, layer = "k", 1
     keep = torch.ones(16, dtype=torch.bool)
     index, valid = aligned_source_index(base.lengths, source.lengths, base.input_ids.shape[1], "end")
-    with torch.no_grad(), site_hooks(tiny, [site], [layer], patch_hook(base, source, site, layer, keep, "end")), record_sites(tiny, [site], [layer]) as seen:
+    with (
+        torch.no_grad(),
+        site_hooks(tiny, [site], [layer], patch_hook(base, source, site, layer, keep, "end")),
+        record_sites(tiny, [site], [layer]) as seen,
+    ):
         tiny(base.input_ids, attention_mask=base.attention_mask)
     for row in range(3):
         positions = valid[row].nonzero()[:, 0]
-        torch.testing.assert_close(seen[(site, layer)][row, positions], source.sites[(site, layer)][row, index[row, positions]])
+        torch.testing.assert_close(
+            seen[(site, layer)][row, positions], source.sites[(site, layer)][row, index[row, positions]]
+        )
         assert len(positions) == min(base.lengths[row], source.lengths[row])  # end-aligned over the shorter prompt
 
 
@@ -106,15 +139,22 @@ def test_basic_and_swapped_differ_when_u_is_tau1(tiny):
     pair = ["LR", "MD"]
     reference = {"LR": random_prompts(4, 11), "MD": random_prompts(4, 12)}
     others = {"LR": random_prompts(4, 13), "MD": random_prompts(4, 14)}
-    keep = {(t, s, l): _half(tiny.model.layers[l].self_attn.k_proj.out_features if s in "kv" else 32, seed=l) for t in pair for s in ["k"] for l in LAYERS}
-    result = patching_counts(tiny, reference, others, pair, ["k"], LAYERS, keep, batch_size=2, pad_id=0)
+    keep = {
+        (t, s, layer): _half(tiny.model.layers[layer].self_attn.k_proj.out_features if s in "kv" else 32, seed=layer)
+        for t in pair
+        for s in ["k"]
+        for layer in LAYERS
+    }
+    result = patching_counts(
+        tiny, reference, others, keep, PatchingSettings(pair, ["k"], LAYERS), RunOptions(batch_size=2, pad_id=0)
+    )
     rows, accuracy = result.rows, result.accuracy
     assert len(settings_for(pair)) == 8 and len(rows) == 8 * len(LAYERS) and {r["patch"] for r in rows} == {"xi"}
     rho = {(r["tau1"], r["u"], r["v"], r["layer"]): r["rho"] for r in rows}
     for tau1 in pair:
-        assert any(rho[(tau1, tau1, BASIC, l)] != rho[(tau1, tau1, SWAPPED, l)] for l in LAYERS)
+        assert any(rho[(tau1, tau1, BASIC, layer)] != rho[(tau1, tau1, SWAPPED, layer)] for layer in LAYERS)
     assert all(0 <= r["rho"] <= 4 and r["fraction"] == r["rho"] / 4 for r in rows)
-    assert set(accuracy) == {"reference:LR", "reference:MD", "patching:LR", "patching:MD"}
+    assert set(accuracy) == {("reference", "LR"), ("reference", "MD"), ("patching", "LR"), ("patching", "MD")}
     assert result.runs == {"unpatched": 2 * 4, "xi": 2 * 8 * len(LAYERS)}
 
 
@@ -127,14 +167,16 @@ def test_bfloat16_path_runs_on_cpu(tiny):
 
     model = copy.deepcopy(tiny).to(torch.bfloat16)
     prompts = random_prompts(3)
-    stored = extract_activations(model, prompts, ["k", "mlp"], [1], 2, torch.bfloat16, 0)
+    stored = extract_activations(model, prompts, ["k", "mlp"], [1], torch.bfloat16, RunOptions(2, 0))
     assert stored[("k", 1)].dtype == torch.bfloat16 and torch.isfinite(stored[("k", 1)].float()).all()
     base = unpatched_run(model, prompts, ["k"], [1], 0)
     source = unpatched_run(model, random_prompts(3, 2), ["k"], [1], 0)
     keep = _half(16)
     from_layer, _ = patched_first_logits(model, base, source, "k", 1, keep)
     with torch.no_grad(), site_hooks(model, ["k"], [1], patch_hook(base, source, "k", 1, keep, "end")):
-        full = model(base.input_ids, attention_mask=base.attention_mask).logits[torch.arange(3), base.lengths - 1].float()
+        full = (
+            model(base.input_ids, attention_mask=base.attention_mask).logits[torch.arange(3), base.lengths - 1].float()
+        )
     torch.testing.assert_close(from_layer, full, rtol=2e-2, atol=2e-2)
 
 
@@ -179,7 +221,9 @@ def test_score_answer_equals_full_forwards_over_prompt_and_answer(tiny):
 def _real_prompts(tokenizer, task_name, n, max_tokens, seed=0):
     task = get_task(task_name)
     table = make_weight_table(task, 40, 0)
-    return generate_prompts(task, table, prompt_weight_ids("probe_train", table, seed, count=n), "probe_train", tokenizer, max_tokens, seed)
+    return generate_prompts(
+        task, table, prompt_weight_ids("probe_train", table, seed, count=n), "probe_train", tokenizer, max_tokens, seed
+    )
 
 
 def test_noop_patch_changes_nothing_on_the_real_model(smollm2):
@@ -208,12 +252,31 @@ def test_random_mask_matches_the_xi_count_and_is_seeded():
     assert mask.dtype == torch.bool and mask.shape == xi.shape and int(mask.sum()) == int(xi.sum())
     assert torch.equal(mask, random_keep_mask(xi, 0, "LR", "k", 5))
     assert not torch.equal(mask, xi)
-    assert not torch.equal(mask, random_keep_mask(xi, 0, "LR", "k", 6)) and not torch.equal(mask, random_keep_mask(xi, 1, "LR", "k", 5))
+    assert not torch.equal(mask, random_keep_mask(xi, 0, "LR", "k", 6)) and not torch.equal(
+        mask, random_keep_mask(xi, 1, "LR", "k", 5)
+    )
 
 
 COLUMNS = [
-    "setting", "tau1", "u", "v", "site", "layer", "patch", "n_kept", "rho", "rho_ci_low", "rho_ci_high", "n_pairs", "fraction",
-    "dlogp", "dlogp_ci_low", "dlogp_ci_high", "dlogit", "dlogit_ci_low", "dlogit_ci_high",
+    "setting",
+    "tau1",
+    "u",
+    "v",
+    "site",
+    "layer",
+    "patch",
+    "n_kept",
+    "rho",
+    "rho_ci_low",
+    "rho_ci_high",
+    "n_pairs",
+    "fraction",
+    "dlogp",
+    "dlogp_ci_low",
+    "dlogp_ci_high",
+    "dlogit",
+    "dlogit_ci_low",
+    "dlogit_ci_high",
 ]
 
 
@@ -224,17 +287,24 @@ def test_patching_counts_with_controls(tiny):
     pair, layers = ["LR", "MD"], [0, 2]
     reference = {"LR": random_prompts(2, 11), "MD": random_prompts(2, 12)}
     others = {"LR": random_prompts(2, 13), "MD": random_prompts(2, 14)}
-    keep = {(t, "k", l): _half(16, seed=l + 3 * i) for i, t in enumerate(pair) for l in layers}
-    result = patching_counts(tiny, reference, others, pair, ["k"], layers, keep, batch_size=2, pad_id=0, controls=True, seed=0, bootstrap=Bootstrap(n_boot=200))
+    keep = {(t, "k", layer): _half(16, seed=layer + 3 * i) for i, t in enumerate(pair) for layer in layers}
+    settings = PatchingSettings(pair, ["k"], layers, controls=True, seed=0, bootstrap=Bootstrap(n_boot=200))
+    result = patching_counts(tiny, reference, others, keep, settings, RunOptions(batch_size=2, pad_id=0))
     rows = result.rows
     assert all(list(r) == COLUMNS for r in rows)
     assert len(rows) == 8 * len(layers) * 3 and {r["patch"] for r in rows} == set(PATCH_KINDS)
     assert result.runs == {"unpatched": 4, "xi": 8 * len(layers), "random": 8 * len(layers), "noop": 4 * len(layers)}
     by_key = {(r["setting"], r["layer"], r["patch"]): r for r in rows}
     for r in rows:
-        assert r["n_pairs"] == 2 and r["rho_ci_low"] <= r["rho"] <= r["rho_ci_high"] and r["dlogp_ci_low"] <= r["dlogp"] <= r["dlogp_ci_high"]
+        assert (
+            r["n_pairs"] == 2
+            and r["rho_ci_low"] <= r["rho"] <= r["rho_ci_high"]
+            and r["dlogp_ci_low"] <= r["dlogp"] <= r["dlogp_ci_high"]
+        )
         assert r["n_kept"] == by_key[(r["setting"], r["layer"], "xi")]["n_kept"] == 8
-        pairs = [p for p in result.pairs if (p["setting"], p["layer"], p["patch"]) == (r["setting"], r["layer"], r["patch"])]
+        pairs = [
+            p for p in result.pairs if (p["setting"], p["layer"], p["patch"]) == (r["setting"], r["layer"], r["patch"])
+        ]
         assert [p["pair"] for p in pairs] == [0, 1] and sum(p["same"] for p in pairs) == r["rho"]
         assert abs(sum(p["dlogit"] for p in pairs) / 2 - r["dlogit"]) < 1e-9
         if r["patch"] == "noop":

@@ -1,10 +1,19 @@
 """The probe on synthetic activations whose answer is known."""
+
 import numpy as np
 import pytest
 import torch
 
 from minormech.probe_results import squared_errors
-from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, StackedProbes, per_probe_mse, predict_stacks, train_probe_groups
+from minormech.probes import (
+    ProbeData,
+    ProbeGroup,
+    ProbeTraining,
+    StackedProbes,
+    per_probe_mse,
+    predict_stacks,
+    train_probe_groups,
+)
 from minormech.prompts import Prompt, prompts_digest
 from minormech.shards import Shard, ShardHeader, write_shard
 
@@ -19,7 +28,18 @@ def _synthetic(tmp_path, n_prompts, layers, d, seed, name, signal_layers):
     for i in range(n_prompts):
         w = rng.integers(0, 23, size=2)
         n = int(rng.integers(5, 12))
-        prompts.append(Prompt(id=i, weight_id=int(w[0] * 23 + w[1]), weight=w.tolist(), n_examples=1, text="", answer="", input_ids=list(range(n)), answer_ids=[1]))
+        prompts.append(
+            Prompt(
+                id=i,
+                weight_id=int(w[0] * 23 + w[1]),
+                weight=w.tolist(),
+                n_examples=1,
+                text="",
+                answer="",
+                input_ids=list(range(n)),
+                answer_ids=[1],
+            )
+        )
         for l in layers:
             noise = torch.randn(n, d, generator=gen)
             signal = torch.tensor(w, dtype=torch.float32) @ mixing / 10 if l in signal_layers else 0
@@ -35,11 +55,15 @@ def test_probe_learns_a_linear_readout(tmp_path):
     layers = [0, 1]
     train = _synthetic(tmp_path, 400, layers, 16, 0, "train", signal_layers={1})
     test = _synthetic(tmp_path, 100, layers, 16, 1, "test", signal_layers={1})
-    settings = ProbeTraining(regime="improved", d_proj=32, lr=3e-3, batch_size=16, max_epochs=150, patience=20, val_fraction=0.1, seed=0)
+    settings = ProbeTraining(
+        regime="improved", d_proj=32, lr=3e-3, batch_size=16, max_epochs=150, patience=20, val_fraction=0.1, seed=0
+    )
     stacks, (summary,) = train_probe_groups(train, [ProbeGroup("k")], settings, max_positions=12)
     (predictions,), index = predict_stacks(stacks, test, 64)
     mse = per_probe_mse(predictions, test.targets[index])[0]
-    baseline = squared_errors(train.targets.float().mean(0).expand_as(test.targets), test.targets).mean()  # the reports' training-mean baseline
+    baseline = squared_errors(
+        train.targets.float().mean(0).expand_as(test.targets), test.targets
+    ).mean()  # the reports' training-mean baseline
     assert baseline > 30
     assert mse[1] < 0.5, mse  # w is in layer 1: near-zero error
     assert mse[0] > 0.8 * baseline  # layer 0 is noise: no better than the mean
@@ -56,7 +80,9 @@ def test_stacked_training_equals_training_each_probe_alone(tmp_path):
     for v in range(2):
         for i, layer in enumerate(layers):
             alone_data = ProbeData(data.shards, data.prompts, "k", [layer])
-            (alone,), _ = train_probe_groups(alone_data, [ProbeGroup("k", masks[v : v + 1, i : i + 1], variant_ids=[v])], settings, max_positions=12)
+            (alone,), _ = train_probe_groups(
+                alone_data, [ProbeGroup("k", masks[v : v + 1, i : i + 1], variant_ids=[v])], settings, max_positions=12
+            )
             for p_alone, p_stacked in zip(alone.probes.parameters(), stacked.probes.parameters()):
                 torch.testing.assert_close(p_alone[0, 0], p_stacked[v, i], rtol=1e-5, atol=1e-6)
 
@@ -85,7 +111,9 @@ def test_feature_masks_apply_at_read_time(tmp_path):
     layers = [0]
     train = _synthetic(tmp_path, 200, layers, 8, 0, "train", signal_layers={0})
     masks = torch.stack([torch.ones(1, 8), torch.zeros(1, 8)])
-    settings = ProbeTraining(regime="improved", d_proj=16, lr=3e-3, batch_size=16, max_epochs=60, patience=10, val_fraction=0.1, seed=0)
+    settings = ProbeTraining(
+        regime="improved", d_proj=16, lr=3e-3, batch_size=16, max_epochs=60, patience=10, val_fraction=0.1, seed=0
+    )
     stacks, _ = train_probe_groups(train, [ProbeGroup("k", masks)], settings, max_positions=12)
     (predictions,), index = predict_stacks(stacks, train, 64)
     mse = per_probe_mse(predictions, train.targets[index])
@@ -100,7 +128,9 @@ def test_seeds_are_extra_variants_and_seed_zero_is_unchanged(tmp_path):
     layers = [0, 1]
     data = _synthetic(tmp_path, 60, layers, 8, 0, "train", signal_layers={1})
     masks = (torch.rand(2, 2, 8, generator=torch.Generator().manual_seed(0)) < 0.6).float()
-    one = ProbeTraining(regime="improved", d_proj=8, lr=3e-3, batch_size=8, max_epochs=5, patience=2, val_fraction=0.2, seed=4)
+    one = ProbeTraining(
+        regime="improved", d_proj=8, lr=3e-3, batch_size=8, max_epochs=5, patience=2, val_fraction=0.2, seed=4
+    )
     three = ProbeTraining(**{**vars(one), "seeds": 3})
     (single,), _ = train_probe_groups(data, [ProbeGroup("k", masks)], one, max_positions=12)
     (seeded,), _ = train_probe_groups(data, [ProbeGroup("k", masks)], three, max_positions=12)
@@ -115,9 +145,13 @@ def test_control_task_probes_learn_the_permuted_targets(tmp_path):
     every weight id to (0, 0) its predictions go to zero while the task probe learns w."""
     layers = [0]
     train = _synthetic(tmp_path, 200, layers, 8, 0, "train", signal_layers={0})
-    settings = ProbeTraining(regime="improved", d_proj=16, lr=3e-3, batch_size=16, max_epochs=40, patience=10, val_fraction=0.1, seed=0)
+    settings = ProbeTraining(
+        regime="improved", d_proj=16, lr=3e-3, batch_size=16, max_epochs=40, patience=10, val_fraction=0.1, seed=0
+    )
     zeros = torch.zeros(529, 2)
-    stacks, _ = train_probe_groups(train, [ProbeGroup("k"), ProbeGroup("k", control_targets=zeros)], settings, max_positions=12)
+    stacks, _ = train_probe_groups(
+        train, [ProbeGroup("k"), ProbeGroup("k", control_targets=zeros)], settings, max_positions=12
+    )
     (task, control), index = predict_stacks(stacks, train, 64)
     assert per_probe_mse(task, train.targets[index])[0, 0] < 5
-    assert per_probe_mse(control, zeros[:len(index)])[0, 0] < 1
+    assert per_probe_mse(control, zeros[: len(index)])[0, 0] < 1

@@ -1,9 +1,21 @@
+import json
 import re
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 
-from minormech.prompts import generate_prompts, prompt_weight_ids, prompts_digest, read_prompts, write_prompts
+from minormech.prompts import (
+    PROMPT_FORMAT,
+    PROMPT_FORMAT_VERSION,
+    format_example,
+    generate_prompts,
+    output_spans,
+    prompt_weight_ids,
+    prompts_digest,
+    read_prompts,
+    write_prompts,
+)
 from minormech.tasks import get_task, make_weight_table
 
 CONTEXTS = {
@@ -84,11 +96,61 @@ def test_budget_too_small_is_a_clear_error(smollm2_tokenizer):
 
 def test_damaged_prompt_file(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"id": 0}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:1: not a prompt record"):
+    path.write_text(json.dumps({"format": PROMPT_FORMAT, "version": PROMPT_FORMAT_VERSION}) + '\n{"id": 0}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: not a prompt record"):
         read_prompts(path)
     with pytest.raises(ValueError, match="does not exist"):
         read_prompts(tmp_path / "missing.jsonl")
+    path.write_text("")
+    with pytest.raises(ValueError, match=r"bad\.jsonl: prompt file is empty; delete it and rerun$"):
+        read_prompts(path)
+
+
+def test_prompt_file_of_an_old_format_is_refused(smollm2_tokenizer, tmp_path):
+    """A file written before prompts stored their examples (no header: the first line is a
+    prompt) and one of another version are refused with one line naming the file."""
+    _, _, prompts = _make(smollm2_tokenizer, "LR", n=2)
+    old = tmp_path / "old.jsonl"
+    old.write_text(
+        "".join(
+            json.dumps({k: v for k, v in asdict(p).items() if k not in ("example_x", "example_y")}) + "\n"
+            for p in prompts
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^\S*old\.jsonl: prompt file of an old format "
+        r"\(no format header, prompts without their examples\); delete it and rerun$",
+    ):
+        read_prompts(old)
+    other = tmp_path / "other.jsonl"
+    write_prompts(other, prompts)
+    lines = other.read_text().splitlines(keepends=True)
+    other.write_text(
+        json.dumps({"format": PROMPT_FORMAT, "version": PROMPT_FORMAT_VERSION + 1}) + "\n" + "".join(lines[1:])
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"other\.jsonl: prompt format {PROMPT_FORMAT_VERSION + 1}, expected {PROMPT_FORMAT_VERSION}; "
+        r"delete it and rerun$",
+    ):
+        read_prompts(other)
+
+
+@pytest.mark.parametrize("name", ["LR", "MD"])
+def test_prompts_store_their_examples(smollm2_tokenizer, name):
+    """The stored examples are the ones the text shows, in order, the query last with the
+    answer as its output; output_spans finds every output value in text + answer."""
+    task, _, prompts = _make(smollm2_tokenizer, name)
+    for p in prompts:
+        assert len(p.example_x) == len(p.example_y) == p.n_examples
+        body = "\n\n".join(format_example(x, y) for x, y in zip(p.example_x, p.example_y))
+        assert p.text + p.answer == CONTEXTS[name] + "\n\n" + body
+        assert str(p.example_y[-1]) == p.answer
+        np.testing.assert_array_equal(task.output(np.array(p.example_x), np.array(p.weight)), p.example_y)
+        full = p.text + p.answer
+        assert [full[a:b] for a, b in p.output_spans()] == [str(y) for y in p.example_y]
+        assert output_spans(p.example_x, p.example_y, len(CONTEXTS[name]) + 2) == p.output_spans()
 
 
 def test_attribution_prompts_draw_from_all_weights():

@@ -1,4 +1,5 @@
-"""Rank and filter against hand-worked vectors (SPEC "Rank difference", "Filter")."""
+"""Rank and filter against hand-worked vectors (paper eq. 15-17, 34-35)."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Reliability (issue 7): a run killed with SIGKILL while activation shards are being
+"""Reliability: a run killed with SIGKILL while activation shards are being
 written resumes to the same results; damaged or foreign inputs stop the job that reads them
 with one line naming the file and what to do; bad configs stop before any job; the same
 config and seed give identical outputs; nothing is loaded through pickle and nothing is
@@ -24,19 +24,24 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_config import BAD
 from transformers import LlamaConfig, LlamaForCausalLM
+from workflow_helpers import SNAKEMAKE, TINY, copy_workflow, error_lines, isolated_env, job_counts, run
 
 from minormech.models import ModelManifest, load_model, prepare_model, resolve_model_spec
 from minormech.prompts import read_prompts
-from test_config import BAD
-from workflow_helpers import SNAKEMAKE, TINY, copy_workflow, error_lines, isolated_env, job_counts, run
 
 MODEL = "results/smollm2-135m"
 #: What the interrupted run asks for: the probe tables of site k (both tasks), figure 2 (xi,
 #: from the attribution of both tasks) and the patching counts of site k. Every activation
 #: shard of the model is needed and none of its random-init control's (figure 1 would need
 #: those too).
-TARGETS = [f"{MODEL}/probes/LR/k/unfiltered.csv", f"{MODEL}/probes/MD/k/unfiltered.csv", f"{MODEL}/figures/fig2_k.csv", f"{MODEL}/patching/k.csv"]
+TARGETS = [
+    f"{MODEL}/probes/LR/k/unfiltered.csv",
+    f"{MODEL}/probes/MD/k/unfiltered.csv",
+    f"{MODEL}/figures/fig2_k.csv",
+    f"{MODEL}/patching/k.csv",
+]
 N_SHARDS = 2 * (TINY["activations"]["chunks"]["probe_train"] + TINY["activations"]["chunks"]["probe_test"])
 
 
@@ -48,9 +53,17 @@ def shards_in_progress(work: Path) -> list[Path]:
     """Logs of activation jobs that are computing their shard: their forward passes have
     started (the log shows the progress bar) and the shard is not written yet."""
     logs = (work / "logs" / "activations" / "smollm2-135m").glob("*/*/chunk*.log")
-    return [log for log in logs
-            if not (work / MODEL / "activations" / log.relative_to(work / "logs" / "activations" / "smollm2-135m").with_suffix(".safetensors")).exists()
-            and "forward passes" in log.read_text(errors="replace")]
+    return [
+        log
+        for log in logs
+        if not (
+            work
+            / MODEL
+            / "activations"
+            / log.relative_to(work / "logs" / "activations" / "smollm2-135m").with_suffix(".safetensors")
+        ).exists()
+        and "forward passes" in log.read_text(errors="replace")
+    ]
 
 
 def kill_tree(process: subprocess.Popen) -> None:
@@ -83,10 +96,19 @@ def resumed(tmp_path_factory, repo_root, workdir, finished):
     env = isolated_env(root / "outside_killed")
 
     with open(root / "killed.out", "w") as out:
-        process = subprocess.Popen([*SNAKEMAKE, *TARGETS, "--cores", "2", "--configfile", "tiny.yaml"], cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [*SNAKEMAKE, *TARGETS, "--cores", "2", "--configfile", "tiny.yaml"],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 600
         while not (shards(work) and shards_in_progress(work)):
-            assert process.poll() is None, f"the run ended before it could be killed:\n{(root / 'killed.out').read_text()[-3000:]}"
+            assert process.poll() is None, (
+                f"the run ended before it could be killed:\n{(root / 'killed.out').read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "no activation job started within 10 minutes"
             time.sleep(0.02)
         in_progress = shards_in_progress(work)
@@ -100,8 +122,17 @@ def resumed(tmp_path_factory, repo_root, workdir, finished):
     # The README's two commands, with the killed run's targets and config.
     run(work, "--unlock", env=env)
     resumed_run = run(work, *TARGETS, "--cores", "2", "--rerun-incomplete", "--configfile", "tiny.yaml", env=env)
-    return {"work": work, "outside_killed": root / "outside_killed", "outside": root / "outside", "at_kill": at_kill, "in_progress": in_progress,
-            "leftovers": leftovers, "locks": locks, "not_unlocked": not_unlocked, "resumed": resumed_run}
+    return {
+        "work": work,
+        "outside_killed": root / "outside_killed",
+        "outside": root / "outside",
+        "at_kill": at_kill,
+        "in_progress": in_progress,
+        "leftovers": leftovers,
+        "locks": locks,
+        "not_unlocked": not_unlocked,
+        "resumed": resumed_run,
+    }
 
 
 def identical_files(first: Path, second: Path, pattern: str) -> list[str]:
@@ -124,10 +155,15 @@ def test_killed_run_resumes_to_the_results_of_an_uninterrupted_run(resumed, work
     assert resumed["locks"], "SIGKILL leaves Snakemake's lock behind"
     assert not [name for name in resumed["leftovers"] if not name.endswith(".safetensors.tmp")]
     # Without --unlock Snakemake refuses and says what to do.
-    assert resumed["not_unlocked"].returncode != 0 and "--unlock" in resumed["not_unlocked"].stdout + resumed["not_unlocked"].stderr
+    assert (
+        resumed["not_unlocked"].returncode != 0
+        and "--unlock" in resumed["not_unlocked"].stdout + resumed["not_unlocked"].stderr
+    )
     # The resumed run makes only the shards the killed run had not finished.
     log = resumed["resumed"].stdout + resumed["resumed"].stderr
-    assert len(re.findall(r"^rule activations:$|^localrule activations:$", log, re.MULTILINE)) == N_SHARDS - len(resumed["at_kill"]), log[-3000:]
+    assert len(re.findall(r"^rule activations:$|^localrule activations:$", log, re.MULTILINE)) == N_SHARDS - len(
+        resumed["at_kill"]
+    ), log[-3000:]
     assert not list(work.glob(f"{MODEL}/activations/*/*/*.tmp")), "a killed job's temporary shard was left behind"
     # Final tables: identical bytes, so identical probe MSEs and patching counts (CPU,
     # fixed seeds, the same thread count in both runs).
@@ -168,11 +204,17 @@ def test_nothing_written_outside_the_working_directory(resumed):
     assert files_under(resumed["outside"]) == []
     assert list((resumed["work"] / ".snakemake" / "matplotlib").glob("fontlist*.json"))
     killed = files_under(resumed["outside_killed"])
-    assert all(name.startswith(("home/.cache/snakemake/snakemake/source-cache/snakemake-runtime-cache/", "tmp/snakemake")) for name in killed), killed
+    assert all(
+        name.startswith(("home/.cache/snakemake/snakemake/source-cache/snakemake-runtime-cache/", "tmp/snakemake"))
+        for name in killed
+    ), killed
 
 
 PICKLE_PATTERNS = {
-    "pickle module": re.compile(r"\bimport (c?pickle|dill|joblib|cloudpickle)\b|\bfrom (c?pickle|dill|joblib|cloudpickle) import\b|\bpickle\.loads?\("),
+    "pickle module": re.compile(
+        r"\bimport (c?pickle|dill|joblib|cloudpickle)\b"
+        r"|\bfrom (c?pickle|dill|joblib|cloudpickle) import\b|\bpickle\.loads?\("
+    ),
     "torch.load without weights_only=True": re.compile(r"torch\.load\((?![^)]*weights_only\s*=\s*True)"),
     "numpy allow_pickle": re.compile(r"allow_pickle\s*=\s*True"),
     "pandas read_pickle": re.compile(r"read_pickle\("),
@@ -181,9 +223,19 @@ PICKLE_PATTERNS = {
 
 
 def test_pipeline_code_loads_nothing_through_pickle(repo_root):
-    files = [*(repo_root / "minormech").glob("*.py"), *(repo_root / "workflow" / "scripts").glob("*.py"), *(repo_root / "rules").glob("*.smk"), repo_root / "Snakefile"]
-    found = [f"{path.relative_to(repo_root)}:{n}: {what}" for path in files for n, line in enumerate(path.read_text().splitlines(), 1)
-             for what, pattern in PICKLE_PATTERNS.items() if pattern.search(line)]
+    files = [
+        *(repo_root / "minormech").glob("*.py"),
+        *(repo_root / "workflow" / "scripts").glob("*.py"),
+        *(repo_root / "rules").glob("*.smk"),
+        repo_root / "Snakefile",
+    ]
+    found = [
+        f"{path.relative_to(repo_root)}:{n}: {what}"
+        for path in files
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        for what, pattern in PICKLE_PATTERNS.items()
+        if pattern.search(line)
+    ]
     assert not found, found
     # Every transformers model load asks for safetensors (the GGUF conversion reads GGUF).
     models_py = (repo_root / "minormech" / "models.py").read_text()
@@ -194,11 +246,22 @@ def test_pipeline_code_loads_nothing_through_pickle(repo_root):
 def test_pickle_checkpoint_is_refused(tmp_path):
     """A model directory with only pytorch_model.bin (a pickle) is refused before anything
     reads it, when prepared and when loaded."""
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     model.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # written, never loaded
-    message = r"has no \*\.safetensors weights \(found \['pytorch_model\.bin'\]\); this pipeline loads no pickle checkpoints"
+    message = (
+        r"has no \*\.safetensors weights \(found \['pytorch_model\.bin'\]\); this pipeline loads no pickle checkpoints"
+    )
     with pytest.raises(FileNotFoundError, match=message):
         prepare_model(resolve_model_spec({"id": "pickled", "path": str(tmp_path)}), tmp_path / "out")
     manifest = ModelManifest(id="pickled", source="path", load_from=str(tmp_path), num_layers=2, site_widths={})
@@ -217,7 +280,11 @@ def rewrite_shard(path: Path, model_id: str | None = None, keep_site: str | None
     if model_id:
         meta["model_id"] = model_id
     if keep_site:
-        tensors = {name: value for name, value in tensors.items() if not name.startswith("blocks.") or name.endswith(f"hook_{keep_site}")}
+        tensors = {
+            name: value
+            for name, value in tensors.items()
+            if not name.startswith("blocks.") or name.endswith(f"hook_{keep_site}")
+        }
         meta["sites"] = f'["{keep_site}"]'
     save_file(tensors, str(path), metadata=meta)
 
@@ -234,12 +301,28 @@ def corrupted(resumed):
         "prompts": work / MODEL / "prompts/LR/attribution.jsonl",
     }
     intact = {key: (path.read_bytes(), path.stat().st_mtime_ns) for key, path in damaged.items()}
-    targets = [f"{MODEL}/probes/LR/k/unfiltered.csv", f"{MODEL}/probes/MD/k/unfiltered.csv", f"{MODEL}/attribution/LR.safetensors"]
+    targets = [
+        f"{MODEL}/probes/LR/k/unfiltered.csv",
+        f"{MODEL}/probes/MD/k/unfiltered.csv",
+        f"{MODEL}/attribution/LR.safetensors",
+    ]
     try:
         rewrite_shard(damaged["model"], model_id="llama-3.2-3b")
         rewrite_shard(damaged["site"], keep_site="v")
         damaged["prompts"].write_text("".join(intact["prompts"][0].decode().splitlines(keepends=True)[:-1]))
-        result = run(work, *targets, "--cores", "2", "--keep-going", "--configfile", "tiny.yaml", "--forcerun", "probe", "attribution", check=False)
+        result = run(
+            work,
+            *targets,
+            "--cores",
+            "2",
+            "--keep-going",
+            "--configfile",
+            "tiny.yaml",
+            "--forcerun",
+            "probe",
+            "attribution",
+            check=False,
+        )
     finally:
         for key, path in damaged.items():
             path.write_bytes(intact[key][0])
@@ -249,21 +332,33 @@ def corrupted(resumed):
     assert len(lines) == 3, result.stderr[-3000:]
     for target in targets:
         assert not (work / target).exists(), f"{target} was written from a damaged input"
-    return {key: next((line for line in lines if str(path.relative_to(work)) in line), None) for key, path in damaged.items()}
+    return {
+        key: next((line for line in lines if str(path.relative_to(work)) in line), None)
+        for key, path in damaged.items()
+    }
 
 
 #: What the user sees for each damaged input of the `corrupted` fixture (one line each).
 CORRUPT_INPUT_LINES = {
-    "model": r"error: results/smollm2-135m/activations/LR/probe_train/chunk000\.safetensors: shard has model_id='llama-3\.2-3b' but this run "
-             r"expects 'smollm2-135m'; it was made by another configuration: delete it and rerun \(details: logs/probe/smollm2-135m/LR/k/unfiltered\.log\)",
-    "site": r"error: results/smollm2-135m/activations/MD/probe_train/chunk001\.safetensors: has no blocks\.0\.hook_k \(it holds sites \['v'\], "
-            r"layers \[0, .*, 29\]\); it was made by another configuration: delete it and rerun \(details: logs/probe/smollm2-135m/MD/k/unfiltered\.log\)",
-    "prompts": r"error: results/smollm2-135m/prompts/LR/attribution\.jsonl: 7 prompts but the config asks for 8; the file is incomplete or "
-               r"stale: delete it and rerun \(details: logs/attribution/smollm2-135m/LR\.log\)",
+    "model": r"error: results/smollm2-135m/activations/LR/probe_train/chunk000\.safetensors: "
+    r"shard has model_id='llama-3\.2-3b' but this run "
+    r"expects 'smollm2-135m'; it was made by another configuration: delete it and rerun "
+    r"\(details: logs/probe/smollm2-135m/LR/k/unfiltered\.log\)",
+    "site": r"error: results/smollm2-135m/activations/MD/probe_train/chunk001\.safetensors: "
+    r"has no blocks\.0\.attn\.hook_k \(it holds sites \['v'\], "
+    r"layers \[0, .*, 29\]\); it was made by another configuration: delete it and rerun "
+    r"\(details: logs/probe/smollm2-135m/MD/k/unfiltered\.log\)",
+    "prompts": r"error: results/smollm2-135m/prompts/LR/attribution\.jsonl: "
+    r"7 prompts but the config asks for 8; the file is incomplete or "
+    r"stale: delete it and rerun \(details: logs/attribution/smollm2-135m/LR\.log\)",
 }
 
 
-@pytest.mark.parametrize("damage", sorted(CORRUPT_INPUT_LINES), ids=["shard_from_another_model", "prompt_file_cut_short", "shard_from_another_site"])
+@pytest.mark.parametrize(
+    "damage",
+    sorted(CORRUPT_INPUT_LINES),
+    ids=["shard_from_another_model", "prompt_file_cut_short", "shard_from_another_site"],
+)
 def test_corrupt_input_gives_one_clear_line(corrupted, damage):
     """A shard from another model, a shard from another site, a prompt file cut short."""
     assert corrupted[damage] and re.fullmatch(CORRUPT_INPUT_LINES[damage], corrupted[damage]), corrupted[damage]
@@ -287,7 +382,10 @@ def test_deleted_prompt_file_is_made_again_identically(resumed):
 
 def test_prompt_file_deleted_under_a_running_job_is_one_clear_line(tmp_path):
     """What a job reports when its prompt file vanished (deleted while the run was going)."""
-    with pytest.raises(ValueError, match=r"missing\.jsonl: prompt file does not exist; rerun snakemake, which remakes it \(rule prompts\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing\.jsonl: prompt file does not exist; rerun snakemake, which remakes it \(rule prompts\)$",
+    ):
         read_prompts(tmp_path / "missing.jsonl")
 
 
@@ -295,12 +393,25 @@ def test_model_directory_gone(resumed):
     """The prepared model directory a manifest names has disappeared (moved, cleaned up):
     the job that loads it says which manifest to delete."""
     work = resumed["work"]
-    manifest, shard = work / MODEL / "model/manifest.json", work / MODEL / "activations/MD/probe_test/chunk000.safetensors"
+    manifest, shard = (
+        work / MODEL / "model/manifest.json",
+        work / MODEL / "activations/MD/probe_test/chunk000.safetensors",
+    )
     intact = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (manifest, shard)}
     try:
         manifest.write_text(manifest.read_text().replace('"load_from": "', '"load_from": "/nonexistent'))
         os.utime(manifest, ns=(intact[manifest][1],) * 2)  # only the directory is gone: nothing downstream looks stale
-        result = run(work, str(shard.relative_to(work)), "--cores", "2", "--configfile", "tiny.yaml", "--forcerun", "activations", check=False)
+        result = run(
+            work,
+            str(shard.relative_to(work)),
+            "--cores",
+            "2",
+            "--configfile",
+            "tiny.yaml",
+            "--forcerun",
+            "activations",
+            check=False,
+        )
     finally:
         for path, (data, mtime) in intact.items():
             path.parent.mkdir(parents=True, exist_ok=True)  # Snakemake removed the failed job's output and its folder
@@ -308,8 +419,10 @@ def test_model_directory_gone(resumed):
             os.utime(path, ns=(mtime, mtime))
     assert result.returncode != 0
     assert error_lines(result.stderr) == [
-        f"error: {MODEL}/model/manifest.json: the model directory it names, /nonexistent{ModelManifest.read(manifest).load_from}, does not exist; "
-        "delete the manifest and rerun, which prepares the model again (details: logs/activations/smollm2-135m/MD/probe_test/chunk000.log)"
+        f"error: {MODEL}/model/manifest.json: the model directory it names, "
+        f"/nonexistent{ModelManifest.read(manifest).load_from}, does not exist; "
+        "delete the manifest and rerun, which prepares the model again "
+        "(details: logs/activations/smollm2-135m/MD/probe_test/chunk000.log)"
     ], result.stderr[-2000:]
 
 
@@ -334,10 +447,17 @@ def overlay(key: str, value) -> dict:
 #: its bounds), a check the schema cannot express (the prompt budget) and a model path.
 #: Every kind is covered by tests/test_config.py::test_bad_values_name_their_key, which
 #: calls validate_config, the function the workflow runs first.
-WORKFLOW_BAD = [case for case in BAD if (case[0], case[1], str(case[2])) in {
-    ("unknown key", "probe.improved.lr_rate", "0.001"), ("max_prompt_tokens too small", "prompts.max_prompt_tokens", "40"),
-    ("h outside (0, 1)", "patching.h", "1.5"), ("model path missing", "models", str([{"id": "mine", "path": "/nonexistent/model"}])),
-}]
+WORKFLOW_BAD = [
+    case
+    for case in BAD
+    if (case[0], case[1], str(case[2]))
+    in {
+        ("unknown key", "probe.improved.lr_rate", "0.001"),
+        ("max_prompt_tokens too small", "prompts.max_prompt_tokens", "40"),
+        ("h outside (0, 1)", "patching.h", "1.5"),
+        ("model path missing", "models", str([{"id": "mine", "path": "/nonexistent/model"}])),
+    }
+]
 
 
 @pytest.mark.parametrize("kind,key,value,message", WORKFLOW_BAD, ids=[f"{c[0]}: {c[1]}" for c in WORKFLOW_BAD])
@@ -346,6 +466,14 @@ def test_bad_config_stops_before_any_job(pristine, kind, key, value, message):
     result = run(pristine, "--cores", "2", "--configfile", "bad.yaml", check=False)
     assert result.returncode != 0
     # Snakemake's own notice that an overlay extends config/config.yaml, then our one line.
-    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("Config file config/config.yaml is extended")]
-    assert len(lines) == 1 and lines[0].startswith("config error: ") and re.match(message, lines[0].removeprefix("config error: ")), result.stderr
+    lines = [
+        line
+        for line in result.stderr.strip().splitlines()
+        if not line.startswith("Config file config/config.yaml is extended")
+    ]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("config error: ")
+        and re.match(message, lines[0].removeprefix("config error: "))
+    ), result.stderr
     assert not (pristine / "results").exists() and not (pristine / "logs").exists()

@@ -1,21 +1,38 @@
 import pytest
 import torch
-
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from minormech.shards import Shard, ShardError, ShardHeader, save_tensors, shard_bytes, write_shard
+from minormech.hooks import hook_name
+from minormech.shards import (
+    SHARD_FORMAT_VERSION,
+    Shard,
+    ShardError,
+    ShardHeader,
+    save_tensors,
+    shard_bytes,
+    write_shard,
+)
 
 
 def _header(**over):
-    fields = dict(model_id="m", task="LR", prompt_set="probe_train", chunk=0, sites=("k", "v"), layers=(0, 3), store_dtype="bfloat16", prompts_sha256="abc")
+    fields = dict(
+        model_id="m",
+        task="LR",
+        prompt_set="probe_train",
+        chunk=0,
+        sites=("k", "v"),
+        layers=(0, 3),
+        store_dtype="bfloat16",
+        prompts_sha256="abc",
+    )
     fields.update(over)
     return ShardHeader(**fields)
 
 
 def _write(path, dtype=torch.bfloat16):
     lengths = [3, 5]
-    acts = {(s, l): torch.randn(8, 4 if s == "k" else 6).to(dtype) for s in ("k", "v") for l in (0, 3)}
+    acts = {(s, layer): torch.randn(8, 4 if s == "k" else 6).to(dtype) for s in ("k", "v") for layer in (0, 3)}
     write_shard(path, _header(), acts, [10, 11], lengths)
     return acts
 
@@ -38,10 +55,35 @@ def test_reader_refuses_other_runs_and_missing_sites(tmp_path):
     _write(path)
     with pytest.raises(ShardError, match="model_id='m' but this run expects 'other'"):
         Shard(path).expect(model_id="other")
-    with pytest.raises(ShardError, match="has no blocks.0.hook_q"):
+    with pytest.raises(ShardError, match=r"has no blocks\.0\.attn\.hook_q \(it holds sites \['k', 'v'\]"):
         Shard(path).read("q", 0)
     with pytest.raises(ShardError, match="does not exist"):
         Shard(tmp_path / "none.safetensors")
+
+
+def test_tensors_are_stored_under_the_site_tables_hook_names(tmp_path):
+    path = tmp_path / "s.safetensors"
+    _write(path)
+    with safe_open(str(path), framework="pt") as handle:
+        names = set(handle.keys())
+    assert names == {"prompt_ids", "lengths", *(hook_name(s, layer) for s in ("k", "v") for layer in (0, 3))}
+    assert "blocks.3.attn.hook_k" in names
+
+
+def test_shard_of_an_older_format_is_refused_in_one_line(tmp_path):
+    """Format 1 keyed every site as blocks.{layer}.hook_{site}; a reader of format 2 (the
+    site table's hook names) refuses it rather than missing its tensors."""
+    path = tmp_path / "old.safetensors"
+    old_meta = {**_header().to_metadata(), "format_version": "1"}
+    save_tensors(
+        {"prompt_ids": torch.tensor([10]), "lengths": torch.tensor([8]), "blocks.0.hook_k": torch.zeros(8, 4)},
+        path,
+        old_meta,
+    )
+    with pytest.raises(ShardError) as error:
+        Shard(path)
+    assert str(error.value) == f"{path}: shard format '1', expected '{SHARD_FORMAT_VERSION}'; delete it and rerun"
+    assert SHARD_FORMAT_VERSION == "2"
 
 
 def test_truncated_shard_is_named(tmp_path):
@@ -62,8 +104,13 @@ def test_save_tensors_is_a_reproducible_safetensors_file(tmp_path):
     """safetensors reads what save_tensors writes (every stored dtype, empty and 0-d tensors),
     and the same tensors and metadata give the same bytes whatever their insertion order."""
     tensors = {
-        "b": torch.randn(3, 5).to(torch.bfloat16), "a": torch.randn(7).half(), "c": torch.arange(4),
-        "d": torch.randn(2, 2), "empty": torch.zeros(0, 3), "scalar": torch.tensor(1.5), "mask": torch.tensor([True, False]),
+        "b": torch.randn(3, 5).to(torch.bfloat16),
+        "a": torch.randn(7).half(),
+        "c": torch.arange(4),
+        "d": torch.randn(2, 2),
+        "empty": torch.zeros(0, 3),
+        "scalar": torch.tensor(1.5),
+        "mask": torch.tensor([True, False]),
     }
     save_tensors(tensors, tmp_path / "one.safetensors", {"z": "1", "a": "2"})
     save_tensors(dict(reversed(list(tensors.items()))), tmp_path / "two.safetensors", {"a": "2", "z": "1"})

@@ -11,6 +11,7 @@ speed-up). The profile's partitions are used as they are: the test cluster has a
 partition `debug` and a partition `gpu`, where the profile sends the GPU rules.
 Takes 9-16 minutes on 2 cores.
 """
+
 import os
 import re
 import shutil
@@ -19,15 +20,20 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
 import slurm_cluster
+import yaml
 from workflow_helpers import TINY
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = {"activations", "attribution", "head_views", "patching", "probe"}  # the tiny config keeps shards; stream_probes goes to gpu too
-GPU_PARTITION_RULES = GPU_RULES | {"stream_probes", "stream_probes_random_init", "train_control_model"}
+GPU_RULES = {
+    "activations",
+    "attribution",
+    "head_views",
+    "patching",
+    "probe",
+}  # the tiny config keeps shards; stream_probes goes to gpu too
+GPU_PARTITION_RULES = GPU_RULES | {"stream_probes", "model"}
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
 
@@ -111,7 +117,9 @@ def test_every_job_with_work_ran_as_a_slurm_job(slurm_run):
 def test_jobs_run_the_virtual_environments_python(slurm_run, cluster):
     work, output, env = slurm_run
     slurm_id = SUBMITTED.findall(output)[-1][1]
-    script = subprocess.run(["scontrol", "write", "batch_script", slurm_id, "-"], env=env, capture_output=True, text=True, check=True).stdout
+    script = subprocess.run(
+        ["scontrol", "write", "batch_script", slurm_id, "-"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert f"{sys.executable} -m snakemake" in script, script
 
 

@@ -1,9 +1,9 @@
 """The storage plan: shard bytes per config and each model's probe source (probe.source)."""
+
 import copy
 
 import pytest
 import yaml
-
 from workflow_helpers import copy_workflow, job_counts, run
 
 from minormech.config import model_specs
@@ -56,16 +56,24 @@ def test_paper_config_dry_run_prints_the_plan_and_plans_stream_jobs(tmp_path, re
     result = run(work, "-n", "--configfile", "config/llama-3.2-3b.yaml")
     assert "llama-3.2-3b             site k      1,761.6 GB in shard mode" in result.stderr
     assert "llama-3.2-3b-random-init site k      1,761.6 GB in shard mode" in result.stderr
-    assert "llama-3.2-3b             probes from stream (probe.source: auto, shards would exceed storage.limit_gb=1000): writes 0.0 GB of shards" in result.stderr
+    assert (
+        "llama-3.2-3b             probes from stream (probe.source: auto, "
+        "shards would exceed storage.limit_gb=1000): writes 0.0 GB of shards" in result.stderr
+    )
     assert "total written 0.0 GB (storage.limit_gb=1000)" in result.stderr
     counts = job_counts(result.stdout)
-    assert counts["stream_probes"] == 2 and "activations" not in counts and "probe" not in counts
-    assert counts["stream_probes_random_init"] == 2 and counts["random_init_model"] == 1  # controls.random_init, unfiltered probes only
+    # One stream job per (model, task) for the model and its random-init control; rule probe
+    # only puts each (task, site, kind)'s files in place: 2 tasks x 5 sites x (2 kinds + 1).
+    assert counts["stream_probes"] == 2 * 2 and "activations" not in counts and counts["probe"] == 2 * 5 * 3
+    assert counts["model"] == 2 and counts["download_model"] == 1  # the model (from the hub) and its control
 
     (work / "shards.yaml").write_text(yaml.safe_dump({"probe": {"source": "shards"}}))
     refused = run(work, "-n", "--configfile", "config/llama-3.2-3b.yaml", "shards.yaml", check=False)
     assert refused.returncode == 1
-    assert "storage error: the configured shards need about 38,755 GB, more than storage.limit_gb=1000; set probe.source: stream (or auto)" in refused.stderr
+    assert (
+        "storage error: the configured shards need about 38,755 GB, more than storage.limit_gb=1000; "
+        "set probe.source: stream (or auto)" in refused.stderr
+    )
 
 
 def test_auto_counts_the_shards_of_every_model_against_one_limit(configs):

@@ -1,12 +1,22 @@
 """Stream mode (minormech.stream) against shard mode on the real embedded model: the same
 probes, seeds and batch order must give the same test MSE per (site, layer, variant)."""
+
 import numpy as np
 import pytest
 import torch
 
 from minormech.activations import extract_activations, pad_token_id
-from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, batch_order, per_probe_mse, predict_stacks, train_probe_groups
+from minormech.probes import (
+    ProbeData,
+    ProbeGroup,
+    ProbeTraining,
+    batch_order,
+    per_probe_mse,
+    predict_stacks,
+    train_probe_groups,
+)
 from minormech.prompts import generate_prompts, prompt_weight_ids, prompts_digest
+from minormech.runner import RunOptions
 from minormech.shards import Shard, ShardHeader, chunk_rows, write_shard
 from minormech.stream import StreamSource
 from minormech.tasks import get_task, make_weight_table
@@ -28,8 +38,12 @@ def _shards(model, tokenizer, prompts, prompt_set, n_chunks, directory):
     shards = []
     for c, rows in enumerate(chunk_rows(len(prompts), n_chunks)):
         part = [prompts[i] for i in rows]
-        activations = extract_activations(model, part, SITES, LAYERS, 8, torch.float32, pad_token_id(tokenizer))
-        header = ShardHeader("smollm2-135m", "LR", prompt_set, c, tuple(SITES), tuple(LAYERS), "float32", prompts_digest(part))
+        activations = extract_activations(
+            model, part, SITES, LAYERS, torch.float32, RunOptions(8, pad_token_id(tokenizer))
+        )
+        header = ShardHeader(
+            "smollm2-135m", "LR", prompt_set, c, tuple(SITES), tuple(LAYERS), "float32", prompts_digest(part)
+        )
         path = directory / f"{prompt_set}{c}.safetensors"
         write_shard(path, header, activations, [p.id for p in part], [p.length for p in part])
         shards.append(Shard(path))
@@ -43,11 +57,23 @@ def sets(smollm2, tmp_path_factory):
     model, tokenizer = smollm2
     directory = tmp_path_factory.mktemp("stream")
     train, test = _prompts(tokenizer, "probe_train", 48), _prompts(tokenizer, "probe_test", 16)
-    shards = {"train": _shards(model, tokenizer, train, "probe_train", 2, directory), "test": _shards(model, tokenizer, test, "probe_test", 1, directory)}
+    shards = {
+        "train": _shards(model, tokenizer, train, "probe_train", 2, directory),
+        "test": _shards(model, tokenizer, test, "probe_test", 1, directory),
+    }
     widths = {"k": 192, "v": 192}
 
     def stream(prompts, n_chunks):
-        return StreamSource(model, prompts, SITES, LAYERS, widths, 8, pad_token_id(tokenizer), [len(c) for c in chunk_rows(len(prompts), n_chunks)])
+        return StreamSource(
+            model,
+            prompts,
+            SITES,
+            LAYERS,
+            widths,
+            8,
+            pad_token_id(tokenizer),
+            [len(c) for c in chunk_rows(len(prompts), n_chunks)],
+        )
 
     masks = (torch.rand(4, len(LAYERS), 192, generator=torch.Generator().manual_seed(1)) < 0.5).float()
     return {"train": train, "test": test, "shards": shards, "stream": stream, "masks": masks}
@@ -55,7 +81,9 @@ def sets(smollm2, tmp_path_factory):
 
 SETTINGS = {
     "paper": ProbeTraining(regime="paper", d_proj=32, lr=1e-3, batch_size=1, steps=60, seed=0),
-    "improved": ProbeTraining(regime="improved", d_proj=32, lr=1e-3, batch_size=8, max_epochs=3, patience=2, val_fraction=0.2, seed=0),
+    "improved": ProbeTraining(
+        regime="improved", d_proj=32, lr=1e-3, batch_size=8, max_epochs=3, patience=2, val_fraction=0.2, seed=0
+    ),
 }
 
 
@@ -75,7 +103,9 @@ def test_stream_and_shards_give_the_same_test_mse(sets, regime):
 
     train, test = sets["stream"](sets["train"], 2), sets["stream"](sets["test"], 1)
     plan = [(site, kind) for site in SITES for kind in range(len(variants))]
-    stacks, summaries = train_probe_groups(train, [ProbeGroup(site, variants[kind]) for site, kind in plan], settings, max_positions, eval_batch_size=8)
+    stacks, summaries = train_probe_groups(
+        train, [ProbeGroup(site, variants[kind]) for site, kind in plan], settings, max_positions, eval_batch_size=8
+    )
     predictions, index = predict_stacks(stacks, test, 8)
     for (site, kind), prediction in zip(plan, predictions):
         stream_mse = per_probe_mse(prediction, test.targets[index])
@@ -100,7 +130,9 @@ def test_stream_batches_equal_shard_batches(sets):
         for from_shards, from_stream in zip(train_shards.read(order), stream.read(order), strict=True):
             assert torch.equal(from_shards.prompt_index, from_stream.prompt_index)
             assert torch.equal(from_shards.lengths, from_stream.lengths)
-            torch.testing.assert_close(from_stream.activations("k"), from_shards.activations("k"), rtol=1e-4, atol=1e-4)  # forwards of other batch shapes: rounding only
+            torch.testing.assert_close(
+                from_stream.activations("k"), from_shards.activations("k"), rtol=1e-4, atol=1e-4
+            )  # forwards of other batch shapes: rounding only
 
 
 def test_batch_order_keeps_batches_inside_chunks_and_covers_every_prompt():

@@ -10,7 +10,6 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
-
 from workflow_helpers import TINY, copy_workflow, error_lines, job_counts, run  # noqa: F401 (TINY: used by test_slurm)
 
 # The `workdir` and `finished` fixtures (the tiny config's whole DAG, run once per session
@@ -37,7 +36,20 @@ def test_dag_runs_to_every_figure(workdir, finished):
     assert list(eq41["layer"]) == list(range(30)) and eq41["eq41_holds"].dtype == bool
     patching = pd.read_csv(figures / "fig5_k.csv")
     assert len(patching) == 8 * 2 * 3 and patching["rho"].between(0, 4).all()  # settings x layers x (xi, random, noop)
-    for rule in ("prompts", "activations", "probe", "attribution", "rank_difference", "patching", "plot_fig5", "random_init_model", "summary", "head_views", "head_xi", "plot_heads"):
+    for rule in (
+        "prompts",
+        "activations",
+        "probe",
+        "attribution",
+        "rank_difference",
+        "patching",
+        "plot_fig5",
+        "model",
+        "summary",
+        "head_views",
+        "head_xi",
+        "plot_heads",
+    ):
         assert list((workdir / "logs" / rule).rglob("*.log")), f"no log for {rule}"
 
 
@@ -49,7 +61,10 @@ def test_head_views_make_their_figures(workdir, finished):
     for task in ("LR", "MD"):
         table = pd.read_csv(model / "heads" / f"{task}.csv")
         assert len(table) == 30 * 9 and table["n_prompts"].eq(2).all()
-        assert table["logprob_increase"].notna().all() and (table["logprob_increase_ci_low"] <= table["logprob_increase_ci_high"]).all()
+        assert (
+            table["logprob_increase"].notna().all()
+            and (table["logprob_increase_ci_low"] <= table["logprob_increase_ci_high"]).all()
+        )
         assert table["knockout_dlogp"].isna().all()  # heads.knockout: false
         attention = pd.read_csv(model / "heads" / f"{task}_attention.csv")
         assert attention["rank"].nunique() == 2 and attention["attention"].between(0, 1).all()
@@ -65,7 +80,9 @@ def test_head_views_make_their_figures(workdir, finished):
 def test_one_head_figure_is_its_own_target(workdir, finished):
     """Removing the per-head xi figure and asking for it reruns that plot only."""
     (workdir / "results/smollm2-135m/figures/heads_xi.pdf").unlink()
-    counts = job_counts(run(workdir, "results/smollm2-135m/figures/heads_xi.pdf", "-n", "--configfile", "tiny.yaml").stdout)
+    counts = job_counts(
+        run(workdir, "results/smollm2-135m/figures/heads_xi.pdf", "-n", "--configfile", "tiny.yaml").stdout
+    )
     assert counts == {"plot_heads": 1}, counts
     run(workdir, "results/smollm2-135m/figures/heads_xi.pdf", "--cores", "1", "--configfile", "tiny.yaml")
 
@@ -74,16 +91,20 @@ def test_one_figure_plans_only_what_it_needs(finished):
     """Figure 1 of site k needs the unfiltered probes of both tasks, for the model and its
     random-init control (controls.random_init), and no attribution or patching."""
     one_figure, everything = finished
-    assert one_figure["probe"] == 2 * 2 and everything["probe"] == 2 * 2 * 2 + 2 * 2  # model: (LR, MD) x (k, v) x (unfiltered, filtered); control: unfiltered
+    assert (
+        one_figure["probe"] == 2 * 2 and everything["probe"] == 2 * 2 * 2 + 2 * 2
+    )  # model: (LR, MD) x (k, v) x (unfiltered, filtered); control: unfiltered
     assert one_figure["plot_fig1"] == 1 and everything["plot_fig1"] == 2
-    assert one_figure["activations"] == everything["activations"] == 2 * 2 * (2 + 1)  # (model, control) x tasks x chunks
-    assert one_figure["random_init_model"] == 1 and everything["summary"] == 1
+    assert (
+        one_figure["activations"] == everything["activations"] == 2 * 2 * (2 + 1)
+    )  # (model, control) x tasks x chunks
+    assert one_figure["model"] == 2 and everything["summary"] == 1  # the model and its random-init control
     assert "attribution" not in one_figure and "patching" not in one_figure
 
 
 def test_nothing_is_rerun_and_figure_script_change_reruns_only_figures(workdir, finished):
     assert "Nothing to be done" in run(workdir, "-n", "--configfile", "tiny.yaml").stdout
-    (workdir / "workflow" / "scripts" / "plot_fig1.py").touch()
+    (workdir / "workflow" / "scripts" / "plot_fig1_probes.py").touch()
     counts = job_counts(run(workdir, "-n", "--configfile", "tiny.yaml").stdout)
     assert set(counts) == {"plot_fig1", "all"}, counts
 
@@ -109,7 +130,10 @@ def test_config_with_keys_in_another_order_reruns_nothing(workdir, finished):
     for key, value in TINY.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
     (workdir / "reordered.yaml").write_text(yaml.safe_dump(reversed_keys(merged), sort_keys=False))
-    plans = [run(workdir, "-n", "--configfile", "tiny.yaml", *extra).stdout for extra in ([], ["--configfile", "reordered.yaml"])]
+    plans = [
+        run(workdir, "-n", "--configfile", "tiny.yaml", *extra).stdout
+        for extra in ([], ["--configfile", "reordered.yaml"])
+    ]
     # Other tests in this module touch scripts; whatever the plan is, the order of keys must not change it.
     counts = [job_counts(plan) if "Job stats:" in plan else {} for plan in plans]
     assert counts[0] == counts[1], counts
@@ -120,7 +144,10 @@ def test_bad_config_stops_before_any_job_with_one_line(workdir):
     (workdir / "bad.yaml").write_text("sites: [k, z]\n")
     result = run(workdir, "-n", "--configfile", "tiny.yaml", "--configfile", "bad.yaml", check=False)
     assert result.returncode != 0
-    assert result.stderr.strip() == "config error: sites[1]: 'z' is not allowed; allowed values: ['q', 'k', 'v', 'o', 'mlp']"
+    assert (
+        result.stderr.strip() == "config error: sites[1]: 'z' is not allowed; allowed values: "
+        "['q', 'k', 'v', 'o', 'mlp', 'resid_pre', 'resid_mid', 'resid_post']"
+    )
     assert "Job stats" not in result.stdout
 
 
@@ -150,7 +177,11 @@ def test_truncated_shard_gives_one_clear_line(workdir, finished):
         result = run(workdir, target, "--cores", "2", "--configfile", "tiny.yaml", "--forcerun", "probe", check=False)
         assert result.returncode != 0
         lines = error_lines(result.stderr)
-        assert len(lines) == 1 and "chunk000.safetensors: not a readable safetensors shard" in lines[0] and "delete it and rerun" in lines[0], result.stderr[-2000:]
+        assert (
+            len(lines) == 1
+            and "chunk000.safetensors: not a readable safetensors shard" in lines[0]
+            and "delete it and rerun" in lines[0]
+        ), result.stderr[-2000:]
         assert not (workdir / target).exists()  # Snakemake removed the failed job's output
     finally:
         shard.write_bytes(intact)
@@ -171,14 +202,26 @@ def test_stream_mode_matches_shard_mode_through_the_workflow(tmp_path, workdir, 
         shutil.rmtree(copy / "results" / model / "activations")  # stream mode must not need them
     (copy / "stream.yaml").write_text(yaml.safe_dump({**TINY, "probe": {**TINY["probe"], "source": "stream"}}))
     plan = run(copy, "-n", "--configfile", "stream.yaml")
-    assert job_counts(plan.stdout) == {"stream_probes": 2, "stream_probes_random_init": 2, "plot_fig1": 2, "plot_fig3": 2, "plot_fig4": 2, "summary": 1, "all": 1}
+    # A stream job per (model, task); rule probe puts each (task, site, kind)'s files in place.
+    expected = {
+        "stream_probes": 4,
+        "probe": 2 * 2 * 2 + 2 * 2,
+        "plot_fig1": 2,
+        "plot_fig3": 2,
+        "plot_fig4": 2,
+        "summary": 1,
+        "all": 1,
+    }
+    assert job_counts(plan.stdout) == expected
     run(copy, "--cores", "2", "--configfile", "stream.yaml")
     for task in ("LR", "MD"):
         for site in ("k", "v"):
             for kind in ("unfiltered", "filtered"):
                 relative = f"results/smollm2-135m/probes/{task}/{site}/{kind}.csv"
                 shards, stream = pd.read_csv(workdir / relative), pd.read_csv(copy / relative)
-                assert list(stream["variant"]) == list(shards["variant"]) and list(stream["layer"]) == list(shards["layer"])
+                assert list(stream["variant"]) == list(shards["variant"]) and list(stream["layer"]) == list(
+                    shards["layer"]
+                )
                 columns = ["test_mse", "control_mse"] if kind == "unfiltered" else ["test_mse"]  # the control task too
                 difference = ((stream[columns] - shards[columns]).abs() / shards[columns]).max().max()
                 assert difference <= 1e-3, f"{relative}: {difference:.2e}"

@@ -17,7 +17,13 @@ WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "config", "envs", "minormech
 TINY = {
     "test_weights": 8,
     "sites": ["k", "v"],
-    "prompts": {"max_prompt_tokens": 60, "probe_train": 48, "probe_test_per_weight": 2, "attribution": 8, "patching": 4},
+    "prompts": {
+        "max_prompt_tokens": 60,
+        "probe_train": 48,
+        "probe_test_per_weight": 2,
+        "attribution": 8,
+        "patching": 4,
+    },
     "patching": {"layers": [0, 29], "batch_size": 4, "alignment": "end"},
     "activations": {"batch_size": 8, "store_dtype": "float16", "chunks": {"probe_train": 2, "probe_test": 1}},
     "probe": {
@@ -62,8 +68,22 @@ def error_lines(stderr: str) -> list[str]:
 def isolated_env(root: Path) -> dict[str, str]:
     """The environment with HOME and TMPDIR pointing at empty directories under root and no
     user-configured cache locations, to see what a run writes outside its working directory."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "HF_HOME", "HF_HUB_CACHE", "TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key
+        not in (
+            "XDG_CACHE_HOME",
+            "XDG_CONFIG_HOME",
+            "XDG_DATA_HOME",
+            "MPLCONFIGDIR",
+            "HF_HOME",
+            "HF_HUB_CACHE",
+            "TORCH_HOME",
+            "TORCHINDUCTOR_CACHE_DIR",
+            "TRITON_CACHE_DIR",
+        )
+    }
     for name, key in (("home", "HOME"), ("tmp", "TMPDIR")):
         (root / name).mkdir(parents=True, exist_ok=True)
         env[key] = str(root / name)

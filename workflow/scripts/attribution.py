@@ -1,5 +1,7 @@
 """Feature attribution FA[(site, layer)] for one (model, task) (minormech.attribution)."""
+
 import json
+import random
 from dataclasses import asdict
 
 import numpy as np
@@ -7,7 +9,6 @@ import torch
 
 from minormech.activations import pad_token_id
 from minormech.attribution import AttributionSettings, attribute_prompts, baseline_pool
-from minormech.config import prompt_count
 from minormech.hooks import hook_name
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.prompts import read_prompts
@@ -21,22 +22,40 @@ options = dict(params.attribution)
 n_baselines = options.pop("baseline_prompts")
 settings = AttributionSettings(**options)
 manifest = ModelManifest.read(inputs.model)
-model, tokenizer = load_model(manifest, params.device, params.dtype)
-prompts = read_prompts(inputs.prompts, prompt_count(snakemake.config, "attribution"))
+model, tokenizer = load_model(manifest, params.compute["device"], params.compute["dtype"])
+prompts = read_prompts(inputs.prompts, params.n_prompts)
 
 
-torch.manual_seed(params.seed)  # expected_gradients (captum GradientShap) draws from the global RNG
+# expected_gradients (captum GradientShap) draws from the global generators of torch, numpy
+# and Python's random module: seed all three, so that a rerun gives the same map.
+torch.manual_seed(params.seed)
+np.random.seed(params.seed)
+random.seed(params.seed)
 pool = None
 if settings.method == "expected_gradients":
     shards = {
-        task: [Shard(path).expect(model_id=manifest.id, task=task, prompt_set="probe_test") for path in inputs[f"baseline_shards_{task}"]]
-        for task in params.tasks
+        task: [Shard(path).expect(model_id=manifest.id, task=task, prompt_set="probe_test") for path in files]
+        for task, files in params.baseline_shards.items()
     }
     pool = baseline_pool(shards, params.sites, params.layers, n_baselines, np.random.default_rng([params.seed, 31337]))
-fa = attribute_prompts(model, prompts, params.sites, params.layers, settings, pad_token_id(tokenizer), pool, progress=progress(f"{wildcards.task} attribution ({settings.method})"))
+fa = attribute_prompts(
+    model,
+    prompts,
+    params.sites,
+    params.layers,
+    settings,
+    pad_token_id(tokenizer),
+    pool,
+    progress=progress(f"{wildcards.task} attribution ({settings.method})"),
+)
 save_tensors(
     {hook_name(site, layer): values.contiguous() for (site, layer), values in fa.items()},
     snakemake.output[0],
-    metadata={"model_id": manifest.id, "task": wildcards.task, "settings": json.dumps(asdict(settings)), "n_prompts": str(len(prompts))},
+    metadata={
+        "model_id": manifest.id,
+        "task": wildcards.task,
+        "settings": json.dumps(asdict(settings)),
+        "n_prompts": str(len(prompts)),
+    },
 )
 log.info("attributed %d prompts with %s, reduce=%s", len(prompts), settings.method, settings.reduce)

@@ -1,4 +1,5 @@
 """xi of the filter pair summed within each head's slice of q, k and v (minormech.heads.head_xi)."""
+
 import pandas as pd
 from transformers import AutoConfig
 
@@ -12,8 +13,13 @@ log = job_logger(snakemake.log[0])
 params = snakemake.params
 manifest = ModelManifest.read(snakemake.input.model)
 layout = HeadLayout.of_config(AutoConfig.from_pretrained(manifest.load_from))
-sites = [site for site in params.sites if site in ("q", "k", "v")]
+sites = [site for site in params.sites if layout.heads_of(site)]
 xi = load_tensors(snakemake.input.xi, [hook_name(site, layer) for site in sites for layer in params.layers])
 rows = head_xi(xi, layout, params.layers)
 pd.DataFrame(rows, columns=["site", "layer", "head", "xi_sum", "xi_mean"]).to_csv(snakemake.output[0], index=False)
-log.info("per-head xi of sites %s (%d rows); sites without head slices: %s", sites, len(rows), [s for s in params.sites if s not in sites])
+log.info(
+    "per-head xi of sites %s (%d rows); sites without head slices: %s",
+    sites,
+    len(rows),
+    [s for s in params.sites if s not in sites],
+)

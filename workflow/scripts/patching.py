@@ -1,17 +1,18 @@
 """Patching counts rho, dlogp and dlogit of the eight settings for the xi patch and its controls
 (random, noop), every patched layer of one (model, site)."""
+
 import time
 
 import pandas as pd
 
 from minormech.activations import pad_token_id
-from minormech.config import prompt_count
 from minormech.hooks import hook_name
 from minormech.models import ModelManifest, load_model, set_threads
-from minormech.patching import filter_op, patching_counts
+from minormech.patching import PatchingSettings, filter_op, patching_counts
 from minormech.prompts import read_prompts
 from minormech.ranking import site_keep_masks
 from minormech.runlog import job_logger, progress
+from minormech.runner import RunOptions
 from minormech.shards import load_tensors
 from minormech.uncertainty import Bootstrap
 
@@ -19,29 +20,52 @@ log = job_logger(snakemake.log[0])
 inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
 set_threads(snakemake.threads)
 manifest = ModelManifest.read(inputs.model)
-model, tokenizer = load_model(manifest, params.device, params.dtype)
+model, tokenizer = load_model(manifest, params.compute["device"], params.compute["dtype"])
 pair, site = list(params.pair), wildcards.site
-reference = {task: read_prompts(path, prompt_count(snakemake.config, "patching_ref")) for task, path in zip(pair, inputs.reference)}
-others = {task: read_prompts(path, prompt_count(snakemake.config, "patching")) for task, path in zip(pair, inputs.others)}
+reference = {task: read_prompts(path, params.n_prompts["patching_ref"]) for task, path in zip(pair, inputs.reference)}
+others = {task: read_prompts(path, params.n_prompts["patching"]) for task, path in zip(pair, inputs.others)}
 xi = load_tensors(inputs.xi, [hook_name(site, layer) for layer in params.layers])
 keep = {}
 for tau1 in pair:
-    for layer, mask in zip(params.layers, site_keep_masks(xi, site, params.layers, filter_op(tau1, pair), params.patching["h"])):
+    for layer, mask in zip(
+        params.layers, site_keep_masks(xi, site, params.layers, filter_op(tau1, pair), params.patching["h"])
+    ):
         keep[(tau1, site, layer)] = mask
 start = time.perf_counter()
 result = patching_counts(
-    model, reference, others, pair, [site], params.layers, keep, params.patching["batch_size"], pad_token_id(tokenizer),
-    params.patching["alignment"], controls=params.controls, seed=params.seed,
-    bootstrap=Bootstrap.from_config(params.uncertainty, params.seed), progress=progress(f"patching {site}"),
+    model,
+    reference,
+    others,
+    keep,
+    PatchingSettings(
+        pair,
+        [site],
+        params.layers,
+        params.patching["alignment"],
+        controls=params.controls,
+        seed=params.seed,
+        bootstrap=Bootstrap(**params.bootstrap),
+    ),
+    RunOptions(params.patching["batch_size"], pad_token_id(tokenizer), progress(f"patching {site}")),
 )
 pd.DataFrame(result.rows).to_csv(snakemake.output.counts, index=False)
-pd.DataFrame(result.pairs)[["setting", "layer", "patch", "pair", "same", "dlogp", "dlogit"]].to_csv(snakemake.output.pairs, index=False)
+pd.DataFrame(result.pairs)[["setting", "layer", "patch", "pair", "same", "dlogp", "dlogit"]].to_csv(
+    snakemake.output.pairs, index=False
+)
 n_pairs = len(reference[pair[0]])
 pd.DataFrame(
-    [{"prompt_set": key.split(":")[0], "task": key.split(":")[1], "correct": value, "n": n_pairs, "accuracy": value / n_pairs} for key, value in result.accuracy.items()]
+    [
+        {"prompt_set": prompt_set, "task": task, "correct": value, "n": n_pairs, "accuracy": value / n_pairs}
+        for (prompt_set, task), value in result.accuracy.items()
+    ]
 ).to_csv(snakemake.output.accuracy, index=False)
 patched = {kind: count for kind, count in result.runs.items() if kind != "unpatched"}
 log.info(
     "%d unpatched and %d patched batched prompt passes %s over %d pairs in %.1f s; unpatched accuracy %s",
-    result.runs["unpatched"], sum(patched.values()), patched, n_pairs, time.perf_counter() - start, result.accuracy,
+    result.runs["unpatched"],
+    sum(patched.values()),
+    patched,
+    n_pairs,
+    time.perf_counter() - start,
+    result.accuracy,
 )

@@ -1,4 +1,5 @@
 """One head-level figure (rule plot_heads; minormech.head_figures)."""
+
 import pandas as pd
 
 from minormech.figures import save_figure
@@ -9,7 +10,7 @@ log = job_logger(snakemake.log[0])
 inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
 pair = tuple(params.pair)
 if wildcards.figure == "heads_xi":
-    fig, table = head_xi_figure(pd.read_csv(inputs.xi), pair, wildcards.model)
+    fig, table = head_xi_figure(pd.read_csv(inputs.tables[0]), pair, wildcards.model)
 else:
     tables = {task: pd.read_csv(path) for task, path in zip(pair, inputs.tables)}
     if wildcards.figure in HEATMAP_MEASURES:

@@ -1,46 +1,53 @@
-"""Shard mode: train and test the probes of every layer of one (model, task, site), from
-the activation shards: unfiltered (with the control task beside it), or the four
-filtered variants of SPEC "Filter"; every probe times `probe.seeds`."""
-from minormech.config import prompt_count
+"""The probe files of one (model, task, site, kind): in shard mode, train and test the
+probes of every layer from the activation shards (unfiltered with the control task beside
+it, or the four filtered variants of eq. 35, each `probe.seeds` times); in stream mode, put
+in place what the (model, task)'s stream job trained (minormech.probe_job)."""
+
+import shutil
+from pathlib import Path
+
 from minormech.models import resolve_device, set_threads
-from minormech.probe_results import ProbeOutputs, ProbeReport, ProbeVariants, control_task_targets, write_probe_results, xi_tensor_names
-from minormech.probes import ProbeData, ProbeGroup, ProbeTraining, predict_stacks, train_probe_groups
+from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ReportSettings, run_probe_job
+from minormech.probe_results import ProbeOutputs, ProbeVariants, xi_tensor_names
+from minormech.probes import ProbeData, ProbeTraining
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.shards import Shard, load_tensors
 from minormech.tasks import WeightTable
 
 log = job_logger(snakemake.log[0])
-inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
-set_threads(snakemake.threads)
-device = resolve_device(params.device)
-settings = ProbeTraining.from_config(params.probe)
+inputs, params, wildcards, output = snakemake.input, snakemake.params, snakemake.wildcards, snakemake.output
+site, kind = wildcards.site, wildcards.probe_kind
 
 
 def site_data(prompt_file, shard_files, prompt_set):
-    shards = [Shard(path).expect(model_id=wildcards.model, task=wildcards.task, prompt_set=prompt_set) for path in shard_files]
-    return ProbeData(shards, read_prompts(prompt_file, prompt_count(snakemake.config, prompt_set)), wildcards.site, params.layers, params.probe["keep_in_memory"])
+    shards = [
+        Shard(path).expect(model_id=wildcards.model, task=wildcards.task, prompt_set=prompt_set) for path in shard_files
+    ]
+    prompts = read_prompts(prompt_file, params.n_prompts[prompt_set])
+    return ProbeData(shards, prompts, site, params.layers, params.probe["keep_in_memory"])
 
 
-train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train")
-test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test")
-table = WeightTable.read_tsv(inputs.dataset, wildcards.task)
-xi = load_tensors(inputs.xi, xi_tensor_names([wildcards.site], params.layers)) if wildcards.probe_kind == "filtered" else None
-variants = ProbeVariants.of_kind(wildcards.probe_kind, wildcards.site, params.layers, xi)
-groups = [ProbeGroup(wildcards.site, variants.masks, name=f"{wildcards.site} {wildcards.probe_kind}")]
-with_control = wildcards.probe_kind == "unfiltered" and params.report["controls"]["control_task"]
-if with_control:
-    control_table = control_task_targets(table, params.report["seed"])
-    groups.append(ProbeGroup(wildcards.site, control_targets=control_table, name=f"{wildcards.site} control task"))
-stacks, summaries = train_probe_groups(
-    train, groups, settings, max(train.max_length, test.max_length), device,
-    progress(f"{wildcards.task} {wildcards.site} {wildcards.probe_kind} probes ({settings.regime}, {settings.seeds} seeds)"),
-)
-predictions, index = predict_stacks(stacks, test, batch_size=64)
-write_probe_results(
-    ProbeOutputs(**{key: snakemake.output[key] for key in ("table", "predictions", "summary")}),
-    wildcards.model, wildcards.task, wildcards.site, params.layers, variants, predictions[0], index, test.prompts, test.targets,
-    ProbeReport.from_config(params.report, wildcards.task, table, test.prompts), len(train), settings,
-    {**summaries[0], "source": "shards", **({"control_task": summaries[1]} if with_control else {})},
-    control=(predictions[1], control_table) if with_control else None,
-)
+if "stream" in inputs.keys():
+    for name in ("table", "predictions", "summary"):
+        trained = Path(inputs.stream, site, Path(output[name]).name)
+        shutil.copyfile(trained, output[name])
+    log.info("stream mode: %s %s %s probes from %s", wildcards.task, site, kind, inputs.stream)
+else:
+    set_threads(snakemake.threads)
+    settings = ProbeTraining.from_config(params.probe)
+    train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train")
+    test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test")
+    xi = load_tensors(inputs.xi, xi_tensor_names([site], params.layers)) if kind == "filtered" else None
+    entry = ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), ProbeOutputs(**output))
+    job = ProbeJob(
+        wildcards.model,
+        wildcards.task,
+        params.layers,
+        WeightTable.read_tsv(inputs.dataset, wildcards.task),
+        settings,
+        ReportSettings(**params.report),
+    )
+    label = f"{wildcards.task} {site} {kind} probes ({settings.regime}, {settings.seeds} seeds)"
+    run = JobRun(max(train.max_length, test.max_length), 256, 64, progress(label), lambda: {"source": "shards"})
+    run_probe_job(job, [entry], train, test, resolve_device(params.device), run)

@@ -1,4 +1,5 @@
 """Generate one prompt set for (model, task) (paper Algorithm 1, minormech.prompts)."""
+
 from minormech.models import ModelManifest, load_tokenizer
 from minormech.prompts import generate_prompts, prompt_weight_ids, write_prompts
 from minormech.runlog import job_logger, progress
@@ -11,9 +12,21 @@ table = WeightTable.read_tsv(snakemake.input.dataset, task.name)
 tokenizer = load_tokenizer(ModelManifest.read(snakemake.input.model))
 weight_ids = prompt_weight_ids(wildcards.prompt_set, table, params.seed, params.n_prompts)
 prompts = generate_prompts(
-    task, table, weight_ids, wildcards.prompt_set, tokenizer, params.max_prompt_tokens, params.seed,
+    task,
+    table,
+    weight_ids,
+    wildcards.prompt_set,
+    tokenizer,
+    params.max_prompt_tokens,
+    params.seed,
     progress=progress(f"{task.name} {wildcards.prompt_set} prompts"),
 )
 write_prompts(snakemake.output[0], prompts)
 lengths = [p.length for p in prompts]
-log.info("%d prompts, %d-%d tokens, %.1f examples on average", len(prompts), min(lengths), max(lengths), sum(p.n_examples for p in prompts) / len(prompts))
+log.info(
+    "%d prompts, %d-%d tokens, %.1f examples on average",
+    len(prompts),
+    min(lengths),
+    max(lengths),
+    sum(p.n_examples for p in prompts) / len(prompts),
+)

@@ -1,4 +1,5 @@
 """xi = rank(FA_task1) - rank(FA_task2) per (site, layer) (paper eq. 34, minormech.ranking)."""
+
 import numpy as np
 import torch
 
@@ -10,7 +11,9 @@ from minormech.tasks import stable_seed
 log = job_logger(snakemake.log[0])
 fa1, fa2 = load_tensors(snakemake.input.task1), load_tensors(snakemake.input.task2)
 if set(fa1) != set(fa2):
-    raise ValueError(f"{snakemake.input.task1} and {snakemake.input.task2} cover different sites or layers; delete both and rerun")
+    raise ValueError(
+        f"{snakemake.input.task1} and {snakemake.input.task2} cover different sites or layers; delete both and rerun"
+    )
 xi = {}
 for key in sorted(fa1):
     rng = np.random.default_rng(stable_seed(snakemake.params.seed, snakemake.wildcards.pair, key))

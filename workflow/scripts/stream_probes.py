@@ -1,13 +1,17 @@
 """Stream mode: one job per (model, task) runs the probe-training prompts through the model
 and trains every configured probe on the fly (every site and layer, unfiltered and the
-filtered variants), then runs the test prompts and writes the same files as shard mode."""
+filtered variants), then runs the test prompts and writes, per site and kind, the files
+shard mode writes (minormech.probe_job); rule probe puts them in place."""
+
 import time
+from pathlib import Path
 
 from minormech.activations import pad_token_id
-from minormech.config import prompt_count
 from minormech.models import ModelManifest, load_model, set_threads
-from minormech.probe_results import ProbeOutputs, ProbeReport, ProbeVariants, control_task_targets, write_probe_results, xi_tensor_names
-from minormech.probes import ProbeGroup, ProbeTraining, predict_stacks, train_probe_groups
+from minormech.plan import PROBE_SUFFIXES
+from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ReportSettings, run_probe_job
+from minormech.probe_results import ProbeOutputs, ProbeVariants, xi_tensor_names
+from minormech.probes import ProbeTraining
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.shards import chunk_rows, load_tensors
@@ -20,45 +24,50 @@ set_threads(snakemake.threads)
 log.info("freed memory kept in the heap: %s", reuse_freed_memory())
 settings = ProbeTraining.from_config(params.probe)
 manifest = ModelManifest.read(inputs.model)
-model, tokenizer = load_model(manifest, params.device, params.dtype)
+model, tokenizer = load_model(manifest, params.compute["device"], params.compute["dtype"])
 device = next(model.parameters()).device
 
 
 def source(prompt_set):
-    prompts = read_prompts(getattr(inputs, f"{prompt_set}_prompts"), prompt_count(snakemake.config, prompt_set))
+    prompts = read_prompts(inputs[prompt_set.removeprefix("probe_") + "_prompts"], params.n_prompts[prompt_set])
     chunks = chunk_rows(len(prompts), params.chunks[prompt_set])
-    return StreamSource(model, prompts, params.sites, params.layers, manifest.site_widths, params.forward_batch_size,
-                        pad_token_id(tokenizer), [len(c) for c in chunks])
+    widths = manifest.site_widths
+    batch = params.forward_batch_size
+    return StreamSource(
+        model, prompts, params.sites, params.layers, widths, batch, pad_token_id(tokenizer), [len(c) for c in chunks]
+    )
+
+
+def entry(site, kind, xi):
+    folder = Path(snakemake.output[0], site)
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = ProbeOutputs(**{name: folder / f"{kind}{suffix}" for name, suffix in PROBE_SUFFIXES.items()})
+    return ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), outputs)
 
 
 train, test = source("probe_train"), source("probe_test")
-table = WeightTable.read_tsv(inputs.dataset, wildcards.task)
 xi = load_tensors(inputs.xi, xi_tensor_names(params.sites, params.layers)) if "filtered" in params.kinds else None
-plan = [(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi)) for site in params.sites for kind in params.kinds]
-groups = [ProbeGroup(site, variants.masks, name=f"{site} {kind}") for site, kind, variants in plan]
-control_table = control_task_targets(table, params.report["seed"]) if params.report["controls"]["control_task"] else None
-if control_table is not None:  # one control-task stack per site, after the plan's stacks
-    groups += [ProbeGroup(site, control_targets=control_table, name=f"{site} control task") for site in params.sites]
-start = time.perf_counter()
-stacks, summaries = train_probe_groups(
-    train, groups, settings, max(p.length for p in [*train.prompts, *test.prompts]), device,
-    progress(f"{wildcards.task} stream probes ({settings.regime}, {len(groups)} stacks of {settings.seeds} seeds)"), eval_batch_size=params.forward_batch_size,
+entries = [entry(site, kind, xi) for site in params.sites for kind in params.kinds]
+job = ProbeJob(
+    wildcards.model,
+    wildcards.task,
+    params.layers,
+    WeightTable.read_tsv(inputs.dataset, wildcards.task),
+    settings,
+    ReportSettings(**params.report),
 )
-train_seconds = time.perf_counter() - start
-predictions, index = predict_stacks(stacks, test, params.forward_batch_size)
-log.info("%d training prompts run %d times in all (%.0f s, training included); %d test prompts run once",
-         len(train.prompts), train.forward_prompts, train_seconds, len(test.prompts))
-report = ProbeReport.from_config(params.report, wildcards.task, table, test.prompts)
-for i, (site, kind, variants) in enumerate(plan):
-    if not snakemake.output.tables[i].endswith(f"/{site}/{kind}.csv"):
-        raise RuntimeError(f"output {snakemake.output.tables[i]} is not the file of ({site}, {kind}); rules/common.smk stream_outputs changed order")
-    control = None
-    summary = {**summaries[i], "source": "stream", "forward_prompts": train.forward_prompts}
-    if kind == "unfiltered" and control_table is not None:
-        c = len(plan) + params.sites.index(site)
-        control, summary["control_task"] = (predictions[c], control_table), summaries[c]
-    write_probe_results(
-        ProbeOutputs(snakemake.output.tables[i], snakemake.output.predictions[i], snakemake.output.summaries[i]),
-        wildcards.model, wildcards.task, site, params.layers, variants, predictions[i], index, test.prompts, test.targets,
-        report, len(train.prompts), settings, summary, control=control,
-    )
+start = time.perf_counter()
+max_positions = max(p.length for p in [*train.prompts, *test.prompts])
+label = f"{wildcards.task} stream probes ({settings.regime}, {len(entries)} entries of {settings.seeds} seeds)"
+batch = params.forward_batch_size
+run = JobRun(
+    max_positions, batch, batch, progress(label), lambda: {"source": "stream", "forward_prompts": train.forward_prompts}
+)
+run_probe_job(job, entries, train, test, device, run)
+log.info(
+    "%d training prompts run %d times in all; %d test prompts run once; %.0f s",
+    len(train.prompts),
+    train.forward_prompts,
+    len(test.prompts),
+    time.perf_counter() - start,
+)

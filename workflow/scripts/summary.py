@@ -1,35 +1,63 @@
 """results/<model>/summary.json and summary.md: what the figures show, with intervals
-(minormech.summary). Input names are those of rules/common.smk summary_inputs."""
+(minormech.summary). params.files names every input by its role (minormech.plan
+RunPlan.summary_files)."""
+
 import json
 
 import pandas as pd
 
-from minormech.ranking import FILTER_VARIANTS, variant_name
+from minormech.ranking import FILTER_VARIANTS, HALVES, QUARTERS, variant_name
 from minormech.runlog import job_logger
-from minormech.summary import OWN_HALF, OWN_QUARTER, ProbeErrors, eq41_summary, h3_summary, patching_summary, probe_summary, summary_markdown
+from minormech.summary import (
+    ProbeErrors,
+    eq41_summary,
+    h3_summary,
+    patching_summary,
+    probe_summary,
+    summary_markdown,
+)
 from minormech.tasks import WeightTable
 from minormech.uncertainty import Bootstrap
 
 log = job_logger(snakemake.log[0])
-inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
-bootstrap = Bootstrap.from_config(params.uncertainty, params.seed)
+params, wildcards = snakemake.params, snakemake.wildcards
+files, pair = params.files, list(params.pair)
+bootstrap = Bootstrap(**params.bootstrap)
 filtered_variants = [variant_name(op, h) for op, h in FILTER_VARIANTS]
-tasks = sorted({key.split("__")[2] for key in inputs.keys() if key.startswith("unfiltered__")})
-train_mean = {task: WeightTable.read_tsv(inputs[f"dataset__{task}"], task) for task in tasks}
-train_mean = {task: table.weights[table.train_ids].mean(0) for task, table in train_mean.items()}
-summary = {"model": wildcards.model, "uncertainty": params.uncertainty, "pair": list(params.pair), "sites": {}}
-for site in params.sites:
+tables = {task: WeightTable.read_tsv(path, task) for task, path in files["datasets"].items()}
+train_mean = {task: table.weights[table.train_ids].mean(0) for task, table in tables.items()}
+uncertainty = {"bootstrap": bootstrap.n_boot, "level": bootstrap.level}
+summary = {"model": wildcards.model, "uncertainty": uncertainty, "pair": pair, "sites": {}}
+
+
+def site_summary(site_files):
     entry = {"probes": {}}
-    for task in tasks:
-        random_init = pd.read_csv(inputs[f"random_init__{site}__{task}"]) if f"random_init__{site}__{task}" in inputs.keys() else None
-        entry["probes"][task] = probe_summary(pd.read_csv(inputs[f"unfiltered__{site}__{task}"]), random_init)
-    errors = [ProbeErrors.read(inputs[f"filtered__{site}__{task}"], train_mean[task], filtered_variants) for task in params.pair]
+    for task, path in site_files["unfiltered"].items():
+        control = site_files["random_init"].get(task)
+        entry["probes"][task] = probe_summary(pd.read_csv(path), pd.read_csv(control) if control else None)
+    predictions = site_files["filtered_predictions"]
+    errors = [ProbeErrors.read(predictions[task], train_mean[task], filtered_variants) for task in pair]
     entry["eq41"] = eq41_summary(errors[0], errors[1], params.layers, bootstrap)
-    entry["h3"] = {task: h3_summary(e, half, quarter, params.layers, bootstrap) for task, e, half, quarter in zip(params.pair, errors, OWN_HALF, OWN_QUARTER)}
-    entry["patching"] = patching_summary(pd.read_csv(inputs[f"patching__{site}"]), pd.read_csv(inputs[f"patching_pairs__{site}"]), bootstrap)
+    entry["h3"] = {
+        task: h3_summary(e, half, quarter, params.layers, bootstrap)
+        for task, e, half, quarter in zip(pair, errors, HALVES, QUARTERS)
+    }
+    counts, pairs = pd.read_csv(site_files["patching"]), pd.read_csv(site_files["patching_pairs"])
+    entry["patching"] = patching_summary(counts, pairs, bootstrap)
+    return entry
+
+
+for site in params.sites:
+    entry = site_summary(files["sites"][site])
     summary["sites"][site] = entry
-    log.info("site %s: eq. 41 holds in %s (significant in %s); H3 layers %s", site, entry["eq41"]["layers_holding"], entry["eq41"]["layers_significant"],
-             {task: h3["layers"] for task, h3 in entry["h3"].items()})
+    eq41, h3 = entry["eq41"], {task: h3["layers"] for task, h3 in entry["h3"].items()}
+    log.info(
+        "site %s: eq. 41 holds in %s (significant in %s); H3 layers %s",
+        site,
+        eq41["layers_holding"],
+        eq41["layers_significant"],
+        h3,
+    )
 with open(snakemake.output.json, "w") as handle:
     json.dump(summary, handle, indent=2)
 with open(snakemake.output.md, "w") as handle:

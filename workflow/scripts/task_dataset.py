@@ -1,4 +1,5 @@
-"""Write D^task: every weight vector with its train/test split (SPEC "Tasks and datasets")."""
+"""Write D^task: every weight vector with its train/test split (paper §5.3)."""
+
 from minormech.runlog import job_logger
 from minormech.tasks import get_task, make_weight_table
 

@@ -1,5 +1,6 @@
 """Figures 3 and 4: filtered probe curves for one (model, site); figure 3 also writes the
 eq. 41 table of layers where each task is probed better on its own important half."""
+
 import pandas as pd
 
 from minormech.figures import eq41_table, filtered_probe_figure, save_figure
@@ -11,7 +12,9 @@ filtered = pd.concat([pd.read_csv(path) for path in snakemake.input.filtered], i
 unfiltered = pd.concat([pd.read_csv(path) for path in snakemake.input.unfiltered], ignore_index=True)
 shown = filtered[filtered["variant"].isin(params.variants)]
 shown.to_csv(snakemake.output.csv, index=False)
-figure = filtered_probe_figure(shown, unfiltered, list(params.variants), wildcards.model, wildcards.site, tuple(params.pair))
+figure = filtered_probe_figure(
+    shown, unfiltered, list(params.variants), wildcards.model, wildcards.site, tuple(params.pair)
+)
 save_figure(figure, snakemake.output.pdf, snakemake.output.png)
 if "eq41" in snakemake.output.keys():
     table = eq41_table(filtered, tuple(params.pair))

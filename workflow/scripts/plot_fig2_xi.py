@@ -1,4 +1,5 @@
 """Figure 2: heatmap of xi (layer x feature) for one (model, site)."""
+
 import numpy as np
 import pandas as pd
 
@@ -11,7 +12,17 @@ log = job_logger(snakemake.log[0])
 wildcards, params = snakemake.wildcards, snakemake.params
 xi_all = load_tensors(snakemake.input.xi, [hook_name(wildcards.site, layer) for layer in params.layers])
 xi = np.stack([xi_all[hook_name(wildcards.site, layer)].numpy() for layer in params.layers])
-long = pd.DataFrame({"layer": np.repeat(params.layers, xi.shape[1]), "feature": np.tile(np.arange(xi.shape[1]), len(params.layers)), "xi": xi.reshape(-1)})
+long = pd.DataFrame(
+    {
+        "layer": np.repeat(params.layers, xi.shape[1]),
+        "feature": np.tile(np.arange(xi.shape[1]), len(params.layers)),
+        "xi": xi.reshape(-1),
+    }
+)
 long.to_csv(snakemake.output.csv, index=False)
-save_figure(xi_heatmap_figure(xi, params.layers, wildcards.model, wildcards.site, tuple(params.pair)), snakemake.output.pdf, snakemake.output.png)
+save_figure(
+    xi_heatmap_figure(xi, params.layers, wildcards.model, wildcards.site, tuple(params.pair)),
+    snakemake.output.pdf,
+    snakemake.output.png,
+)
 log.info("wrote %s", snakemake.output.pdf)

@@ -1,0 +1,491 @@
+"""The run plan: which models a run has, what each one is, which stages it gets, and where
+every output lives.
+
+The rules of the workflow always exist; this plan decides which of their targets a config
+asks for. ``RunPlan.from_config(config)`` is built once when Snakemake parses the workflow
+(rules/common.smk) and every rule, input function and target asks it. Nothing here imports
+Snakemake, so the plan is tested on its own.
+
+Model kinds (one row per model a job may run):
+
+- ``analysed``: a configured model with weights from elsewhere (the embedded GGUF, the hub,
+  a local path). It runs the whole pipeline.
+- ``trained``: a configured positive control trained from scratch on the tasks (``train:``
+  in its entry). It runs the whole pipeline on the prompts of the model whose tokenizer it
+  uses, and gets no random-init copy: its untrained state is such a model.
+- ``random_init``: the randomly initialised copy of an analysed model's architecture
+  (``controls.random_init``), run through the unfiltered probes on its base's prompts.
+- ``tokenizer``: a model whose tokenizer a trained model uses but which is not analysed; it
+  only makes the prompt files.
+
+Every output path comes from one function below. Called with no arguments a function returns
+the rule's pattern (``probe_table()`` is ``results/{model}/probes/{task}/{site}/{probe_kind}.csv``);
+called with values it returns that file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from minormech.config import ConfigError, layers_for, model_specs, prompt_count
+from minormech.models import ModelSpec, resolve_model_spec
+from minormech.probe_results import PROBE_KINDS
+from minormech.random_init import random_init_id, random_init_spec
+from minormech.ranking import FIGURE_VARIANTS
+from minormech.storage import ModelPlan, plan_storage, test_shards_needed
+
+RESULTS = "results"
+LOGS = "logs"
+
+#: The head-level figures (rule plot_heads), one target each.
+HEAD_FIGURES = ("heads_increase", "heads_knockout", "heads_attention", "heads_xi")
+
+#: The model kinds of the module docstring, and the stages each gets beyond its model.
+KIND_STAGES: dict[str, frozenset[str]] = {
+    "analysed": frozenset({"prompts", "probes", "filtered_probes", "attribution", "patching", "heads", "summary"}),
+    "trained": frozenset({"probes", "filtered_probes", "attribution", "patching", "heads", "summary"}),
+    "random_init": frozenset({"probes"}),
+    "tokenizer": frozenset({"prompts"}),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Output paths: one function per kind of file. Rules call them without arguments (the
+# wildcard pattern), input functions and targets with values.
+
+
+def dataset(task: str = "{task}") -> str:
+    return f"{RESULTS}/datasets/{task}.tsv"
+
+
+def model_dir(model: str = "{model}") -> str:
+    return f"{RESULTS}/{model}/model"
+
+
+def manifest(model: str = "{model}") -> str:
+    return f"{model_dir(model)}/manifest.json"
+
+
+def download_record(model: str = "{model}") -> str:
+    return f"{model_dir(model)}/download.json"
+
+
+def prompt_file(model: str = "{model}", task: str = "{task}", prompt_set: str = "{prompt_set}") -> str:
+    return f"{RESULTS}/{model}/prompts/{task}/{prompt_set}.jsonl"
+
+
+def shard(
+    model: str = "{model}", task: str = "{task}", prompt_set: str = "{prompt_set}", chunk: str = "{chunk}"
+) -> str:
+    return f"{RESULTS}/{model}/activations/{task}/{prompt_set}/chunk{chunk}.safetensors"
+
+
+def probe_file(
+    model: str = "{model}", task: str = "{task}", site: str = "{site}", kind: str = "{probe_kind}", suffix: str = ".csv"
+) -> str:
+    """One probe file: suffix ``.csv`` (test MSE per layer), ``.json`` (training summary) or
+    ``_predictions.safetensors`` (test predictions of every seed)."""
+    return f"{RESULTS}/{model}/probes/{task}/{site}/{kind}{suffix}"
+
+
+#: The files one probe job leaves, by output name.
+PROBE_SUFFIXES = {"table": ".csv", "predictions": "_predictions.safetensors", "summary": ".json"}
+
+
+def stream_dir(model: str = "{model}", task: str = "{task}") -> str:
+    """What one stream job trained: every site and probe kind of one (model, task), in
+    ``{site}/{kind}{suffix}`` files that rule probe then puts in place."""
+    return f"{RESULTS}/{model}/stream/{task}"
+
+
+def attribution_map(model: str = "{model}", task: str = "{task}") -> str:
+    return f"{RESULTS}/{model}/attribution/{task}.safetensors"
+
+
+def xi_map(model: str = "{model}", pair: str = "{pair}") -> str:
+    return f"{RESULTS}/{model}/xi/{pair}.safetensors"
+
+
+def patching_file(model: str = "{model}", site: str = "{site}", table: str = "") -> str:
+    """Patching counts (table ``""``), per-pair outcomes (``"_pairs"``) or accuracy (``"_accuracy"``)."""
+    return f"{RESULTS}/{model}/patching/{site}{table}.csv"
+
+
+def head_table(model: str = "{model}", task: str = "{task}", table: str = "") -> str:
+    """Per-head table of one task (table ``""``), its attention rows (``"_attention"``), or
+    with task ``"xi"`` the per-head xi."""
+    return f"{RESULTS}/{model}/heads/{task}{table}.csv"
+
+
+def figure(model: str = "{model}", name: str = "{figure}", ext: str = "pdf") -> str:
+    return f"{RESULTS}/{model}/figures/{name}.{ext}"
+
+
+def summary(model: str = "{model}", ext: str = "md") -> str:
+    return f"{RESULTS}/{model}/summary.{ext}"
+
+
+def log(rule: str, *wildcards: str) -> str:
+    """``logs/{rule}/{w1}/{w2}.log``: one log per job, named by its wildcards."""
+    return "/".join([LOGS, rule, *wildcards]) + ".log"
+
+
+def benchmark(rule: str, *wildcards: str) -> str:
+    """Snakemake's benchmark file of one job (wall time, peak memory), beside the logs."""
+    return "/".join([LOGS, "benchmarks", rule, *wildcards]) + ".tsv"
+
+
+def pair_name(pair) -> str:
+    return "-".join(pair)
+
+
+# ---------------------------------------------------------------------------------------
+# The plan.
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    """One row of the run plan: a model a job may run."""
+
+    id: str
+    kind: str  # a key of KIND_STAGES
+    spec: ModelSpec
+    entry: dict[str, Any]  # its `models:` entry ({"id": id} for an unconfigured tokenizer model)
+    prompts_of: str  # the model whose prompt files it reads (prompts depend only on the tokenizer)
+    base: str | None = None  # random_init: the analysed model; trained: the tokenizer's model
+    probe_source: str | None = None  # shards | stream (None: it trains no probes)
+    layers: tuple[int, ...] = ()
+    patching_layers: tuple[int, ...] = ()
+
+    @property
+    def stages(self) -> frozenset[str]:
+        return KIND_STAGES[self.kind]
+
+    @property
+    def made_by(self) -> str:
+        """How its weights are made: gguf_package, hub, path, random_init or trained."""
+        return self.spec.source
+
+    @property
+    def probe_kinds(self) -> tuple[str, ...]:
+        if "probes" not in self.stages:
+            return ()
+        return PROBE_KINDS if "filtered_probes" in self.stages else ("unfiltered",)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Every model of a run with its stages, and the run-wide facts rules need."""
+
+    config: dict[str, Any]
+    models: dict[str, PlannedModel]
+    storage: tuple[ModelPlan, ...]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RunPlan:
+        """The plan of a validated config; a model id that clashes with a control's is a ConfigError."""
+        configured = {spec.id: spec for spec in model_specs(config)}
+        rows: dict[str, PlannedModel] = {}
+        for spec in configured.values():
+            kind = "trained" if spec.source == "trained" else "analysed"
+            entry = next(e for e in config["models"] if e["id"] == spec.id)
+            prompts_of = spec.location if kind == "trained" else spec.id
+            base = spec.location if kind == "trained" else None
+            rows[spec.id] = PlannedModel(spec.id, kind, spec, entry, prompts_of, base)
+        if config["controls"]["random_init"]:
+            for spec in [s for s in configured.values() if s.source != "trained"]:
+                control = random_init_spec(spec)
+                if control.id in configured:
+                    raise ConfigError(
+                        f"models: id {control.id!r} is the name of a random-init control; "
+                        "rename it or set controls.random_init: false"
+                    )
+                rows[control.id] = PlannedModel(
+                    control.id, "random_init", control, {"id": control.id}, spec.id, spec.id
+                )
+        for row in list(rows.values()):
+            if row.kind == "trained" and row.base not in rows:
+                spec = resolve_model_spec({"id": row.base})
+                rows[row.base] = PlannedModel(row.base, "tokenizer", spec, {"id": row.base}, row.base)
+        probe_models = {m: row.spec for m, row in rows.items() if row.kind != "tokenizer"}
+        storage = tuple(plan_storage(config, probe_models))
+        sources = {plan.model: plan.source for plan in storage}
+        for model_id, row in rows.items():
+            rows[model_id] = cls._complete(config, row, sources.get(model_id))
+        return cls(config, rows, storage)
+
+    @staticmethod
+    def _complete(config: dict[str, Any], row: PlannedModel, source: str | None) -> PlannedModel:
+        layers = tuple(layers_for(config, row.spec)) if row.kind != "tokenizer" else ()
+        chosen = config["patching"]["layers"]
+        patched = layers if chosen == "all" else tuple(layer for layer in layers if layer in chosen)
+        return replace(row, probe_source=source, layers=layers, patching_layers=patched)
+
+    # -- rows ---------------------------------------------------------------------------
+
+    def model(self, model_id: str) -> PlannedModel:
+        return self.models[model_id]
+
+    def ids(self, *kinds: str) -> list[str]:
+        """Model ids of the given kinds (all when none), in plan order."""
+        return [m for m, row in self.models.items() if not kinds or row.kind in kinds]
+
+    def with_stage(self, stage: str) -> list[str]:
+        return [m for m, row in self.models.items() if stage in row.stages]
+
+    @property
+    def analysed(self) -> list[str]:
+        """The models the figures and summaries describe (analysed and trained)."""
+        return self.with_stage("summary")
+
+    def random_init_of(self, model_id: str) -> str | None:
+        control = random_init_id(model_id)
+        return control if control in self.models else None
+
+    # -- run-wide facts -----------------------------------------------------------------
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.config["tasks"])
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.config["sites"])
+
+    @property
+    def pairs(self) -> list[str]:
+        return [pair_name(pair) for pair in self.config["task_pairs"]]
+
+    @property
+    def filter_pair(self) -> list[str]:
+        """The first task pair: its xi filters the probes and the patches (§4.2.2, §4.3)."""
+        return list(self.config["task_pairs"][0])
+
+    @property
+    def compute(self) -> dict[str, str]:
+        """Device and dtype of every model-running job (threads are the job's own)."""
+        return {"device": self.config["compute"]["device"], "dtype": self.config["compute"]["dtype"]}
+
+    @property
+    def gpus(self) -> int:
+        """GPUs a model-running job asks for: one when the config computes on CUDA."""
+        return 1 if self.config["compute"]["device"].startswith("cuda") else 0
+
+    @property
+    def bootstrap(self) -> dict[str, Any]:
+        """minormech.uncertainty.Bootstrap's fields: probes, patching, heads and the summary
+        draw the same resamples."""
+        uncertainty = self.config["uncertainty"]
+        return {"n_boot": uncertainty["bootstrap"], "level": uncertainty["level"], "seed": self.config["seed"]}
+
+    @property
+    def probe_report(self) -> dict[str, Any]:
+        """minormech.probe_job.ReportSettings' fields: the model-free references of a probe
+        table (least-squares ceiling, control task) and its bootstrap."""
+        controls = self.config["controls"]
+        return {
+            "least_squares": controls["least_squares"],
+            "control_task": controls["control_task"],
+            "bootstrap": self.bootstrap,
+            "seed": self.config["seed"],
+        }
+
+    def prompt_count(self, prompt_set: str) -> int:
+        return prompt_count(self.config, prompt_set)
+
+    def prompt_counts(self, *prompt_sets: str) -> dict[str, int]:
+        return {prompt_set: self.prompt_count(prompt_set) for prompt_set in prompt_sets}
+
+    def chunk_names(self, prompt_set: str) -> list[str]:
+        return [f"{i:03d}" for i in range(self.config["activations"]["chunks"][prompt_set])]
+
+    @property
+    def test_shards_needed(self) -> bool:
+        return test_shards_needed(self.config)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def prompts(self, model_id: str, task: str, prompt_set: str) -> str:
+        """The prompt file a model reads: its prompt owner's (a control reads its base's)."""
+        return prompt_file(self.model(model_id).prompts_of, task, prompt_set)
+
+    def shards(self, model_id: str, task: str, prompt_set: str) -> list[str]:
+        return [shard(model_id, task, prompt_set, chunk) for chunk in self.chunk_names(prompt_set)]
+
+    def xi(self, model_id: str) -> str:
+        """The xi map that filters a model's probes and patches (the first pair's)."""
+        return xi_map(model_id, pair_name(self.filter_pair))
+
+    def model_inputs(self, model_id: str) -> dict[str, Any]:
+        """What making a model reads: a random-init control its base, a trained model the
+        datasets and its tokenizer's model, a hub model its download."""
+        row = self.model(model_id)
+        if row.made_by == "random_init":
+            return {"base": manifest(row.base)}
+        if row.made_by == "trained":
+            return {"datasets": [dataset(task) for task in self.tasks], "tokenizer": manifest(row.base)}
+        if row.made_by == "hub":
+            return {"download": download_record(model_id)}
+        return {}
+
+    def model_recipe(self, model_id: str) -> dict[str, Any]:
+        """What making a model depends on, by how it is made (the model job's params, so
+        that only a change of these remakes it): a random-init control its base and the
+        seed, a trained model its training settings, the tasks, the prompt budget and the
+        compute settings, any other its `models:` entry."""
+        row = self.model(model_id)
+        recipe: dict[str, Any] = {"made_by": row.made_by}
+        if row.made_by == "random_init":
+            return {**recipe, "base": row.base, "seed": self.config["seed"]}
+        if row.made_by == "trained":
+            prompts = self.config["prompts"]["max_prompt_tokens"]
+            return {
+                **recipe,
+                "train": row.entry["train"],
+                "tasks": self.tasks,
+                "max_prompt_tokens": prompts,
+                "compute": self.compute,
+            }
+        return {**recipe, "entry": row.entry}
+
+    def probe_inputs(self, model_id: str, task: str, site: str, kind: str) -> dict[str, Any]:
+        """Shard mode: the shards, prompts and (filtered) xi; stream mode: the stream job's files."""
+        row = self.model(model_id)
+        if kind not in row.probe_kinds:
+            raise ValueError(f"model {model_id} trains no {kind} probes; its probe kinds: {row.probe_kinds}")
+        if row.probe_source == "stream":
+            return {"stream": stream_dir(model_id, task)}
+        inputs = {
+            "dataset": dataset(task),
+            "train_prompts": self.prompts(model_id, task, "probe_train"),
+            "test_prompts": self.prompts(model_id, task, "probe_test"),
+            "train_shards": self.shards(model_id, task, "probe_train"),
+            "test_shards": self.shards(model_id, task, "probe_test"),
+        }
+        if kind == "filtered":
+            inputs["xi"] = self.xi(model_id)
+        return inputs
+
+    def stream_inputs(self, model_id: str, task: str) -> dict[str, Any]:
+        inputs = {
+            "dataset": dataset(task),
+            "train_prompts": self.prompts(model_id, task, "probe_train"),
+            "test_prompts": self.prompts(model_id, task, "probe_test"),
+            "model": manifest(model_id),
+        }
+        if "filtered" in self.model(model_id).probe_kinds:
+            inputs["xi"] = self.xi(model_id)
+        return inputs
+
+    def attribution_inputs(self, model_id: str, task: str) -> dict[str, Any]:
+        """Attribution prompts; expected gradients also read the probe-test shards of every
+        task (its baseline activations)."""
+        inputs: dict[str, Any] = {"prompts": self.prompts(model_id, task, "attribution"), "model": manifest(model_id)}
+        if self.test_shards_needed:
+            inputs["baseline_shards"] = [f for t in self.tasks for f in self.shards(model_id, t, "probe_test")]
+        return inputs
+
+    def rank_difference_inputs(self, model_id: str, pair: str) -> dict[str, str]:
+        """The attribution maps of a task pair's two tasks (xi = rank(FA_task1) - rank(FA_task2))."""
+        task1, task2 = next(p for p in self.config["task_pairs"] if pair_name(p) == pair)
+        return {"task1": attribution_map(model_id, task1), "task2": attribution_map(model_id, task2)}
+
+    def baseline_shards(self, model_id: str) -> dict[str, list[str]]:
+        """Expected gradients' baseline shards per task (empty for other methods)."""
+        if not self.test_shards_needed:
+            return {}
+        return {task: self.shards(model_id, task, "probe_test") for task in self.tasks}
+
+    def head_figure_inputs(self, model_id: str, name: str) -> list[str]:
+        """What one head figure reads: the filter pair's per-head tables, their attention
+        rows, or the per-head xi."""
+        if name == "heads_xi":
+            return [head_table(model_id, "xi")]
+        table = "_attention" if name == "heads_attention" else ""
+        return [head_table(model_id, task, table) for task in self.filter_pair]
+
+    def fig1_inputs(self, model_id: str, site: str) -> dict[str, list[str]]:
+        control = self.random_init_of(model_id)
+        return {
+            "tables": [probe_file(model_id, task, site, "unfiltered") for task in self.tasks],
+            "random_init": [probe_file(control, task, site, "unfiltered") for task in self.tasks] if control else [],
+        }
+
+    def filtered_figure_inputs(self, model_id: str, site: str) -> dict[str, list[str]]:
+        return {
+            kind: [probe_file(model_id, task, site, kind) for task in self.filter_pair]
+            for kind in ("filtered", "unfiltered")
+        }
+
+    def summary_files(self, model_id: str) -> dict[str, Any]:
+        """Every file a model's summary reads, by role: datasets per task; per site the
+        unfiltered tables (and the random-init control's) per task, the filtered
+        predictions of the filter pair, and the patching tables."""
+        control = self.random_init_of(model_id)
+        sites = {}
+        for site in self.sites:
+            sites[site] = {
+                "unfiltered": {task: probe_file(model_id, task, site, "unfiltered") for task in self.tasks},
+                "random_init": {task: probe_file(control, task, site, "unfiltered") for task in self.tasks}
+                if control
+                else {},
+                "filtered_predictions": {
+                    task: probe_file(model_id, task, site, "filtered", PROBE_SUFFIXES["predictions"])
+                    for task in self.filter_pair
+                },
+                "patching": patching_file(model_id, site),
+                "patching_pairs": patching_file(model_id, site, "_pairs"),
+            }
+        return {"datasets": {task: dataset(task) for task in self.tasks}, "sites": sites}
+
+    def summary_input_list(self, model_id: str) -> list[str]:
+        """summary_files as the flat list of the summary job's inputs."""
+
+        def flat(value):
+            if isinstance(value, dict):
+                return [path for item in value.values() for path in flat(item)]
+            return [value]
+
+        return flat(self.summary_files(model_id))
+
+    # -- targets ------------------------------------------------------------------------
+
+    def figure_targets(self, number: int) -> list[str]:
+        return [figure(m, f"fig{number}_{site}") for m in self.analysed for site in self.sites]
+
+    def summary_targets(self) -> list[str]:
+        return [summary(m) for m in self.analysed]
+
+    def head_targets(self) -> list[str]:
+        if not self.config["heads"]["enabled"]:
+            return []
+        return [figure(m, name) for m in self.with_stage("heads") for name in HEAD_FIGURES]
+
+    # -- resources ----------------------------------------------------------------------
+
+    def model_mem_mb(self, model_id: str) -> int:
+        """Memory of making a model: drawing a random-init control holds its parameters
+        (about 12 hidden^2 per layer plus embeddings of up to 128k tokens, in and out) at 4
+        bytes, times 1.5; every kind gets at least 4 GB, a trained one 8 GB."""
+        row = self.model(model_id)
+        if row.made_by == "trained":
+            return 8000
+        if row.made_by != "random_init":
+            return 4000
+        hidden = row.spec.site_widths["o"]
+        parameters = 12 * hidden**2 * row.spec.num_layers + 2 * 128_256 * hidden
+        return max(4000, int(parameters * 4 * 1.5 / 1e6))
+
+    def model_gpus(self, model_id: str) -> int:
+        """Only training a model uses a GPU; the other kinds are made on CPU."""
+        return self.gpus if self.model(model_id).made_by == "trained" else 0
+
+    def model_regex(self) -> str:
+        """The `model` wildcard's constraint: the ids of this plan."""
+        return "|".join(sorted(self.models, key=len, reverse=True))
+
+
+def figure_variants(number: int) -> list[str]:
+    """The filtered-probe variants figure 3 (the halves) or figure 4 (the quarters) draws."""
+    return list(FIGURE_VARIANTS[number])

@@ -1,0 +1,32 @@
+# Activation patching (§4.3): the counts rho, dlogp and dlogit of the eight settings for the
+# xi-selected patch and its controls, every patched layer of one (model, site).
+rule patching:
+    input:
+        model=paths.manifest(),
+        xi=lambda wildcards: PLAN.xi(wildcards.model),
+        reference=lambda wildcards: [PLAN.prompts(wildcards.model, task, "patching_ref") for task in PLAN.filter_pair],
+        others=lambda wildcards: [PLAN.prompts(wildcards.model, task, "patching") for task in PLAN.filter_pair],
+    output:
+        counts=paths.patching_file(),
+        accuracy=paths.patching_file(table="_accuracy"),
+        pairs=paths.patching_file(table="_pairs"),
+    log:
+        paths.log("patching", "{model}", "{site}"),
+    benchmark:
+        paths.benchmark("patching", "{model}", "{site}")
+    params:
+        pair=PLAN.filter_pair,
+        layers=lambda wildcards: PLAN.model(wildcards.model).patching_layers,
+        patching=canonical(config["patching"]),
+        controls=config["controls"]["patching"],
+        bootstrap=PLAN.bootstrap,
+        n_prompts=PLAN.prompt_counts("patching_ref", "patching"),
+        seed=config["seed"],
+        compute=PLAN.compute,
+    threads: THREADS
+    resources:
+        **model_job(mem_mb=8000, runtime=480),
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/patching.py"

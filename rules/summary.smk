@@ -1,0 +1,29 @@
+# What the figures show, with every number's interval: results/{model}/summary.{json,md}.
+rule summary:
+    localrule: True
+    input:
+        lambda wildcards: PLAN.summary_input_list(wildcards.model),
+    output:
+        json=paths.summary(ext="json"),
+        md=report(
+            paths.summary(),
+            caption="../workflow/report/summary.rst",
+            category="Summary",
+            labels={"model": "{model}"},
+        ),
+    log:
+        paths.log("summary", "{model}"),
+    params:
+        files=lambda wildcards: PLAN.summary_files(wildcards.model),
+        sites=PLAN.sites,
+        pair=PLAN.filter_pair,
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        bootstrap=PLAN.bootstrap,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/summary.py"
