@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import best_of, load_benchmark_model, synchronize
-from minormech.activations import extract_activations, pad_token_id
+from minormech.activations import Recording, extract_activations, pad_token_id
 from minormech.prompts import prompts_digest, read_prompts
 from minormech.runner import RunOptions, batched, right_padded
 from minormech.shards import STORE_DTYPES, ShardHeader, write_shard
@@ -191,7 +191,10 @@ def main() -> None:
 
         def job():
             activations = extract_activations(
-                model, prompts, args.sites, layers, STORE_DTYPES[args.store_dtype], RunOptions(args.batch_size, pad_id)
+                model,
+                prompts,
+                Recording(args.sites, layers, STORE_DTYPES[args.store_dtype]),
+                RunOptions(args.batch_size, pad_id),
             )
             write_benchmark_shard(path, prompts, args.sites, layers, args.store_dtype, activations)
     else:

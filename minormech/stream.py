@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from minormech.activations import extract_stacked
+from minormech.activations import Recording, extract_stacked
 from minormech.probes import PackedActivations, ProbeBatch
 from minormech.prompts import Prompt
 from minormech.runner import RunOptions
@@ -83,9 +83,7 @@ class StreamSource:
         values = extract_stacked(
             self.model,
             prompts,
-            sites,
-            self.layers,
-            self.dtype,
+            Recording(sites, self.layers, self.dtype),
             RunOptions(self.forward_batch_size, self.pad_id),
             on_device=True,
         )

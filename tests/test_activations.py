@@ -2,7 +2,7 @@
 
 import torch
 
-from minormech.activations import extract_activations, pad_token_id
+from minormech.activations import Recording, extract_activations, pad_token_id
 from minormech.hooks import record_sites
 from minormech.prompts import generate_prompts, prompt_weight_ids
 from minormech.runner import RunOptions
@@ -22,8 +22,12 @@ def test_batched_extraction_equals_one_prompt_at_a_time(smollm2):
     prompts[1] = _prompts(tokenizer, n=2, max_tokens=25)[1]  # a shorter prompt: padding in the batch
     assert len({p.length for p in prompts}) > 1
     sites, layers = ["q", "k", "v", "o", "mlp"], [0, 29]
-    batched = extract_activations(model, prompts, sites, layers, torch.float32, RunOptions(3, pad_token_id(tokenizer)))
-    single = extract_activations(model, prompts, sites, layers, torch.float32, RunOptions(1, pad_token_id(tokenizer)))
+    batched = extract_activations(
+        model, prompts, Recording(sites, layers, torch.float32), RunOptions(3, pad_token_id(tokenizer))
+    )
+    single = extract_activations(
+        model, prompts, Recording(sites, layers, torch.float32), RunOptions(1, pad_token_id(tokenizer))
+    )
     widths = {"q": 576, "k": 192, "v": 192, "o": 576, "mlp": 576}
     for (site, layer), values in batched.items():
         assert values.shape == (sum(p.length for p in prompts), widths[site])

@@ -142,7 +142,7 @@ def test_every_method_runs_on_a_model(tiny, tmp_path, method):
     expected gradients take their baselines from real shards of two tasks."""
     import numpy as np
 
-    from minormech.activations import extract_activations
+    from minormech.activations import Recording, extract_activations
     from minormech.attribution import baseline_pool
     from minormech.prompts import prompts_digest
     from minormech.shards import Shard, ShardHeader, write_shard
@@ -150,7 +150,7 @@ def test_every_method_runs_on_a_model(tiny, tmp_path, method):
     shards = {}
     for task, seed in (("LR", 5), ("MD", 6)):
         prompts = _prompts(3, seed)
-        acts = extract_activations(tiny, prompts, ["k", "o"], [0, 2], torch.float32, RunOptions(2, 0))
+        acts = extract_activations(tiny, prompts, Recording(["k", "o"], [0, 2], torch.float32), RunOptions(2, 0))
         path = tmp_path / f"{task}.safetensors"
         write_shard(
             path,

@@ -163,11 +163,11 @@ def test_bfloat16_path_runs_on_cpu(tiny):
     layer's cached input) runs in bfloat16 here, within bfloat16 precision of a full forward."""
     import copy
 
-    from minormech.activations import extract_activations
+    from minormech.activations import Recording, extract_activations
 
     model = copy.deepcopy(tiny).to(torch.bfloat16)
     prompts = random_prompts(3)
-    stored = extract_activations(model, prompts, ["k", "mlp"], [1], torch.bfloat16, RunOptions(2, 0))
+    stored = extract_activations(model, prompts, Recording(["k", "mlp"], [1], torch.bfloat16), RunOptions(2, 0))
     assert stored[("k", 1)].dtype == torch.bfloat16 and torch.isfinite(stored[("k", 1)].float()).all()
     base = unpatched_run(model, prompts, ["k"], [1], 0)
     source = unpatched_run(model, random_prompts(3, 2), ["k"], [1], 0)

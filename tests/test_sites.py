@@ -170,12 +170,14 @@ def test_hooks_of_both_kinds_are_removed_after_an_error(tiny):
 
 
 def test_extraction_and_stream_take_residual_sites(tiny):
-    from minormech.activations import extract_activations
+    from minormech.activations import Recording, extract_activations
     from minormech.runner import RunOptions
     from minormech.stream import StreamSource
 
     prompts = random_prompts(4)
-    batched = extract_activations(tiny, prompts, RESIDUAL, LAYERS, torch.float32, RunOptions(batch_size=4, pad_id=0))
+    batched = extract_activations(
+        tiny, prompts, Recording(RESIDUAL, LAYERS, torch.float32), RunOptions(batch_size=4, pad_id=0)
+    )
     for p_index, prompt in enumerate(prompts):
         with torch.no_grad(), record_sites(tiny, RESIDUAL, LAYERS) as recorded:
             tiny.model(torch.tensor([prompt.input_ids]))

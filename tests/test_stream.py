@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from minormech.activations import extract_activations, pad_token_id
+from minormech.activations import Recording, extract_activations, pad_token_id
 from minormech.probes import (
     ProbeData,
     ProbeGroup,
@@ -39,7 +39,7 @@ def _shards(model, tokenizer, prompts, prompt_set, n_chunks, directory):
     for c, rows in enumerate(chunk_rows(len(prompts), n_chunks)):
         part = [prompts[i] for i in rows]
         activations = extract_activations(
-            model, part, SITES, LAYERS, torch.float32, RunOptions(8, pad_token_id(tokenizer))
+            model, part, Recording(SITES, LAYERS, torch.float32), RunOptions(8, pad_token_id(tokenizer))
         )
         header = ShardHeader(
             "smollm2-135m", "LR", prompt_set, c, tuple(SITES), tuple(LAYERS), "float32", prompts_digest(part)

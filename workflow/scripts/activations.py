@@ -2,7 +2,7 @@
 
 import time
 
-from minormech.activations import extract_activations, pad_token_id
+from minormech.activations import Recording, extract_activations, pad_token_id
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.prompts import prompts_digest, read_prompts
 from minormech.runlog import job_logger, progress
@@ -21,9 +21,7 @@ start = time.perf_counter()
 activations = extract_activations(
     model,
     prompts,
-    params.sites,
-    params.layers,
-    STORE_DTYPES[params.store_dtype],
+    Recording(params.sites, params.layers, STORE_DTYPES[params.store_dtype]),
     RunOptions(params.batch_size, pad_token_id(tokenizer), progress(f"chunk {chunk} forward passes")),
 )
 header = ShardHeader(

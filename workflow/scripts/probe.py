@@ -7,13 +7,12 @@ import shutil
 from pathlib import Path
 
 from minormech.models import resolve_device, set_threads
-from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ReportSettings, run_probe_job
+from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants, xi_tensor_names
-from minormech.probes import ProbeData, ProbeTraining
+from minormech.probes import ProbeData
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.shards import Shard, load_tensors
-from minormech.tasks import WeightTable
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards, output = snakemake.input, snakemake.params, snakemake.wildcards, snakemake.output
@@ -35,19 +34,11 @@ if "stream" in inputs.keys():
     log.info("stream mode: %s %s %s probes from %s", wildcards.task, site, kind, inputs.stream)
 else:
     set_threads(snakemake.threads)
-    settings = ProbeTraining.from_config(params.probe)
     train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train")
     test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test")
     xi = load_tensors(inputs.xi, xi_tensor_names([site], params.layers)) if kind == "filtered" else None
     entry = ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), ProbeOutputs(**output))
-    job = ProbeJob(
-        wildcards.model,
-        wildcards.task,
-        params.layers,
-        WeightTable.read_tsv(inputs.dataset, wildcards.task),
-        settings,
-        ReportSettings(**params.report),
-    )
-    label = f"{wildcards.task} {site} {kind} probes ({settings.regime}, {settings.seeds} seeds)"
+    job = ProbeJob.of_rule(wildcards.model, wildcards.task, inputs.dataset, params)
+    label = f"{wildcards.task} {site} {kind} probes ({job.settings.regime}, {job.settings.seeds} seeds)"
     run = JobRun(max(train.max_length, test.max_length), 256, 64, progress(label), lambda: {"source": "shards"})
     run_probe_job(job, [entry], train, test, resolve_device(params.device), run)

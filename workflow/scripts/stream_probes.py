@@ -9,20 +9,17 @@ from pathlib import Path
 from minormech.activations import pad_token_id
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.plan import PROBE_SUFFIXES
-from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ReportSettings, run_probe_job
+from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants, xi_tensor_names
-from minormech.probes import ProbeTraining
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.shards import chunk_rows, load_tensors
 from minormech.stream import StreamSource, reuse_freed_memory
-from minormech.tasks import WeightTable
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
 set_threads(snakemake.threads)
 log.info("freed memory kept in the heap: %s", reuse_freed_memory())
-settings = ProbeTraining.from_config(params.probe)
 manifest = ModelManifest.read(inputs.model)
 model, tokenizer = load_model(manifest, params.compute["device"], params.compute["dtype"])
 device = next(model.parameters()).device
@@ -48,14 +45,8 @@ def entry(site, kind, xi):
 train, test = source("probe_train"), source("probe_test")
 xi = load_tensors(inputs.xi, xi_tensor_names(params.sites, params.layers)) if "filtered" in params.kinds else None
 entries = [entry(site, kind, xi) for site in params.sites for kind in params.kinds]
-job = ProbeJob(
-    wildcards.model,
-    wildcards.task,
-    params.layers,
-    WeightTable.read_tsv(inputs.dataset, wildcards.task),
-    settings,
-    ReportSettings(**params.report),
-)
+job = ProbeJob.of_rule(wildcards.model, wildcards.task, inputs.dataset, params)
+settings = job.settings
 start = time.perf_counter()
 max_positions = max(p.length for p in [*train.prompts, *test.prompts])
 label = f"{wildcards.task} stream probes ({settings.regime}, {len(entries)} entries of {settings.seeds} seeds)"
