@@ -3,8 +3,9 @@
 Two models can be timed:
 - ``smollm2-135m``: the embedded default, loaded from the pipeline's prepared copy
   (``results/smollm2-135m/model``) or prepared here into ``benchmarks/.cache`` once;
-- ``llama-3.2-3b-shaped``: Llama-3.2-3B's exact architecture (config below, from the
-  model's published config.json) with seeded random weights, built on the device. Timing
+- ``llama-3.2-3b-shaped``: Llama-3.2-3B's exact architecture (its published config.json,
+  packaged in minormech/architectures/) with seeded random weights, drawn on the device
+  as the pipeline draws every model without weights (minormech.random_init.random_model). Timing
   needs no trained weights, so the GPU numbers need nothing from a model hub.
 
 Prompts are the pipeline's own LR prompts (Algorithm 1) made with the SmolLM2 tokenizer;
@@ -20,38 +21,21 @@ from pathlib import Path
 
 import torch
 
-from minormech.models import ModelManifest, load_model, load_tokenizer, prepare_model, resolve_model_spec
+from minormech.models import (
+    ModelManifest,
+    architecture_config,
+    load_model,
+    load_tokenizer,
+    prepare_model,
+    resolve_model_spec,
+)
 from minormech.prompts import Prompt, generate_prompts, prompt_weight_ids, read_prompts, write_prompts
+from minormech.random_init import random_model
 from minormech.tasks import get_task, make_weight_table
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "benchmarks" / ".cache"
 MODELS = ("smollm2-135m", "llama-3.2-3b-shaped")
-
-#: meta-llama/Llama-3.2-3B config.json (architecture only).
-LLAMA_3_2_3B = dict(
-    vocab_size=128256,
-    hidden_size=3072,
-    intermediate_size=8192,
-    num_hidden_layers=28,
-    num_attention_heads=24,
-    num_key_value_heads=8,
-    head_dim=128,
-    max_position_embeddings=131072,
-    rms_norm_eps=1e-5,
-    rope_theta=500000.0,
-    rope_scaling={
-        "factor": 32.0,
-        "high_freq_factor": 4.0,
-        "low_freq_factor": 1.0,
-        "original_max_position_embeddings": 8192,
-        "rope_type": "llama3",
-    },
-    tie_word_embeddings=True,
-    hidden_act="silu",
-    bos_token_id=128000,
-    eos_token_id=128001,
-)
 
 
 def embedded_manifest() -> ModelManifest:
@@ -71,17 +55,12 @@ def load_benchmark_model(name: str, device: str, dtype: str):
     if name == "smollm2-135m":
         return load_model(manifest, device, dtype)
     if name == "llama-3.2-3b-shaped":
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+        from transformers import AutoTokenizer, LlamaConfig
 
-        torch.manual_seed(0)
-        torch_dtype = {
-            "auto": torch.bfloat16,
-            "bfloat16": torch.bfloat16,
-            "float16": torch.float16,
-            "float32": torch.float32,
-        }[dtype]
-        with torch.device(device):
-            model = LlamaForCausalLM(LlamaConfig(**LLAMA_3_2_3B)).to(torch_dtype)
+        dtypes = {"auto": torch.bfloat16, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        torch_dtype = dtypes.get(dtype, torch.float32)
+        config = LlamaConfig(**architecture_config("llama-3.2-3b"))
+        model = random_model(config, seed=0, dtype=torch_dtype, device=device)
         model.eval()
         model.requires_grad_(False)
         return model, AutoTokenizer.from_pretrained(manifest.load_from)

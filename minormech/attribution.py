@@ -19,9 +19,10 @@ Methods and where they come from:
   Expected gradients: baselines are probe-test activations of both tasks, aligned
   from the first position (the shared context sentence) and zero-padded or cut to the
   prompt's length; GradientShap draws one baseline and one path point per sample.
-- ``smoothgrad`` is written here: the noise std is 0.1 x std(A) of each prompt (App. A.2), and
-  captum's ``NoiseTunnel`` takes one std per input tensor, not per example (and draws
-  from the global RNG; this one is seeded).
+- ``smoothgrad`` is written here: the noise std is 0.1 x std(A) of each prompt over its own
+  positions (App. A.2; not its padding or fed answer tokens), and captum's ``NoiseTunnel``
+  takes one std per input tensor, not per example (and draws from the global RNG; this
+  one draws from a seed of its own per (batch, site, layer), derived from the config seed).
 - ``idgi`` (Yang et al. 2023) is not in captum; it is written here on the same
   Riemann path as IG: sum_k g_k^2 / ||g_k||^2 * (g(x_{k+1}) - g(x_k)).
 Path and noise methods cost `steps` or `samples` forward+backward passes per prompt and
@@ -33,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from captum.attr import GradientShap, IntegratedGradients, LayerGradientXActivation, Saliency
 
@@ -41,6 +43,7 @@ from minormech.prompts import Prompt
 from minormech.runner import AnswerBatch, answer_prob, batched, teacher_forced_batch
 from minormech.shards import Shard
 from minormech.sites import INPUT, get_site
+from minormech.tasks import stable_seed
 
 METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "expected_gradients", "idgi")
 REDUCTIONS = ("sum", "mean", "abs_sum", "last")
@@ -56,6 +59,7 @@ class AttributionSettings:
     steps: int = 16  # integrated_gradients, idgi
     samples: int = 8  # smoothgrad, expected_gradients
     noise_scale: float = 0.1  # smoothgrad
+    seed: int = 0  # smoothgrad's noise: the config seed, drawn per (batch, site, layer)
 
 
 def reduce_positions(attributions: torch.Tensor, prompt_lengths: torch.Tensor, how: str) -> torch.Tensor:
@@ -128,17 +132,41 @@ def idgi(
     return (squared * weights.view(steps, inputs.shape[0], *[1] * (inputs.dim() - 1))).sum(0)
 
 
+def prompt_std(inputs: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """[B, 1, 1] std of each prompt's activations [B, S, d] over its own positions
+    0..length-1 and all features: padding and the fed answer tokens are not the prompt's."""
+    positions = torch.arange(inputs.shape[1], device=inputs.device)
+    own = (positions[None, :] < prompt_lengths.to(inputs.device)[:, None])[..., None].expand_as(inputs)
+    return torch.stack([row[mask].std() for row, mask in zip(inputs, own)]).view(-1, 1, 1)
+
+
 def smoothgrad(
-    g: Callable[..., torch.Tensor], inputs: torch.Tensor, extra: tuple, samples: int, noise_scale: float, seed: int = 0
+    g: Callable[..., torch.Tensor], inputs: torch.Tensor, extra: tuple, settings: AttributionSettings, noise: NoiseDraw
 ) -> torch.Tensor:
-    """Mean gradient over `samples` noisy copies, noise std = noise_scale x std(A) of each prompt."""
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    std = noise_scale * inputs.flatten(1).std(1).view(-1, *[1] * (inputs.dim() - 1))
+    """Mean gradient over `settings.samples` noisy copies, noise std = noise_scale x std(A)
+    of each prompt over its own positions (App. A.2), drawn from `noise`'s seed."""
+    samples, noise_scale = settings.samples, settings.noise_scale
+    generator = torch.Generator(device=inputs.device).manual_seed(noise.seed)
+    std = noise_scale * prompt_std(inputs, noise.prompt_lengths).to(inputs.dtype)
     noise = torch.randn((samples, *inputs.shape), generator=generator, device=inputs.device, dtype=inputs.dtype)
     noisy = (inputs[None] + noise * std[None]).reshape(-1, *inputs.shape[1:]).requires_grad_()
     repeated = tuple(t.repeat(samples, *[1] * (t.dim() - 1)) for t in extra)
     (grads,) = torch.autograd.grad(g(noisy, *repeated).sum(), noisy)
     return grads.view(samples, *inputs.shape).mean(0)
+
+
+@dataclass(frozen=True)
+class NoiseDraw:
+    """SmoothGrad's noise for one (batch, site, layer): its own seed, derived from the
+    config seed, and the prompts' lengths (the positions its std is taken over)."""
+
+    seed: int
+    prompt_lengths: torch.Tensor
+
+    @classmethod
+    def of(cls, settings: AttributionSettings, batch_index: int, site: str, layer: int, lengths) -> NoiseDraw:
+        parts = stable_seed(settings.seed, "smoothgrad", batch_index, site, layer)
+        return cls(int(np.random.SeedSequence(parts).generate_state(1)[0]), lengths)
 
 
 def path_attribution(
@@ -147,8 +175,10 @@ def path_attribution(
     extra: tuple,
     settings: AttributionSettings,
     baselines: torch.Tensor | None = None,
+    noise: NoiseDraw | None = None,
 ) -> torch.Tensor:
-    """Attribution of g at `inputs` [B, ...] with the configured activation-space method."""
+    """Attribution of g at `inputs` [B, ...] with the configured activation-space method
+    (`baselines`: expected gradients'; `noise`: smoothgrad's seed and prompt lengths)."""
     inputs = inputs.detach()
     method = settings.method
     if method == "saliency":
@@ -156,7 +186,8 @@ def path_attribution(
     if method == "input_x_gradient":
         return inputs * Saliency(g).attribute(inputs, additional_forward_args=extra, abs=False)
     if method == "smoothgrad":
-        return smoothgrad(g, inputs, extra, settings.samples, settings.noise_scale)
+        every_position = torch.full((inputs.shape[0],), inputs.shape[1])
+        return smoothgrad(g, inputs, extra, settings, noise or NoiseDraw(settings.seed, every_position))
     if method == "integrated_gradients":
         return IntegratedGradients(g).attribute(
             inputs, baselines=torch.zeros_like(inputs), n_steps=settings.steps, additional_forward_args=extra
@@ -221,7 +252,7 @@ def attribute_prompts(
         totals[key] = totals.get(key, 0) + reduced.cpu()
 
     batches = batched(prompts, settings.batch_size)
-    for chunk in progress(batches, len(batches)):
+    for batch_index, chunk in enumerate(progress(batches, len(batches))):
         batch = teacher_forced_batch(chunk, pad_id, device)
         if settings.method in ("saliency", "input_x_gradient"):
             for key, attributions in layer_gradients(
@@ -238,9 +269,7 @@ def attribute_prompts(
             if baseline_pool is not None:
                 pool, lengths = baseline_pool[(site, layer)]
                 baselines = align_baselines(pool, lengths, inputs.shape[1]).to(device, inputs.dtype)
-            add(
-                (site, layer),
-                path_attribution(site_function(model, site, layer), inputs, extra, settings, baselines),
-                batch,
-            )
+            noise = NoiseDraw.of(settings, batch_index, site, layer, batch.prompt_lengths)
+            g = site_function(model, site, layer)
+            add((site, layer), path_attribution(g, inputs, extra, settings, baselines, noise), batch)
     return {key: total / len(prompts) for key, total in totals.items()}

@@ -9,6 +9,7 @@ loads a model or a tokenizer: validation runs whenever Snakemake parses the work
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,32 @@ import yaml
 
 from minormech.models import KNOWN_MODELS, ModelSpec, resolve_model_spec
 from minormech.prompts import format_example
+from minormech.sites import SUPPORTED_ARCHITECTURES
 from minormech.tasks import TASKS, Task, get_task, value_grid
 
 
 class ConfigError(ValueError):
     """A bad config value; str(error) is one line naming the key."""
+
+
+def _is_integer(_checker, value) -> bool:
+    """An integer key takes an int: 512.0 or True is refused (not silently cast later)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(_checker, value) -> bool:
+    """A number key takes a finite int or float: NaN and infinity are refused, since every
+    bound (minimum, exclusiveMaximum) is false for NaN and so would let it through."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The schema's validator with strict integers and finite numbers.
+STRICT_VALIDATOR = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "number": _is_number}
+    ),
+)
 
 
 def load_schema(path: str | Path) -> dict:
@@ -116,21 +138,33 @@ def _model_config_problem(config_file: Path) -> str | None:
     ]
     if missing:
         return f"has a config.json without {missing} (not a Llama-style causal LM)"
+    architecture = (cfg.get("architectures") or [cfg.get("model_type")])[0]
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        return f"holds a {architecture} model; supported architectures: {list(SUPPORTED_ARCHITECTURES)}"
     return None
 
 
+def _check_weight_source(entry: dict[str, Any], i: int) -> None:
+    """A model's weights come from one place, and only a shape-exact model names a tokenizer."""
+    sources = [key for key in ("hub", "path", "architecture", "train") if key in entry]
+    if len(sources) > 1:
+        raise ConfigError(
+            f"models[{i}]: {sources[0]!r} and {sources[1]!r} exclude each other; "
+            "allowed: one of hub, path, architecture, train"
+        )
+    if "tokenizer" in entry and "architecture" not in entry:
+        raise ConfigError(
+            f"models[{i}].tokenizer: only a shape-exact model (architecture: ...) takes a tokenizer by name; "
+            "allowed: remove it, or add architecture"
+        )
+
+
 def _check_trained_model(config: dict[str, Any], i: int) -> None:
-    """What the schema cannot say about a `train:` entry: no other weight source, a shape a
-    Llama accepts, and a tokenizer from a model that prepare_model makes (a trained model
-    has no tokenizer of its own, and its id's folder belongs to the trained weights)."""
+    """What the schema cannot say about a `train:` entry: a shape a Llama accepts, and a
+    tokenizer from a model that rule `model` makes (a trained model has no tokenizer of its
+    own, and its id's folder belongs to the trained weights)."""
     entry, key = config["models"][i], f"models[{i}].train"
     train = entry["train"]
-    for other in ("hub", "path"):
-        if other in entry:
-            raise ConfigError(
-                f"models[{i}]: 'train' and {other!r} exclude each other "
-                "(a trained model's weights come from training); allowed: one of them"
-            )
     if train["hidden_size"] % (2 * train["heads"]):
         raise ConfigError(
             f"{key}.hidden_size: {train['hidden_size']} does not split into {train['heads']} heads of even width "
@@ -191,9 +225,18 @@ def layers_for(config: dict[str, Any], spec: ModelSpec) -> list[int]:
     return list(config["layers"])
 
 
+def config_warnings(config: dict[str, Any], cores: int | None) -> list[str]:
+    """What a valid config may get wrong on this machine, one line each: more threads per
+    job than it has cores slows every model job (a SLURM node may have more; a warning)."""
+    threads = config["compute"]["threads"]
+    if cores is not None and threads > cores:
+        return [f"config warning: compute.threads: {threads} is more than the {cores} cores of this machine"]
+    return []
+
+
 def validate_config(config: dict[str, Any], schema: dict) -> None:
     """Raise ConfigError for the first problem found, schema problems first."""
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = STRICT_VALIDATOR(schema)
     errors = sorted(
         validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
     )
@@ -246,6 +289,7 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
                 f"models[{i}].id: duplicate model id {model_id!r}; every id names one output folder, "
                 "so allowed values: an id not used by another entry"
             )
+        _check_weight_source(config["models"][i], i)
         if "train" in config["models"][i]:
             _check_trained_model(config, i)
         path = config["models"][i].get("path")
@@ -280,6 +324,10 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
                         f"(allowed: 0..{spec.num_layers - 1})"
                     )
     patched = config["patching"]["layers"]
+    if patched != "all" and len(set(patched)) != len(patched):
+        raise ConfigError(
+            f"patching.layers: a layer is listed twice in {patched}; allowed values: distinct layer indices"
+        )
     if patched != "all":
         for j, layer in enumerate(patched):
             if config["layers"] != "all" and layer not in config["layers"]:

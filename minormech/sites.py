@@ -119,6 +119,10 @@ SITE_TABLE: dict[str, Site] = {site.name: site for site in _TABLE}
 SITES: tuple[str, ...] = tuple(SITE_TABLE)
 #: The five sites the paper analyses (§5.1).
 PAPER_SITES: tuple[str, ...] = ("q", "k", "v", "o", "mlp")
+
+#: The model classes whose decoder layers have the module layout this table names
+#: (self_attn.{q,k,v,o}_proj, mlp, post_attention_layernorm); any other is refused.
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("LlamaForCausalLM",)
 #: The sites with per-head slices (q: query heads; k, v: key/value heads).
 HEAD_SITES: tuple[str, ...] = tuple(name for name, site in SITE_TABLE.items() if site.heads is not None)
 

@@ -13,7 +13,7 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)  # the minormech package, also without `pip install -e .`
 
 from minormech import plan as paths
-from minormech.config import ConfigError, load_schema, validate_config
+from minormech.config import ConfigError, config_warnings, load_schema, validate_config
 from minormech.plan import HEAD_FIGURES, RunPlan
 from minormech.probe_results import PROBE_KINDS
 from minormech.prompts import PROMPT_SETS
@@ -34,6 +34,8 @@ try:
     PLAN = RunPlan.from_config(config)
 except ConfigError as error:
     sys.exit(f"config error: {error}")
+for warning in config_warnings(config, os.cpu_count()) if workflow.is_main_process else []:
+    print(warning, file=sys.stderr)
 
 
 def planned_shard_bytes():

@@ -7,9 +7,11 @@ from conftest import random_prompts as _prompts
 
 from minormech.attribution import (
     AttributionSettings,
+    NoiseDraw,
     attribute_prompts,
     layer_gradients,
     path_attribution,
+    prompt_std,
     reduce_positions,
     site_function,
 )
@@ -171,3 +173,23 @@ def test_every_method_runs_on_a_model(tiny, tmp_path, method):
         assert torch.isfinite(first[key]).all() and first[key].abs().sum() > 0
         if method != "expected_gradients":  # GradientShap draws from torch's global RNG
             torch.testing.assert_close(first[key], second[key])
+
+
+def test_smoothgrad_noise_scale_is_the_std_of_the_prompts_own_positions():
+    """Padding and fed answer tokens are not part of std(A): a prompt padded with zeros has
+    the std of its unpadded positions."""
+    rows = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(0))
+    rows[0, 4:] = 0.0  # prompt 0 has 4 positions of its own
+    std = prompt_std(rows, torch.tensor([4, 6]))
+    torch.testing.assert_close(std.flatten(), torch.stack([rows[0, :4].std(), rows[1].std()]))
+
+
+def test_smoothgrad_draws_its_own_noise_per_batch_site_and_layer():
+    settings = AttributionSettings(method="smoothgrad", seed=7)
+
+    def seed(options, b, site, layer):
+        return NoiseDraw.of(options, b, site, layer, torch.tensor([3])).seed
+
+    seeds = {seed(settings, b, site, layer) for b in (0, 1) for site in ("k", "v") for layer in (0, 1)}
+    assert len(seeds) == 8 and seed(settings, 0, "k", 0) == seed(settings, 0, "k", 0)
+    assert seed(AttributionSettings(seed=8), 0, "k", 0) != seed(settings, 0, "k", 0)

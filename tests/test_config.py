@@ -1,10 +1,11 @@
 import copy
+import json
 
 import pytest
 import yaml
 from snakemake.utils import update_config
 
-from minormech.config import ConfigError, load_schema, validate_config
+from minormech.config import ConfigError, config_warnings, load_schema, validate_config
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +161,9 @@ BAD = [
         "models",
         [{"id": "gpt-9"}],
         r"^models\[0\]\.id: unknown model id 'gpt-9'; "
-        r"allowed values: \['llama-3.1-8b', 'llama-3.2-3b', 'smollm2-135m'\], "
-        r"or any id with 'hub: <name>' or 'path: <dir>'$",
+        r"allowed values: \['llama-3.1-8b', 'llama-3.1-8b-shaped', 'llama-3.2-1b-shaped', 'llama-3.2-3b', "
+        r"'llama-3.2-3b-shaped', 'smollm2-135m'\], "
+        r"or any id with 'hub: <name>', 'path: <dir>' or 'architecture: <name>'$",
     ),
     (
         "duplicate model ids",
@@ -245,6 +247,43 @@ BAD = [
         {"device": "cpu", "dtype": "auto"},
         r"^compute: missing key\(s\) \['threads'\]; required keys: \['device', 'dtype', 'threads'\]$",
     ),
+    # Numbers that are not numbers: every bound is false for NaN, so the schema alone let them through.
+    (
+        "not a finite number",
+        "patching.h",
+        float("nan"),
+        r"^patching\.h: nan is not allowed; allowed values: a number > 0",
+    ),
+    ("not a finite number", "uncertainty.level", float("nan"), r"^uncertainty\.level: nan is not allowed; allowed"),
+    ("not a finite number", "probe.improved.lr", float("nan"), r"^probe\.improved\.lr: nan is not allowed; allowed"),
+    ("not a finite number", "probe.improved.lr", float("inf"), r"^probe\.improved\.lr: inf is not allowed; allowed"),
+    # A float where an integer is meant, even an integral one: refused before any job casts it.
+    (
+        "float for an integer",
+        "probe.d_proj",
+        512.0,
+        r"^probe\.d_proj: 512\.0 is not allowed; allowed values: an integer",
+    ),
+    (
+        "float for an integer",
+        "probe.d_proj",
+        512.5,
+        r"^probe\.d_proj: 512\.5 is not allowed; allowed values: an integer",
+    ),
+    ("float for an integer", "seed", 1.0, r"^seed: 1\.0 is not allowed; allowed values: an integer"),
+    ("float for an integer", "prompts.probe_train", 128.0, r"^prompts\.probe_train: 128\.0 is not allowed; allowed"),
+    (
+        "float for an integer",
+        "compute.threads",
+        2.0,
+        r"^compute\.threads: 2\.0 is not allowed; allowed values: an integer",
+    ),
+    (
+        "duplicate",
+        "patching.layers",
+        [14, 14],
+        r"^patching\.layers: a layer is listed twice in \[14, 14\]; allowed values: distinct layer indices$",
+    ),
 ]
 
 
@@ -281,6 +320,20 @@ def test_path_model_without_config_json(default, schema, tmp_path):
         validate_config(config, schema)
 
 
+@pytest.mark.parametrize("architecture", ["GPTNeoXForCausalLM", "OPTForCausalLM"])
+def test_path_model_of_another_architecture_is_refused(default, schema, tmp_path, architecture):
+    """A local model whose module layout is not the site table's is refused before planning."""
+    config = copy.deepcopy(default)
+    config["models"] = [{"id": "mine", "path": str(tmp_path)}]
+    facts = {"num_hidden_layers": 2, "hidden_size": 8, "num_attention_heads": 2, "architectures": [architecture]}
+    (tmp_path / "config.json").write_text(json.dumps(facts))
+    with pytest.raises(ConfigError) as error:
+        validate_config(config, schema)
+    assert str(error.value).startswith(
+        f"models[0].path: {tmp_path} holds a {architecture} model; supported architectures: ['LlamaForCausalLM']"
+    )
+
+
 def test_smallest_budget_that_holds_every_example_is_accepted(default, schema):
     config = copy.deepcopy(default)
     config["prompts"]["max_prompt_tokens"] = 41
@@ -297,3 +350,13 @@ def test_bad_values_name_their_key(default, schema, kind, key, value, message):
     assert "\n" not in text and (
         "allowed" in text or "required keys" in text
     )  # one line naming what is allowed; the regex anchors the key
+
+
+def test_more_threads_than_cores_is_a_warning_not_an_error(default, schema):
+    config = copy.deepcopy(default)
+    config["compute"]["threads"] = 64
+    validate_config(config, schema)
+    assert config_warnings(config, cores=2) == [
+        "config warning: compute.threads: 64 is more than the 2 cores of this machine"
+    ]
+    assert config_warnings(default, cores=2) == []

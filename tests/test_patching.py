@@ -311,3 +311,20 @@ def test_patching_counts_with_controls(tiny):
             assert abs(r["dlogp"]) < 1e-5 and abs(r["dlogit"]) < 1e-5
             assert r["rho"] == 2 or r["v"] == SWAPPED
     assert any(by_key[(r["setting"], r["layer"], "random")]["dlogp"] != r["dlogp"] for r in rows if r["patch"] == "xi")
+
+
+def test_noop_rows_carry_their_own_settings_feature_count(tiny):
+    """The noop pass runs once per base set, but each row reports its own setting's xi
+    feature count, which differs between the two tau1 of a pair here (8 and 5 of 16)."""
+    pair, layers = ["LR", "MD"], [1]
+    reference = {"LR": random_prompts(2, 11), "MD": random_prompts(2, 12)}
+    others = {"LR": random_prompts(2, 13), "MD": random_prompts(2, 14)}
+    fewer = torch.zeros(16, dtype=torch.bool)
+    fewer[:5] = True
+    keep = {("LR", "k", 1): _half(16, seed=1), ("MD", "k", 1): fewer}
+    settings = PatchingSettings(pair, ["k"], layers, controls=True, seed=0, bootstrap=Bootstrap(n_boot=50))
+    rows = patching_counts(tiny, reference, others, keep, settings, RunOptions(batch_size=2, pad_id=0)).rows
+    xi = {(r["setting"], r["layer"]): r["n_kept"] for r in rows if r["patch"] == "xi"}
+    assert set(xi.values()) == {8, 5}
+    for r in rows:
+        assert r["n_kept"] == xi[(r["setting"], r["layer"])], r

@@ -141,3 +141,17 @@ def test_list_of_rules_is_the_same_for_every_shipped_config(repo_root):
         lists[overlay] = result.stdout.split()
     assert len({tuple(rules) for rules in lists.values()}) == 1, lists
     assert {"model", "probe", "stream_probes", "patching", "summary", "plot_fig5"} <= set(lists[None])
+
+
+def test_a_shaped_model_is_analysed_without_a_random_init_copy(default):
+    """A shape-exact model already has random weights: it runs the whole pipeline, and its
+    weights are drawn by rule model from the architecture and the seed."""
+    plan = RunPlan.from_config({**default, "models": [{"id": "llama-3.2-3b-shaped"}]})
+    assert plan.ids() == ["llama-3.2-3b-shaped"]
+    row = plan.model("llama-3.2-3b-shaped")
+    assert (row.kind, row.made_by, row.layers) == ("analysed", "shaped", tuple(range(28)))
+    assert plan.model_recipe("llama-3.2-3b-shaped") == {
+        "made_by": "shaped",
+        "entry": {"id": "llama-3.2-3b-shaped"},
+        "seed": 0,
+    }

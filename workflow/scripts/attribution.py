@@ -20,7 +20,7 @@ inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcar
 set_threads(snakemake.threads)
 options = dict(params.attribution)
 n_baselines = options.pop("baseline_prompts")
-settings = AttributionSettings(**options)
+settings = AttributionSettings(**options, seed=params.seed)
 manifest = ModelManifest.read(inputs.model)
 model, tokenizer = load_model(manifest, params.compute["device"], params.compute["dtype"])
 prompts = read_prompts(inputs.prompts, params.n_prompts)

@@ -1,6 +1,6 @@
 """Make one model of the run plan and write its manifest, by how its weights are made:
 dequantized from the embedded GGUF, loaded from a local path or a hub download, drawn at
-random (the random-init control; minormech.random_init) or trained on the tasks (the
+random (the random-init control and the shape-exact models; minormech.random_init) or trained on the tasks (the
 positive control; minormech.control_model)."""
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from minormech.control_model import Runtime, TrainingPrompts, TrainSettings, save, train
 from minormech.models import ModelManifest, load_tokenizer, prepare_model, resolve_model_spec, set_threads
-from minormech.random_init import prepare_random_init
+from minormech.random_init import prepare_random_init, prepare_shaped
 from minormech.runlog import job_logger, progress
 from minormech.tasks import WeightTable
 
@@ -42,6 +42,8 @@ def trained_model():
 
 if recipe["made_by"] == "random_init":
     manifest = prepare_random_init(ModelManifest.read(inputs.base), out_dir, recipe["seed"])
+elif recipe["made_by"] == "shaped":
+    manifest = prepare_shaped(resolve_model_spec(recipe["entry"]), out_dir, recipe["seed"])
 elif recipe["made_by"] == "trained":
     manifest = trained_model()
 else:
