@@ -25,7 +25,6 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_config import BAD
-from transformers import LlamaConfig, LlamaForCausalLM
 from workflow_helpers import SNAKEMAKE, TINY, copy_workflow, error_lines, isolated_env, job_counts, run
 
 from minormech.models import ModelManifest, load_model, prepare_model, resolve_model_spec
@@ -243,19 +242,10 @@ def test_pipeline_code_loads_nothing_through_pickle(repo_root):
     assert loads and all("use_safetensors=True" in args or "gguf_file=" in args for args in loads), loads
 
 
-def test_pickle_checkpoint_is_refused(tmp_path):
+def test_pickle_checkpoint_is_refused(tmp_path, tiny):
     """A model directory with only pytorch_model.bin (a pickle) is refused before anything
     reads it, when prepared and when loaded."""
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=50,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    )
+    model = tiny
     model.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # written, never loaded
