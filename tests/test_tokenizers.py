@@ -127,3 +127,13 @@ def test_a_shaped_model_is_drawn_seeded_with_its_named_tokenizer(tmp_path, monke
     assert first.source == "shaped" and len(model_a.model.layers) == 2
     assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
     assert tokenizer("Output: 7")["input_ids"][0] == 128_000 and len(tokenizer) == 128_256
+
+
+def test_schema_lists_the_packaged_architectures_and_named_tokenizers(repo_root):
+    from minormech.config import load_schema
+    from minormech.models import architectures
+    from minormech.tokenizers import NAMED_TOKENIZERS
+
+    entry = load_schema(repo_root / "config" / "config.schema.yaml")["properties"]["models"]["items"]["properties"]
+    assert entry["architecture"]["enum"] == architectures() == ["llama-3.1-8b", "llama-3.2-1b", "llama-3.2-3b"]
+    assert entry["tokenizer"]["enum"] == sorted(NAMED_TOKENIZERS)
