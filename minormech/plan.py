@@ -34,7 +34,6 @@ from minormech.config import ConfigError, layers_for, model_specs, prompt_count
 from minormech.models import ModelSpec, resolve_model_spec
 from minormech.probe_results import PROBE_KINDS
 from minormech.random_init import random_init_id, random_init_spec
-from minormech.ranking import FIGURE_VARIANTS
 from minormech.storage import ModelPlan, plan_storage, test_shards_needed
 
 RESULTS = "results"
@@ -360,34 +359,40 @@ class RunPlan:
             raise ValueError(f"model {model_id} trains no {kind} probes; its probe kinds: {row.probe_kinds}")
         if row.probe_source == "stream":
             return {"stream": stream_dir(model_id, task)}
-        inputs = {
-            "dataset": dataset(task),
-            "train_prompts": self.prompts(model_id, task, "probe_train"),
-            "test_prompts": self.prompts(model_id, task, "probe_test"),
-            "train_shards": self.shards(model_id, task, "probe_train"),
-            "test_shards": self.shards(model_id, task, "probe_test"),
-        }
-        if kind == "filtered":
-            inputs["xi"] = self.xi(model_id)
-        return inputs
+        shards = {"train_shards": self.shards(model_id, task, "probe_train")}
+        shards["test_shards"] = self.shards(model_id, task, "probe_test")
+        return {**self._probe_task_inputs(model_id, task, kind == "filtered"), **shards}
 
     def stream_inputs(self, model_id: str, task: str) -> dict[str, Any]:
+        filtered = "filtered" in self.model(model_id).probe_kinds
+        return {**self._probe_task_inputs(model_id, task, filtered), "model": manifest(model_id)}
+
+    def _probe_task_inputs(self, model_id: str, task: str, filtered: bool) -> dict[str, Any]:
+        """What every probe job of a (model, task) reads whatever its source: the task's
+        weights, its probe prompts and, for filtered probes, the xi map."""
         inputs = {
             "dataset": dataset(task),
             "train_prompts": self.prompts(model_id, task, "probe_train"),
             "test_prompts": self.prompts(model_id, task, "probe_test"),
-            "model": manifest(model_id),
         }
-        if "filtered" in self.model(model_id).probe_kinds:
-            inputs["xi"] = self.xi(model_id)
-        return inputs
+        return {**inputs, "xi": self.xi(model_id)} if filtered else inputs
+
+    def trains_from_shards(self, model_id: str) -> bool:
+        """Whether a model's probe jobs train (shard mode) rather than put a stream job's
+        files in place: only then do they need the job's threads and a GPU."""
+        return self.model(model_id).probe_source == "shards"
+
+    def probe_settings(self, *unread: str) -> dict[str, Any]:
+        """The `probe` section as a job's params, without `source` (the rule itself is the
+        source) and the keys the rule does not read, so that editing those reruns no job."""
+        return {key: value for key, value in self.config["probe"].items() if key not in ("source", *unread)}
 
     def attribution_inputs(self, model_id: str, task: str) -> dict[str, Any]:
         """Attribution prompts; expected gradients also read the probe-test shards of every
         task (its baseline activations)."""
         inputs: dict[str, Any] = {"prompts": self.prompts(model_id, task, "attribution"), "model": manifest(model_id)}
         if self.test_shards_needed:
-            inputs["baseline_shards"] = [f for t in self.tasks for f in self.shards(model_id, t, "probe_test")]
+            inputs["baseline_shards"] = [f for files in self.baseline_shards(model_id).values() for f in files]
         return inputs
 
     def rank_difference_inputs(self, model_id: str, pair: str) -> dict[str, str]:
@@ -489,8 +494,3 @@ class RunPlan:
     def model_regex(self) -> str:
         """The `model` wildcard's constraint: the ids of this plan."""
         return "|".join(sorted(self.models, key=len, reverse=True))
-
-
-def figure_variants(number: int) -> list[str]:
-    """The filtered-probe variants figure 3 (the halves) or figure 4 (the quarters) draws."""
-    return list(FIGURE_VARIANTS[number])

@@ -22,7 +22,7 @@ from minormech.controls import control_targets
 from minormech.hooks import hook_name
 from minormech.probes import ProbeTraining
 from minormech.prompts import Prompt
-from minormech.ranking import FILTER_VARIANTS, site_keep_masks, variant_name
+from minormech.ranking import FILTER_VARIANT_NAMES, FILTER_VARIANTS, site_keep_masks
 from minormech.shards import save_tensors
 from minormech.uncertainty import Bootstrap
 
@@ -53,7 +53,7 @@ class ProbeVariants:
             )
         masks = torch.stack([site_keep_masks(xi, site, list(layers), op, h) for op, h in FILTER_VARIANTS]).float()
         return cls(
-            [variant_name(op, h) for op, h in FILTER_VARIANTS],
+            list(FILTER_VARIANT_NAMES),
             [op for op, _ in FILTER_VARIANTS],
             [h for _, h in FILTER_VARIANTS],
             masks,

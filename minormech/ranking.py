@@ -25,6 +25,8 @@ def variant_name(op: str, h: float) -> str:
     return f"{'ge' if op == '>=' else 'le'}{h:g}"
 
 
+#: The names of FILTER_VARIANTS, in order (the variants of a filtered probe table).
+FILTER_VARIANT_NAMES: tuple[str, ...] = tuple(variant_name(op, h) for op, h in FILTER_VARIANTS)
 #: Each task's own half of the features (task 1's, task 2's): figure 3 and eq. 41.
 HALVES: tuple[str, str] = (variant_name(">=", 0.5), variant_name("<=", 0.5))
 #: Each task's own most important quarter: figure 4 and H3.

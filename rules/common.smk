@@ -17,6 +17,7 @@ from minormech.config import ConfigError, config_warnings, load_schema, validate
 from minormech.plan import HEAD_FIGURES, RunPlan
 from minormech.probe_results import PROBE_KINDS
 from minormech.prompts import PROMPT_SETS
+from minormech.ranking import FIGURE_VARIANTS
 from minormech.storage import format_plan
 
 

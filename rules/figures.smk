@@ -50,7 +50,7 @@ rule plot_fig3:
     log:
         paths.log("plot_fig3", "{model}", "{site}"),
     params:
-        variants=paths.figure_variants(3),
+        variants=FIGURE_VARIANTS[3],
         pair=PLAN.filter_pair,
     threads: 1
     resources:
@@ -67,7 +67,7 @@ use rule plot_fig3 as plot_fig4 with:
     log:
         paths.log("plot_fig4", "{model}", "{site}"),
     params:
-        variants=paths.figure_variants(4),
+        variants=FIGURE_VARIANTS[4],
         pair=PLAN.filter_pair,
 
 

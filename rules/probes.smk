@@ -15,15 +15,15 @@ rule probe:
         paths.benchmark("probe", "{model}", "{task}", "{site}", "{probe_kind}")
     params:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
-        probe=canonical({key: value for key, value in config["probe"].items() if key != "source"}),
+        probe=canonical(PLAN.probe_settings()),
         report=PLAN.probe_report,
         n_prompts=PLAN.prompt_counts("probe_train", "probe_test"),
         device=config["compute"]["device"],
-    threads: lambda wildcards: THREADS if PLAN.model(wildcards.model).probe_source == "shards" else 1
+    threads: lambda wildcards: THREADS if PLAN.trains_from_shards(wildcards.model) else 1
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=lambda wildcards: PLAN.gpus if PLAN.model(wildcards.model).probe_source == "shards" else 0,
+        gpu=lambda wildcards: PLAN.gpus if PLAN.trains_from_shards(wildcards.model) else 0,
     conda:
         ENV
     script:
@@ -43,7 +43,7 @@ rule stream_probes:
         sites=PLAN.sites,
         kinds=lambda wildcards: PLAN.model(wildcards.model).probe_kinds,
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
-        probe=canonical({key: value for key, value in config["probe"].items() if key not in ("source", "keep_in_memory")}),
+        probe=canonical(PLAN.probe_settings("keep_in_memory")),
         report=PLAN.probe_report,
         n_prompts=PLAN.prompt_counts("probe_train", "probe_test"),
         chunks=canonical(config["activations"]["chunks"]),

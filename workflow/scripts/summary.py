@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from minormech.ranking import FILTER_VARIANTS, HALVES, QUARTERS, variant_name
+from minormech.ranking import FILTER_VARIANT_NAMES, HALVES, QUARTERS
 from minormech.runlog import job_logger
 from minormech.summary import (
     ProbeErrors,
@@ -23,7 +23,7 @@ log = job_logger(snakemake.log[0])
 params, wildcards = snakemake.params, snakemake.wildcards
 files, pair = params.files, list(params.pair)
 bootstrap = Bootstrap(**params.bootstrap)
-filtered_variants = [variant_name(op, h) for op, h in FILTER_VARIANTS]
+filtered_variants = list(FILTER_VARIANT_NAMES)
 tables = {task: WeightTable.read_tsv(path, task) for task, path in files["datasets"].items()}
 train_mean = {task: table.weights[table.train_ids].mean(0) for task, table in tables.items()}
 uncertainty = {"bootstrap": bootstrap.n_boot, "level": bootstrap.level}
