@@ -144,6 +144,31 @@ def _model_config_problem(config_file: Path) -> str | None:
     return None
 
 
+def _check_listed_layers(config: dict[str, Any], key: str, listed) -> None:
+    """A layer list such as patching.layers: 'all', or distinct layers that are analysed and
+    that some model has. Each model uses the listed layers it has (a shallow positive control
+    patches the first ones); a layer no model has, or a model left with none, is an error."""
+    if listed == "all":
+        return
+    if len(set(listed)) != len(listed):
+        raise ConfigError(f"{key}: a layer is listed twice in {listed}; allowed values: distinct layer indices")
+    for j, layer in enumerate(listed):
+        if config["layers"] != "all" and layer not in config["layers"]:
+            raise ConfigError(
+                f"{key}[{j}]: layer {layer} is not among the analysed layers; allowed values: {config['layers']}"
+            )
+    depths = {spec.id: spec.num_layers for spec in model_specs(config) if spec.num_layers is not None}
+    if not depths:
+        return
+    deepest = max(depths.values())
+    for j, layer in enumerate(listed):
+        if layer >= deepest:
+            raise ConfigError(f"{key}[{j}]: layer {layer} is out of range for every model (allowed: 0..{deepest - 1})")
+    for model_id, depth in depths.items():
+        if not any(layer < depth for layer in listed):
+            raise ConfigError(f"{key}: none of {listed} is a layer of model {model_id!r} (allowed: 0..{depth - 1})")
+
+
 def _check_weight_source(entry: dict[str, Any], i: int) -> None:
     """A model's weights come from one place, and only a shape-exact model names a tokenizer."""
     sources = [key for key in ("hub", "path", "architecture", "train") if key in entry]
@@ -323,34 +348,8 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
                         f"layers[{j}]: layer {layer} is out of range for model {model_id!r} "
                         f"(allowed: 0..{spec.num_layers - 1})"
                     )
-    patched = config["patching"]["layers"]
-    if patched != "all" and len(set(patched)) != len(patched):
-        raise ConfigError(
-            f"patching.layers: a layer is listed twice in {patched}; allowed values: distinct layer indices"
-        )
-    if patched != "all":
-        for j, layer in enumerate(patched):
-            if config["layers"] != "all" and layer not in config["layers"]:
-                raise ConfigError(
-                    f"patching.layers[{j}]: layer {layer} is not among the analysed layers; "
-                    f"allowed values: {config['layers']}"
-                )
-        # Each model patches the listed layers it has (a shallow positive control patches the
-        # first ones); a layer no model has, or a model left with none, is an error.
-        depths = {spec.id: spec.num_layers for spec in model_specs(config) if spec.num_layers is not None}
-        if depths:
-            deepest = max(depths.values())
-            for j, layer in enumerate(patched):
-                if layer >= deepest:
-                    raise ConfigError(
-                        f"patching.layers[{j}]: layer {layer} is out of range for every model "
-                        f"(allowed: 0..{deepest - 1})"
-                    )
-            for model_id, depth in depths.items():
-                if not any(layer < depth for layer in patched):
-                    raise ConfigError(
-                        f"patching.layers: none of {patched} is a layer of model {model_id!r} (allowed: 0..{depth - 1})"
-                    )
+    _check_listed_layers(config, "patching.layers", config["patching"]["layers"])
+    _check_listed_layers(config, "heads.knockout_layers", config["heads"]["knockout_layers"])
     chunks = config["activations"]["chunks"]
     sizes = {
         "probe_train": config["prompts"]["probe_train"],

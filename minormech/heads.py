@@ -216,10 +216,11 @@ def example_answers(prompt: Prompt, tokenizer) -> ExampleAnswers:
 
 @dataclass(frozen=True)
 class HeadSettings:
-    """Config key `heads` (the measurement's part): whether to knock out every head (one
-    rerun per head and batch) and how many top heads get attention rows."""
+    """Config key `heads` (the measurement's part): the layers whose every query head is
+    knocked out (one rerun per head and batch; none = no knockouts) and how many top heads
+    get attention rows."""
 
-    knockout: bool = False
+    knockout_layers: tuple[int, ...] = ()
     top: int = 4
 
 
@@ -230,8 +231,8 @@ class HeadResults:
 
     layers: list[int]
     logprob_increase: np.ndarray
-    knockout_dlogp: np.ndarray | None  # log p(answer | head knocked out) - log p(answer)
-    knockout_dcorrect: np.ndarray | None  # correct(knocked out) - correct, in {-1, 0, 1}
+    knockout_dlogp: np.ndarray | None  # log p(answer | head knocked out) - log p(answer); NaN: not knocked out
+    knockout_dcorrect: np.ndarray | None  # correct(knocked out) - correct, in {-1, 0, 1}; NaN: not knocked out
     unpatched_correct: np.ndarray  # [N] bool
     attention_rows: list[dict]  # one row per (prompt, top head, example)
 
@@ -256,7 +257,7 @@ def head_results(
     are chosen from this task's mean I over all its prompts, so attention is recorded in a
     second pass over the recorded batches (kept in memory: q/k of the analysed layers)."""
     layout = HeadLayout.of(model)
-    knockout, n_top, pad_id = settings.knockout, settings.top, run_options.pad_id
+    knockout, n_top, pad_id = bool(settings.knockout_layers), settings.top, run_options.pad_id
     increase, dlogp, dcorrect, correct_rows, kept = [], [], [], [], []
     chunks = batched(list(prompts), run_options.batch_size)
     for chunk in run_options.progress(chunks, len(chunks)):
@@ -280,10 +281,10 @@ def head_results(
         logp, correct = unpatched_answer_scores(model, run)
         correct_rows.append(correct)
         if knockout:
-            chunk_dlogp = torch.zeros(len(chunk), len(layers), layout.n_heads)
-            chunk_dcorrect = torch.zeros(len(chunk), len(layers), layout.n_heads)
+            chunk_dlogp = torch.full((len(chunk), len(layers), layout.n_heads), torch.nan)
+            chunk_dcorrect = torch.full((len(chunk), len(layers), layout.n_heads), torch.nan)
             for i, layer in enumerate(layers):
-                for head in range(layout.n_heads):
+                for head in range(layout.n_heads) if layer in settings.knockout_layers else ():
                     knocked_logp, knocked_correct = knockout_scores(model, run, layer, head)
                     chunk_dlogp[:, i, head] = knocked_logp - logp
                     chunk_dcorrect[:, i, head] = knocked_correct.float() - correct.float()

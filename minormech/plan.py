@@ -158,6 +158,7 @@ class PlannedModel:
     probe_source: str | None = None  # shards | stream (None: it trains no probes)
     layers: tuple[int, ...] = ()
     patching_layers: tuple[int, ...] = ()
+    knockout_layers: tuple[int, ...] = ()  # layers whose heads the head views knock out
 
     @property
     def stages(self) -> frozenset[str]:
@@ -221,7 +222,11 @@ class RunPlan:
         layers = tuple(layers_for(config, row.spec)) if row.kind != "tokenizer" else ()
         chosen = config["patching"]["layers"]
         patched = layers if chosen == "all" else tuple(layer for layer in layers if layer in chosen)
-        return replace(row, probe_source=source, layers=layers, patching_layers=patched)
+        heads = config["heads"]
+        knocked = () if not heads["knockout"] else layers
+        if heads["knockout"] and heads["knockout_layers"] != "all":
+            knocked = tuple(layer for layer in layers if layer in heads["knockout_layers"])
+        return replace(row, probe_source=source, layers=layers, patching_layers=patched, knockout_layers=knocked)
 
     # -- rows ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ rule head_views:
         paths.benchmark("head_views", "{model}", "{task}")
     params:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        knockout_layers=lambda wildcards: PLAN.model(wildcards.model).knockout_layers,
         heads=canonical(config["heads"]),
         bootstrap=PLAN.bootstrap,
         n_prompts=PLAN.prompt_count("attribution"),

@@ -284,6 +284,12 @@ BAD = [
         [14, 14],
         r"^patching\.layers: a layer is listed twice in \[14, 14\]; allowed values: distinct layer indices$",
     ),
+    (
+        "layer out of range",
+        "heads.knockout_layers",
+        [3, 30],
+        r"^heads\.knockout_layers\[1\]: layer 30 is out of range for every model \(allowed: 0\.\.29\)$",
+    ),
 ]
 
 

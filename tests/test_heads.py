@@ -217,7 +217,12 @@ def test_head_results_on_the_embedded_model(smollm2):
     prompts = _real_prompts(tokenizer, "LR", n=2)
     layers = [0, 29]
     result = head_results(
-        model, tokenizer, prompts, layers, HeadSettings(knockout=True, top=2), RunOptions(batch_size=2, pad_id=0)
+        model,
+        tokenizer,
+        prompts,
+        layers,
+        HeadSettings(knockout_layers=tuple(layers), top=2),
+        RunOptions(batch_size=2, pad_id=0),
     )
     layout = HeadLayout.of(model)
     assert result.logprob_increase.shape == result.knockout_dlogp.shape == (2, 2, layout.n_heads)
@@ -227,6 +232,20 @@ def test_head_results_on_the_embedded_model(smollm2):
     heads = {(r["layer"], r["head"]) for r in result.attention_rows}
     assert heads == set(top_heads(result.logprob_increase, layers, 2))
     assert len(result.attention_rows) == 2 * sum(p.n_examples - 1 for p in prompts)
+
+
+def test_knockouts_of_chosen_layers_only_leave_the_other_layers_empty(smollm2):
+    """heads.knockout_layers: the listed layer's knockout deltas are those of a run that
+    knocks out every layer; the other layers' cells are NaN (not computed), never zeros
+    that would read as "no effect"."""
+    model, tokenizer = smollm2
+    prompts = _real_prompts(tokenizer, "LR", n=2)
+    layers, options = [0, 29], RunOptions(batch_size=2, pad_id=0)
+    every = head_results(model, tokenizer, prompts, layers, HeadSettings(knockout_layers=(0, 29)), options)
+    last = head_results(model, tokenizer, prompts, layers, HeadSettings(knockout_layers=(29,)), options)
+    assert np.isnan(last.knockout_dlogp[:, 0]).all() and np.isnan(last.knockout_dcorrect[:, 0]).all()
+    np.testing.assert_allclose(last.knockout_dlogp[:, 1], every.knockout_dlogp[:, 1], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(last.knockout_dcorrect[:, 1], every.knockout_dcorrect[:, 1])
 
 
 def test_head_figures_with_knockouts():

@@ -26,22 +26,22 @@ results = head_results(
     tokenizer,
     prompts,
     params.layers,
-    HeadSettings(settings["knockout"], settings["top"]),
+    HeadSettings(tuple(params.knockout_layers), settings["top"]),
     RunOptions(
         settings["batch_size"],
         pad_token_id(tokenizer),
-        progress(f"{wildcards.task} heads{' with knockouts' if settings['knockout'] else ''}"),
+        progress(f"{wildcards.task} heads{' with knockouts' if params.knockout_layers else ''}"),
     ),
 )
 pd.DataFrame(head_table(results, Bootstrap(**params.bootstrap))).to_csv(snakemake.output.heads, index=False)
 pd.DataFrame(results.attention_rows).to_csv(snakemake.output.attention, index=False)
 log.info(
-    "%s: %d prompts, %d layers x %d heads, knockouts %s, unpatched accuracy %.3f, %.1f s",
+    "%s: %d prompts, %d layers x %d heads, knockouts in layers %s, unpatched accuracy %.3f, %.1f s",
     wildcards.task,
     len(prompts),
     len(params.layers),
     results.logprob_increase.shape[2],
-    settings["knockout"],
+    list(params.knockout_layers) or "none",
     results.unpatched_correct.mean(),
     time.perf_counter() - start,
 )
