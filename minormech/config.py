@@ -361,6 +361,15 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
                 f"activations.chunks.{prompt_set}: {n_chunks} chunks for {sizes[prompt_set]} prompts; "
                 f"allowed values: 1..{sizes[prompt_set]}"
             )
+    for spec in model_specs(config):
+        if spec.num_layers is None or spec.query_heads is None:
+            continue
+        n_layers = spec.num_layers if config["layers"] == "all" else len(config["layers"])
+        if config["heads"]["top"] > n_layers * spec.query_heads:
+            raise ConfigError(
+                f"heads.top: {config['heads']['top']} is more than the {n_layers} x {spec.query_heads} "
+                f"(layer, query head) pairs of model {spec.id!r}; allowed values: 1..{n_layers * spec.query_heads}"
+            )
     if config["heads"]["prompts"] > config["prompts"]["attribution"]:
         raise ConfigError(
             f"heads.prompts: {config['heads']['prompts']} is more than the "

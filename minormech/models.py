@@ -47,6 +47,7 @@ class ModelSpec:
     num_layers: int | None = None
     site_widths: dict[str, int] = field(default_factory=dict)
     tokenizer: str | None = None  # a named tokenizer (shaped models)
+    query_heads: int | None = None  # attention (query) heads per layer
 
 
 ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
@@ -67,8 +68,11 @@ def architecture_config(name: str) -> dict[str, Any]:
 
 def shaped_spec(model_id: str, architecture: str, tokenizer: str) -> ModelSpec:
     """A model of `architecture` with seeded random weights and tokenizer `tokenizer`."""
-    num_layers, widths = _facts_from_config(architecture_config(architecture))
-    return ModelSpec(model_id, "shaped", architecture, None, num_layers, widths, tokenizer)
+    config = architecture_config(architecture)
+    num_layers, widths = _facts_from_config(config)
+    return ModelSpec(
+        model_id, "shaped", architecture, None, num_layers, widths, tokenizer, config["num_attention_heads"]
+    )
 
 
 def _llama_widths(hidden: int, heads: int, kv_heads: int, head_dim: int) -> dict[str, int]:
@@ -84,7 +88,7 @@ _KNOWN = (
     ("llama-3.1-8b", "hub", "meta-llama/Llama-3.1-8B", 32, (4096, 32, 8, 128), None),
 )
 KNOWN_MODELS: dict[str, ModelSpec] = {
-    model_id: ModelSpec(model_id, source, location, gguf, layers, _llama_widths(*shape))
+    model_id: ModelSpec(model_id, source, location, gguf, layers, _llama_widths(*shape), query_heads=shape[1])
     for model_id, source, location, layers, shape, gguf in _KNOWN
 }
 
@@ -94,11 +98,14 @@ def _facts_from_config(cfg: dict[str, Any]) -> tuple[int, dict[str, int]]:
     return cfg["num_hidden_layers"], site_widths(ModelShape.of_config(cfg))
 
 
-def _facts_from_config_json(directory: Path) -> tuple[int | None, dict[str, int]]:
+def _facts_from_config_json(directory: Path) -> tuple[int | None, dict[str, int], int | None]:
+    """Layer count, site widths and query heads of a local model directory (None, {}, None
+    without a config.json)."""
     config_file = directory / "config.json"
     if not config_file.exists():
-        return None, {}
-    return _facts_from_config(json.loads(config_file.read_text()))
+        return None, {}, None
+    config = json.loads(config_file.read_text())
+    return (*_facts_from_config(config), config.get("num_attention_heads"))
 
 
 #: The paper's architectures with the Llama 3 tokenizer and random weights: `<arch>-shaped`.
@@ -131,12 +138,13 @@ def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
             location=train["tokenizer_of"],
             num_layers=train["layers"],
             site_widths=widths,
+            query_heads=train["heads"],
         )
     if "architecture" in entry:
         return shaped_spec(model_id, entry["architecture"], entry.get("tokenizer", "llama3"))
     if "path" in entry:
-        layers, widths = _facts_from_config_json(Path(entry["path"]))
-        return ModelSpec(id=model_id, source="path", location=str(entry["path"]), num_layers=layers, site_widths=widths)
+        layers, widths, heads = _facts_from_config_json(Path(entry["path"]))
+        return ModelSpec(model_id, "path", str(entry["path"]), None, layers, widths, query_heads=heads)
     if "hub" in entry:
         same = known is not None and known.location == entry["hub"]
         return ModelSpec(
@@ -145,6 +153,7 @@ def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
             location=entry["hub"],
             num_layers=known.num_layers if same else None,
             site_widths=known.site_widths if same else {},
+            query_heads=known.query_heads if same else None,
         )
     if known is None:
         raise KeyError(
@@ -217,7 +226,7 @@ class ModelManifest:
             )
         if manifest.site_widths and not set(SITES) <= set(manifest.site_widths):
             # written before the site table had every site: the rest from the model's config.json
-            _, widths = _facts_from_config_json(Path(manifest.load_from))
+            _, widths, _ = _facts_from_config_json(Path(manifest.load_from))
             manifest = replace(manifest, site_widths={**widths, **manifest.site_widths})
         return manifest
 

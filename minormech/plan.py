@@ -145,6 +145,18 @@ def pair_name(pair) -> str:
 # The plan.
 
 
+def parameter_bound(spec: ModelSpec) -> int | None:
+    """An upper bound on a Llama-style model's parameter count from its widths and depth:
+    12 hidden^2 per layer (attention 4 h^2, an MLP of up to 8/3 x 3 h^2) plus input and
+    output embeddings of up to 128,256 tokens. Above the true count (Llama-3.2-3B: 3.96 G
+    against 3.21 G), so a memory request built on it is never short. None when the shape is
+    not known before the model is made."""
+    if spec.num_layers is None or "o" not in spec.site_widths:
+        return None
+    hidden = spec.site_widths["o"]
+    return 12 * hidden**2 * spec.num_layers + 2 * 128_256 * hidden
+
+
 @dataclass(frozen=True)
 class PlannedModel:
     """One row of the run plan: a model a job may run."""
@@ -364,7 +376,7 @@ class RunPlan:
             raise ValueError(f"model {model_id} trains no {kind} probes; its probe kinds: {row.probe_kinds}")
         if row.probe_source == "stream":
             return {"stream": stream_dir(model_id, task)}
-        shards = {"train_shards": self.shards(model_id, task, "probe_train")}
+        shards = {"train_shards": self.shards(model_id, task, "probe_train"), "model": manifest(model_id)}
         shards["test_shards"] = self.shards(model_id, task, "probe_test")
         return {**self._probe_task_inputs(model_id, task, kind == "filtered"), **shards}
 
@@ -479,18 +491,29 @@ class RunPlan:
     # -- resources ----------------------------------------------------------------------
 
     def model_mem_mb(self, model_id: str) -> int:
-        """Memory of making a model: drawing random weights (a random-init control, a
-        shape-exact model) holds its parameters (about 12 hidden^2 per layer plus embeddings
-        of up to 128k tokens, in and out) at 4 bytes, times 1.5; every kind gets at least
-        4 GB, a trained one 8 GB."""
+        """Memory of making a model: drawing random weights holds its parameters
+        (parameter_bound) in the dtype they are saved in (bfloat16 for a shape-exact model,
+        as its packaged config.json says; float32 assumed for a random-init control), times
+        1.5; every kind gets at least 4 GB, a trained one 8 GB."""
         row = self.model(model_id)
         if row.made_by == "trained":
             return 8000
-        if row.made_by not in ("random_init", "shaped"):
+        parameters = parameter_bound(row.spec)
+        if row.made_by not in ("random_init", "shaped") or parameters is None:
             return 4000
-        hidden = row.spec.site_widths["o"]
-        parameters = 12 * hidden**2 * row.spec.num_layers + 2 * 128_256 * hidden
-        return max(4000, int(parameters * 4 * 1.5 / 1e6))
+        return max(4000, int(parameters * (2 if row.made_by == "shaped" else 4) * 1.5 / 1e6))
+
+    def job_mem_mb(self, model_id: str, working_mb: int) -> int:
+        """Host memory of a job that loads a model: its parameters (parameter_bound) in the
+        compute dtype (float32 for `auto` on CPU, which is what it loads; on a GPU the host
+        holds them while loading) plus `working_mb` for the job's own data; `working_mb`
+        alone when the model's shape is not known before it is made."""
+        parameters = parameter_bound(self.model(model_id).spec)
+        if parameters is None:
+            return working_mb
+        dtype = self.config["compute"]["dtype"]
+        width = 2 if dtype in ("bfloat16", "float16") or (dtype == "auto" and self.gpus) else 4
+        return working_mb + int(parameters * width / 1e6)
 
     def model_gpus(self, model_id: str) -> int:
         """Only training a model uses a GPU; the other kinds are made on CPU."""

@@ -33,6 +33,7 @@ def random_init_spec(base: ModelSpec) -> ModelSpec:
         location=base.id,
         num_layers=base.num_layers,
         site_widths=dict(base.site_widths),
+        query_heads=base.query_heads,
     )
 
 

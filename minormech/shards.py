@@ -44,6 +44,33 @@ class ShardError(ValueError):
     """A shard that is missing, damaged or from another run; the message names the file."""
 
 
+class NonFiniteError(ValueError):
+    """A computed tensor with NaN or infinite values that a job refused to write."""
+
+
+def is_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of a tensor is finite (integer and bool tensors always are)."""
+    return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+
+
+def hook_widths(site_widths: dict[str, int], sites: Sequence[str], layers: Sequence[int]) -> dict[str, int]:
+    """{hook name: feature width} of every (site, layer), from a model manifest's site widths:
+    what a reader checks each stored tensor's last dimension against."""
+    return {hook_name(site, layer): site_widths[site] for site in sites for layer in layers}
+
+
+def check_tensor(path: Path, name: str, tensor: torch.Tensor, width: int | None) -> None:
+    """ShardError naming the file unless the tensor's last dimension is `width` (when given)
+    and every value is finite."""
+    if width is not None and (tensor.ndim == 0 or tensor.shape[-1] != width):
+        raise ShardError(
+            f"{path}: {name} has shape {list(tensor.shape)}, but the model's site is {width} wide; "
+            "the file is damaged or from another model: delete it and rerun"
+        )
+    if not is_finite(tensor):
+        raise ShardError(f"{path}: {name} holds NaN or infinite values; the file is damaged: delete it and rerun")
+
+
 @dataclass(frozen=True)
 class ShardHeader:
     model_id: str
@@ -96,8 +123,15 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically and reproducibly.
+def save_tensors(
+    tensors: dict[str, torch.Tensor],
+    path: str | Path,
+    metadata: dict[str, str] | None = None,
+    made_from: str = "the job's inputs",
+) -> None:
+    """Write a safetensors file atomically and reproducibly; refuse (NonFiniteError, naming
+    the tensor and `made_from`, what the job computed it from) a floating tensor that holds
+    NaN or infinite values, so a broken computation never becomes a file that looks right.
 
     safetensors' own ``save_file`` builds the whole file in memory (about twice the data at
     its peak) and writes the metadata keys in a random order, so two runs that compute
@@ -108,6 +142,11 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     """
     path = Path(path)
     names = sorted(tensors)
+    for name in names:
+        if not is_finite(tensors[name]):
+            raise NonFiniteError(
+                f"{path}: not written: tensor {name} holds NaN or infinite values, computed from {made_from}"
+            )
     entries: dict[str, dict] = {}
     offset = 0
     for name in names:
@@ -144,8 +183,10 @@ def write_shard(
     activations: dict[tuple[str, int], torch.Tensor],
     prompt_ids: Sequence[int],
     lengths: Sequence[int],
+    made_from: str = "the job's inputs",
 ) -> None:
-    """Write activations[(site, layer)] = [sum(lengths), width] atomically."""
+    """Write activations[(site, layer)] = [sum(lengths), width] atomically (save_tensors:
+    refused when a value is not finite)."""
     path = Path(path)
     total = int(sum(lengths))
     tensors = {
@@ -156,7 +197,7 @@ def write_shard(
         if values.shape[0] != total:
             raise ValueError(f"{hook_name(site, layer)} has {values.shape[0]} rows, expected {total}")
         tensors[hook_name(site, layer)] = values.contiguous()
-    save_tensors(tensors, path, header.to_metadata())
+    save_tensors(tensors, path, header.to_metadata(), made_from)
 
 
 class Shard:
@@ -180,6 +221,7 @@ class Shard:
                 f"{SHARD_FORMAT_VERSION!r}; delete it and rerun"
             )
         self.header = ShardHeader.from_metadata(meta)
+        self.site_widths: dict[str, int] = {}
         self.prompt_ids = self._file.get_tensor("prompt_ids")
         self.lengths = self._file.get_tensor("lengths")
         self.offsets = packed_offsets(self.lengths)
@@ -195,12 +237,18 @@ class Shard:
                 )
         return self
 
+    def expect_widths(self, site_widths: dict[str, int]) -> Shard:
+        """Check every tensor read against these site widths (a model manifest's)."""
+        self.site_widths = dict(site_widths)
+        return self
+
     def width(self, site: str, layer: int) -> int:
         """Feature width of one (site, layer), from the header alone."""
         return self._file.get_slice(hook_name(site, layer)).get_shape()[-1]
 
     def read(self, site: str, layer: int) -> torch.Tensor:
-        """[total tokens, width] activations of one (site, layer): one contiguous read."""
+        """[total tokens, width] activations of one (site, layer): one contiguous read,
+        checked for its row count, its width (expect_widths) and finite values."""
         name = hook_name(site, layer)
         if site not in self.header.sites or layer not in self.header.layers:
             raise ShardError(
@@ -216,12 +264,17 @@ class Shard:
                 f"{self.path}: {name} has {values.shape[0]} rows, lengths say {int(self.offsets[-1])}; "
                 "the shard is damaged: delete it and rerun"
             )
+        check_tensor(self.path, name, values, self.site_widths.get(site))
         return values
 
 
-def load_tensors(path: str | Path, needed: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+def load_tensors(
+    path: str | Path, needed: Sequence[str] = (), widths: dict[str, int] | None = None
+) -> dict[str, torch.Tensor]:
     """A whole small safetensors file (attribution map, xi) with the same kind of one-line
-    error as shards: missing, damaged, or without a tensor this run needs."""
+    error as shards: missing, damaged, without a tensor this run needs, a tensor whose last
+    dimension is not its `widths` entry (hook_widths of the model's manifest), or a value
+    that is not finite."""
     path = Path(path)
     if not path.exists():
         raise ShardError(f"{path}: does not exist; rerun snakemake, which remakes it")
@@ -237,6 +290,8 @@ def load_tensors(path: str | Path, needed: Sequence[str] = ()) -> dict[str, torc
             f"{path}: has no {missing[0]} ({len(missing)} of the {len(needed)} tensors this run needs are missing); "
             "it was made by another configuration: delete it and rerun"
         )
+    for name, tensor in tensors.items():
+        check_tensor(path, name, tensor, (widths or {}).get(name))
     return tensors
 
 

@@ -18,7 +18,7 @@ rule activations:
         compute=PLAN.compute,
     threads: THREADS
     resources:
-        **model_job(mem_mb=8000, runtime=120),
+        **model_job(working_mb=4000, runtime=120),
     conda:
         ENV
     script:

@@ -18,7 +18,7 @@ rule attribution:
         compute=PLAN.compute,
     threads: THREADS
     resources:
-        **model_job(mem_mb=8000, runtime=240),
+        **model_job(working_mb=4000, runtime=240),
     conda:
         ENV
     script:

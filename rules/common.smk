@@ -97,10 +97,15 @@ def canonical(value):
     return value
 
 
-def model_job(mem_mb, runtime):
-    """Resources of a job that runs a model: its memory and minutes, and one GPU when the
-    config computes on CUDA (the SLURM executor turns `gpu` into --gpus; slurm/config.yaml)."""
-    return {"mem_mb": mem_mb, "runtime": runtime, "gpu": PLAN.gpus}
+def model_job(working_mb, runtime):
+    """Resources of a job that runs a model: its memory (the model's own, from the plan,
+    plus `working_mb` for the job's data) and minutes, and one GPU when the config computes
+    on CUDA (the SLURM executor turns `gpu` into --gpus; slurm/config.yaml)."""
+    return {
+        "mem_mb": lambda wildcards: PLAN.job_mem_mb(wildcards.model, working_mb),
+        "runtime": runtime,
+        "gpu": PLAN.gpus,
+    }
 
 
 def figure_outputs(name, caption, category, labels):

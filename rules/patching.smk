@@ -25,7 +25,7 @@ rule patching:
         compute=PLAN.compute,
     threads: THREADS
     resources:
-        **model_job(mem_mb=8000, runtime=480),
+        **model_job(working_mb=4000, runtime=480),
     conda:
         ENV
     script:

@@ -51,7 +51,7 @@ rule stream_probes:
         compute=PLAN.compute,
     threads: THREADS
     resources:
-        **model_job(mem_mb=16000, runtime=720),
+        **model_job(working_mb=16000, runtime=720),
     conda:
         ENV
     script:

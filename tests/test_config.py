@@ -285,6 +285,13 @@ BAD = [
         r"^patching\.layers: a layer is listed twice in \[14, 14\]; allowed values: distinct layer indices$",
     ),
     (
+        "too many top heads",
+        "heads.top",
+        271,
+        r"^heads\.top: 271 is more than the 30 x 9 \(layer, query head\) pairs of model 'smollm2-135m'; "
+        r"allowed values: 1\.\.270$",
+    ),
+    (
         "layer out of range",
         "heads.knockout_layers",
         [3, 30],

@@ -354,6 +354,87 @@ def test_corrupt_input_gives_one_clear_line(corrupted, damage):
     assert corrupted[damage] and re.fullmatch(CORRUPT_INPUT_LINES[damage], corrupted[damage]), corrupted[damage]
 
 
+def replace_tensor(path: Path, name: str, damage) -> None:
+    """Rewrite one tensor of a safetensors file, header and the other tensors intact, and
+    keep the file's modification time, so that only a reader can notice."""
+    stamp = path.stat().st_mtime_ns
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata() or {})
+    tensors = load_file(str(path))
+    tensors[name] = damage(tensors[name]).contiguous()
+    save_file(tensors, str(path), metadata=meta)
+    os.utime(path, ns=(stamp, stamp))
+
+
+@pytest.fixture(scope="module")
+def damaged_values(resumed):
+    """One run of three jobs (--keep-going), each reading a file whose values are damaged
+    but whose header is intact: a shard with NaN in one tensor (MD's first test shard, v of
+    layer 5), a shard with one tensor narrower than the model's site (LR's second training
+    shard, v of layer 3), an attribution map with NaN (MD's, k of layer 2). The files are
+    restored afterwards."""
+    work = resumed["work"]
+    damaged = {
+        "nan_shard": (work / MODEL / "activations/MD/probe_test/chunk000.safetensors", "blocks.5.attn.hook_v"),
+        "narrow_shard": (work / MODEL / "activations/LR/probe_train/chunk001.safetensors", "blocks.3.attn.hook_v"),
+        "nan_attribution": (work / MODEL / "attribution/MD.safetensors", "blocks.2.attn.hook_k"),
+    }
+    damages = {
+        "nan_shard": lambda t: torch.full_like(t, float("nan")),
+        "narrow_shard": lambda t: t[:, :-8],
+        "nan_attribution": lambda t: torch.full_like(t, float("nan")),
+    }
+    intact = {key: (path.read_bytes(), path.stat().st_mtime_ns) for key, (path, _) in damaged.items()}
+    targets = [
+        f"{MODEL}/probes/MD/v/unfiltered.csv",
+        f"{MODEL}/probes/LR/v/unfiltered.csv",
+        f"{MODEL}/xi/LR-MD.safetensors",
+    ]
+    try:
+        for key, (path, name) in damaged.items():
+            replace_tensor(path, name, damages[key])
+        result = run(
+            work, *targets, "--cores", "2", "--keep-going", "--configfile", "tiny.yaml",
+            "--forcerun", "probe", "rank_difference", check=False,
+        )  # fmt: skip
+    finally:
+        for key, (path, _) in damaged.items():
+            path.write_bytes(intact[key][0])
+            os.utime(path, ns=(intact[key][1],) * 2)
+    assert result.returncode != 0
+    lines = error_lines(result.stderr)
+    assert len(lines) == 3, result.stderr[-3000:]
+    for target in targets:
+        assert not (work / target).exists(), f"{target} was written from a damaged input"
+    return {
+        key: next((line for line in lines if str(path.relative_to(work)) in line), None)
+        for key, (path, _) in damaged.items()
+    }
+
+
+#: What the user sees for each file of the `damaged_values` fixture (one line each).
+DAMAGED_VALUE_LINES = {
+    "nan_shard": r"error: results/smollm2-135m/activations/MD/probe_test/chunk000\.safetensors: "
+    r"blocks\.5\.attn\.hook_v holds NaN or infinite values; the file is damaged: delete it and rerun "
+    r"\(details: logs/probe/smollm2-135m/MD/v/unfiltered\.log\)",
+    "narrow_shard": r"error: results/smollm2-135m/activations/LR/probe_train/chunk001\.safetensors: "
+    r"blocks\.3\.attn\.hook_v has shape \[\d+, 184\], but the model's site is 192 wide; "
+    r"the file is damaged or from another model: delete it and rerun "
+    r"\(details: logs/probe/smollm2-135m/LR/v/unfiltered\.log\)",
+    "nan_attribution": r"error: results/smollm2-135m/attribution/MD\.safetensors: "
+    r"blocks\.2\.attn\.hook_k holds NaN or infinite values; the file is damaged: delete it and rerun "
+    r"\(details: logs/rank_difference/smollm2-135m/LR-MD\.log\)",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_VALUE_LINES))
+def test_damaged_values_give_one_clear_line(damaged_values, damage):
+    """A NaN shard, a narrow shard and a NaN attribution map stop the first job that reads
+    them, naming the file, before anything is computed from them."""
+    line = damaged_values[damage]
+    assert line and re.fullmatch(DAMAGED_VALUE_LINES[damage], line), line
+
+
 def test_deleted_prompt_file_is_made_again_identically(resumed):
     """A deleted prompt file is an output Snakemake can make: the next run plans its job
     (reason 'Missing output files') and everything that reads it, and the file comes back

@@ -1,14 +1,17 @@
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from minormech.hooks import hook_name
 from minormech.shards import (
     SHARD_FORMAT_VERSION,
+    NonFiniteError,
     Shard,
     ShardError,
     ShardHeader,
+    hook_widths,
+    load_tensors,
     save_tensors,
     shard_bytes,
     write_shard,
@@ -59,6 +62,45 @@ def test_reader_refuses_other_runs_and_missing_sites(tmp_path):
         Shard(path).read("q", 0)
     with pytest.raises(ShardError, match="does not exist"):
         Shard(tmp_path / "none.safetensors")
+
+
+def test_reader_checks_widths_against_the_model_and_refuses_non_finite_values(tmp_path):
+    """Shard.read with expect_widths: a tensor narrower than the model's site, or one with
+    NaN, is a ShardError naming the file and the tensor; a reader without widths still
+    checks finiteness."""
+    path = tmp_path / "s.safetensors"
+    _write(path)
+    assert Shard(path).expect_widths({"k": 4, "v": 6}).read("v", 3).shape == (8, 6)
+    with pytest.raises(
+        ShardError, match=r"s\.safetensors: blocks\.3\.attn\.hook_v has shape \[8, 6\], but the model's site is 7 wide"
+    ):
+        Shard(path).expect_widths({"k": 4, "v": 7}).read("v", 3)
+    tensors = load_file(str(path))
+    tensors["blocks.0.attn.hook_k"][2, 1] = float("nan")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ShardError, match=r"blocks\.0\.attn\.hook_k holds NaN or infinite values"):
+        Shard(path).read("k", 0)
+
+
+def test_writers_refuse_non_finite_values_and_readers_check_map_widths(tmp_path):
+    """save_tensors (every shard, map and prediction file) refuses a tensor with NaN or inf,
+    naming what it was computed from, and writes nothing; load_tensors checks each tensor
+    against the model's widths (hook_widths) and refuses non-finite values."""
+    path = tmp_path / "map.safetensors"
+    with pytest.raises(
+        NonFiniteError,
+        match=r"map\.safetensors: not written: tensor b holds NaN or infinite values, computed from prompts\.jsonl",
+    ):
+        save_tensors({"a": torch.zeros(3), "b": torch.tensor([1.0, float("inf")])}, path, made_from="prompts.jsonl")
+    assert not path.exists() and not list(tmp_path.iterdir())
+    save_tensors({hook_name("k", 0): torch.zeros(4), hook_name("v", 0): torch.zeros(5)}, path)
+    widths = hook_widths({"k": 4, "v": 6}, ["k", "v"], [0])
+    assert widths == {hook_name("k", 0): 4, hook_name("v", 0): 6}
+    assert set(load_tensors(path, list(widths), {hook_name("k", 0): 4})) == set(widths)
+    with pytest.raises(ShardError, match=r"blocks\.0\.attn\.hook_v has shape \[5\], but the model's site is 6 wide"):
+        load_tensors(path, list(widths), widths)
 
 
 def test_tensors_are_stored_under_the_site_tables_hook_names(tmp_path):

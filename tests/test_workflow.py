@@ -54,7 +54,7 @@ def test_dag_runs_to_every_figure(workdir, finished):
 
 
 def test_head_views_make_their_figures(workdir, finished):
-    """Head-level views (heads.enabled; knockouts off in the tiny config): 30 layers x 9
+    """Head-level views (heads.enabled; knockouts of layer 29 only in the tiny config): 30 layers x 9
     query heads per task with I and its interval, attention rows of the top 2 heads over
     each prompt's examples, per-head xi of k and v (3 key/value heads), four figures."""
     model = workdir / "results" / "smollm2-135m"
@@ -65,7 +65,9 @@ def test_head_views_make_their_figures(workdir, finished):
             table["logprob_increase"].notna().all()
             and (table["logprob_increase_ci_low"] <= table["logprob_increase_ci_high"]).all()
         )
-        assert table["knockout_dlogp"].isna().all()  # heads.knockout: false
+        knocked = table["layer"].eq(29)  # heads.knockout_layers: [29]
+        assert table.loc[knocked, "knockout_dlogp"].notna().all() and knocked.sum() == 9
+        assert table.loc[~knocked, ["knockout_dlogp", "knockout_dcorrect"]].isna().all().all()
         attention = pd.read_csv(model / "heads" / f"{task}_attention.csv")
         assert attention["rank"].nunique() == 2 and attention["attention"].between(0, 1).all()
     xi = pd.read_csv(model / "heads" / "xi.csv")

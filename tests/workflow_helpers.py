@@ -34,8 +34,9 @@ TINY = {
         "paper": {"lr": 1.0e-4, "batch_size": 1, "steps": 100},
         "improved": {"lr": 1.0e-3, "batch_size": 8, "max_epochs": 3, "patience": 2, "val_fraction": 0.2},
     },
-    # Knockouts are tested on two layers in tests/test_heads.py: all 270 here would add minutes.
-    "heads": {"enabled": True, "prompts": 2, "batch_size": 2, "knockout": False, "top": 2},
+    # Knockouts of the last layer only (9 reruns of one layer per batch); all 270 would add
+    # minutes. tests/test_heads.py checks them against full forwards.
+    "heads": {"enabled": True, "prompts": 2, "batch_size": 2, "knockout": True, "knockout_layers": [29], "top": 2},
 }
 
 

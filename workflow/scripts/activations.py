@@ -34,7 +34,14 @@ header = ShardHeader(
     store_dtype=params.store_dtype,
     prompts_sha256=prompts_digest(prompts),
 )
-write_shard(snakemake.output[0], header, activations, [p.id for p in prompts], [p.length for p in prompts])
+write_shard(
+    snakemake.output[0],
+    header,
+    activations,
+    [p.id for p in prompts],
+    [p.length for p in prompts],
+    made_from=f"{snakemake.input.prompts} (chunk {chunk}) on the model of {snakemake.input.model}",
+)
 tokens = sum(p.length for p in prompts)
 log.info(
     "%d prompts, %d tokens in %.1f s (%.0f tokens/s)",

@@ -34,7 +34,12 @@ random.seed(params.seed)
 pool = None
 if settings.method == "expected_gradients":
     shards = {
-        task: [Shard(path).expect(model_id=manifest.id, task=task, prompt_set="probe_test") for path in files]
+        task: [
+            Shard(path)
+            .expect(model_id=manifest.id, task=task, prompt_set="probe_test")
+            .expect_widths(manifest.site_widths)
+            for path in files
+        ]
         for task, files in params.baseline_shards.items()
     }
     pool = baseline_pool(shards, params.sites, params.layers, n_baselines, np.random.default_rng([params.seed, 31337]))
@@ -57,5 +62,6 @@ save_tensors(
         "settings": json.dumps(asdict(settings)),
         "n_prompts": str(len(prompts)),
     },
+    made_from=f"{inputs.prompts} on the model of {inputs.model}",
 )
 log.info("attributed %d prompts with %s, reduce=%s", len(prompts), settings.method, settings.reduce)

@@ -6,14 +6,13 @@ import time
 import pandas as pd
 
 from minormech.activations import pad_token_id
-from minormech.hooks import hook_name
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.patching import PatchingSettings, filter_op, patching_counts
 from minormech.prompts import read_prompts
 from minormech.ranking import site_keep_masks
 from minormech.runlog import job_logger, progress
 from minormech.runner import RunOptions
-from minormech.shards import load_tensors
+from minormech.shards import hook_widths, load_tensors
 from minormech.uncertainty import Bootstrap
 
 log = job_logger(snakemake.log[0])
@@ -24,7 +23,8 @@ model, tokenizer = load_model(manifest, params.compute["device"], params.compute
 pair, site = list(params.pair), wildcards.site
 reference = {task: read_prompts(path, params.n_prompts["patching_ref"]) for task, path in zip(pair, inputs.reference)}
 others = {task: read_prompts(path, params.n_prompts["patching"]) for task, path in zip(pair, inputs.others)}
-xi = load_tensors(inputs.xi, [hook_name(site, layer) for layer in params.layers])
+widths = hook_widths(manifest.site_widths, [site], params.layers)
+xi = load_tensors(inputs.xi, list(widths), widths)
 keep = {}
 for tau1 in pair:
     for layer, mask in zip(

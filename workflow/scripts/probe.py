@@ -6,22 +6,25 @@ in place what the (model, task)'s stream job trained (minormech.probe_job)."""
 import shutil
 from pathlib import Path
 
-from minormech.models import resolve_device, set_threads
+from minormech.models import ModelManifest, resolve_device, set_threads
 from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants, xi_tensor_names
 from minormech.probes import ProbeData
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
-from minormech.shards import Shard, load_tensors
+from minormech.shards import Shard, hook_widths, load_tensors
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards, output = snakemake.input, snakemake.params, snakemake.wildcards, snakemake.output
 site, kind = wildcards.site, wildcards.probe_kind
 
 
-def site_data(prompt_file, shard_files, prompt_set):
+def site_data(prompt_file, shard_files, prompt_set, site_widths):
     shards = [
-        Shard(path).expect(model_id=wildcards.model, task=wildcards.task, prompt_set=prompt_set) for path in shard_files
+        Shard(path)
+        .expect(model_id=wildcards.model, task=wildcards.task, prompt_set=prompt_set)
+        .expect_widths(site_widths)
+        for path in shard_files
     ]
     prompts = read_prompts(prompt_file, params.n_prompts[prompt_set])
     return ProbeData(shards, prompts, site, params.layers, params.probe["keep_in_memory"])
@@ -34,9 +37,11 @@ if "stream" in inputs.keys():
     log.info("stream mode: %s %s %s probes from %s", wildcards.task, site, kind, inputs.stream)
 else:
     set_threads(snakemake.threads)
-    train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train")
-    test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test")
-    xi = load_tensors(inputs.xi, xi_tensor_names([site], params.layers)) if kind == "filtered" else None
+    site_widths = ModelManifest.read(inputs.model).site_widths
+    train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train", site_widths)
+    test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test", site_widths)
+    widths = hook_widths(site_widths, [site], params.layers)
+    xi = load_tensors(inputs.xi, xi_tensor_names([site], params.layers), widths) if kind == "filtered" else None
     entry = ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), ProbeOutputs(**output))
     job = ProbeJob.of_rule(wildcards.model, wildcards.task, inputs.dataset, params)
     label = f"{wildcards.task} {site} {kind} probes ({job.settings.regime}, {job.settings.seeds} seeds)"

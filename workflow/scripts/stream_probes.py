@@ -13,7 +13,7 @@ from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants, xi_tensor_names
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
-from minormech.shards import chunk_rows, load_tensors
+from minormech.shards import chunk_rows, hook_widths, load_tensors
 from minormech.stream import StreamSource, reuse_freed_memory
 
 log = job_logger(snakemake.log[0])
@@ -43,7 +43,12 @@ def entry(site, kind, xi):
 
 
 train, test = source("probe_train"), source("probe_test")
-xi = load_tensors(inputs.xi, xi_tensor_names(params.sites, params.layers)) if "filtered" in params.kinds else None
+widths = hook_widths(manifest.site_widths, params.sites, params.layers)
+xi = (
+    load_tensors(inputs.xi, xi_tensor_names(params.sites, params.layers), widths)
+    if "filtered" in params.kinds
+    else None
+)
 entries = [entry(site, kind, xi) for site in params.sites for kind in params.kinds]
 job = ProbeJob.of_rule(wildcards.model, wildcards.task, inputs.dataset, params)
 settings = job.settings
