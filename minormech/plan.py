@@ -453,7 +453,17 @@ class RunPlan:
         for site in self.sites:
             sites[site] = {
                 "unfiltered": {task: probe_file(model_id, task, site, "unfiltered") for task in self.tasks},
+                "unfiltered_predictions": {
+                    task: probe_file(model_id, task, site, "unfiltered", PROBE_SUFFIXES["predictions"])
+                    for task in self.tasks
+                },
                 "random_init": {task: probe_file(control, task, site, "unfiltered") for task in self.tasks}
+                if control
+                else {},
+                "random_init_predictions": {
+                    task: probe_file(control, task, site, "unfiltered", PROBE_SUFFIXES["predictions"])
+                    for task in self.tasks
+                }
                 if control
                 else {},
                 "filtered_predictions": {

@@ -37,12 +37,13 @@ class ProbeErrors:
     groups: np.ndarray
     variants: list[str]
     baseline: np.ndarray  # [N] squared error of the training-mean prediction
+    prompt_ids: np.ndarray  # [N] which test prompt each column is
 
     @classmethod
     def read(cls, path: str | Path, train_mean: np.ndarray, variants: Sequence[str]) -> ProbeErrors:
         """The errors of a predictions file written by minormech.probe_results, whose
         variants are `variants` in order."""
-        tensors = load_tensors(path, ["predictions", "targets", "weight_ids"])
+        tensors = load_tensors(path, ["predictions", "targets", "weight_ids", "prompt_ids"])
         predictions, targets = tensors["predictions"], tensors["targets"]  # [V, S, L, N, 2], [N, 2]
         if predictions.shape[0] != len(variants):
             raise ValueError(
@@ -51,17 +52,29 @@ class ProbeErrors:
             )
         errors = squared_errors(predictions, targets).transpose(1, 0, 2, 3)
         baseline = squared_errors(targets, torch.as_tensor(train_mean, dtype=targets.dtype))
-        return cls(errors, tensors["weight_ids"].numpy(), list(variants), baseline)
+        return cls(errors, tensors["weight_ids"].numpy(), list(variants), baseline, tensors["prompt_ids"].numpy())
 
     def variant(self, name: str) -> np.ndarray:
         """[S, L, N] errors of one variant."""
         return self.errors[:, self.variants.index(name)]
 
 
-def probe_summary(unfiltered: pd.DataFrame, random_init: pd.DataFrame | None) -> dict:
-    """Best layer of one (task, site)'s unfiltered probe with the references beside it, and
-    the layers whose interval lies below the baseline's mean."""
+def probe_summary(
+    unfiltered: pd.DataFrame,
+    errors: ProbeErrors,
+    bootstrap: Bootstrap,
+    random_init: tuple[pd.DataFrame, ProbeErrors] | None = None,
+) -> dict:
+    """Best layer of one (task, site)'s unfiltered probe with the references beside it; the
+    layers where the probe beats the training-mean baseline (paired interval of probe -
+    baseline over the same test weights and seeds below zero) and, of those, the layers
+    where it also beats the random-init model's probe (paired interval of probe -
+    random-init, same test prompts, below zero)."""
     best = unfiltered.loc[unfiltered["test_mse"].idxmin()]
+    layers = [int(layer) for layer in unfiltered["layer"]]
+    probe = errors.variant("unfiltered")
+    gain = bootstrap(probe - errors.baseline[None, None, :], errors.groups, seed_axis=True)
+    below = [layer for l, layer in enumerate(layers) if gain.high[l] < 0]
 
     def interval(row, name):
         if name not in row or pd.isna(row[name]):
@@ -74,20 +87,25 @@ def probe_summary(unfiltered: pd.DataFrame, random_init: pd.DataFrame | None) ->
         "baseline_mse": interval(best, "baseline_mse"),
         "ceiling_mse": interval(best, "ceiling_mse"),
         "selectivity_at_best_layer": interval(best, "selectivity"),
-        "layers_below_baseline": [
-            int(l) for l in unfiltered.loc[unfiltered["test_mse_ci_high"] < unfiltered["baseline_mse"], "layer"]
-        ],
+        "layers_below_baseline": below,
+        "probe_minus_baseline": [{"layer": layer, **as_dict(gain, l)} for l, layer in enumerate(layers)],
     }
     if "selectivity" in unfiltered:
         out["layers_selective"] = [int(l) for l in unfiltered.loc[unfiltered["selectivity_ci_low"] > 0, "layer"]]
     if random_init is not None:
-        control_best = random_init.loc[random_init["test_mse"].idxmin()]
+        table, control = random_init
+        if not np.array_equal(control.prompt_ids, errors.prompt_ids) or control.errors.shape != errors.errors.shape:
+            raise ValueError(
+                "the random-init probes were tested on other prompts (or layers, or seeds) than the model's; "
+                "delete both models' probe files and rerun"
+            )
+        control_best = table.loc[table["test_mse"].idxmin()]
         out["random_init_best"] = {"layer": int(control_best["layer"]), "test_mse": interval(control_best, "test_mse")}
-        out["layers_below_random_init"] = sorted(
-            int(l)
-            for l, mse in zip(unfiltered["layer"], unfiltered["test_mse_ci_high"])
-            if mse < float(random_init.loc[random_init["layer"] == l, "test_mse"].iloc[0])
-        )
+        versus = bootstrap(probe - control.variant("unfiltered"), errors.groups, seed_axis=True)
+        out["layers_below_random_init"] = [
+            layer for l, layer in enumerate(layers) if versus.high[l] < 0 and layer in below
+        ]
+        out["probe_minus_random_init"] = [{"layer": layer, **as_dict(versus, l)} for l, layer in enumerate(layers)]
     return out
 
 
@@ -175,8 +193,9 @@ def summary_markdown(summary: dict) -> str:
             f"## Site {site}",
             "",
             "| task | best layer | test MSE | baseline "
-            "| least-squares ceiling | selectivity there | random-init best | layers below baseline |",
-            "|---|---|---|---|---|---|---|---|",
+            "| least-squares ceiling | selectivity there | random-init best | layers below baseline "
+            "| of those, below random-init |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for task, probe in entry["probes"].items():
             random_init = probe.get("random_init_best")
@@ -188,7 +207,8 @@ def summary_markdown(summary: dict) -> str:
                 f"| {_interval_text(probe['baseline_mse'])} | "
                 f"{_interval_text(probe['ceiling_mse'])} "
                 f"| {_interval_text(probe['selectivity_at_best_layer'])} | {random_text} | "
-                f"{probe['layers_below_baseline'] or 'none'} |"
+                f"{probe['layers_below_baseline'] or 'none'} | "
+                f"{(probe['layers_below_random_init'] or 'none') if 'layers_below_random_init' in probe else 'n/a'} |"
             )
         eq41 = entry["eq41"]
         lines += [

@@ -1,12 +1,14 @@
 """Model-free controls and the interval code, on cases whose answer is known."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from minormech.controls import control_targets, least_squares_weight, prompt_examples
 from minormech.prompts import generate_prompts
+from minormech.summary import ProbeErrors, probe_summary
 from minormech.tasks import get_task, make_weight_table
-from minormech.uncertainty import bootstrap_interval
+from minormech.uncertainty import Bootstrap, bootstrap_interval
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,31 @@ def test_bootstrap_resamples_groups_not_items():
     assert (grouped.low, grouped.high) == (0.0, 1.0)
     ungrouped = bootstrap_interval(values, n_boot=20000)
     assert ungrouped.high - ungrouped.low < 0.3
+
+
+def _errors(values: np.ndarray, baseline: np.ndarray, groups: np.ndarray) -> ProbeErrors:
+    return ProbeErrors(values[:, None], groups, ["unfiltered"], baseline, np.arange(values.shape[-1]))
+
+
+def test_summary_comparisons_are_paired_and_random_init_needs_the_baseline_beaten():
+    """A probe that is better than the baseline by 1 on every test prompt, where the
+    prompts' own errors vary by tens: the paired interval of (probe - baseline) excludes
+    zero although the probe's own interval covers the baseline's mean, so the layer is
+    listed. A layer that beats the random-init probe but not the baseline is never listed
+    as below random-init."""
+    rng = np.random.default_rng(0)
+    n, groups = 40, np.arange(40)
+    baseline = rng.uniform(10, 90, n)
+    probe = np.stack([np.stack([baseline - 1.0, baseline + 5.0])] * 2)  # [S=2, L=2, N]: layer 0 better, 1 worse
+    control = np.stack([np.stack([baseline + 3.0, baseline + 9.0])] * 2)  # random-init worse than both layers
+    table = pd.DataFrame(
+        {"layer": [0, 1], "test_mse": probe.mean((0, 2)), "test_mse_ci_low": [0.0, 0.0], "test_mse_ci_high": [99.0] * 2}
+    )
+    bootstrap = Bootstrap(n_boot=500)
+    own = bootstrap(probe[:, 0][:, None], groups, seed_axis=True)
+    assert own.low[0] < baseline.mean() < own.high[0]  # an unpaired reading would list nothing
+    out = probe_summary(table, _errors(probe, baseline, groups), bootstrap, (table, _errors(control, baseline, groups)))
+    assert out["layers_below_baseline"] == [0]
+    assert out["probe_minus_baseline"][0]["high"] < 0 < out["probe_minus_baseline"][1]["low"]
+    assert out["probe_minus_random_init"][1]["high"] < 0  # layer 1 beats random-init ...
+    assert out["layers_below_random_init"] == [0]  # ... but not the baseline, so only layer 0

@@ -33,8 +33,14 @@ summary = {"model": wildcards.model, "uncertainty": uncertainty, "pair": pair, "
 def site_summary(site_files):
     entry = {"probes": {}}
     for task, path in site_files["unfiltered"].items():
+        errors = ProbeErrors.read(site_files["unfiltered_predictions"][task], train_mean[task], ["unfiltered"])
         control = site_files["random_init"].get(task)
-        entry["probes"][task] = probe_summary(pd.read_csv(path), pd.read_csv(control) if control else None)
+        if control:
+            control_errors = ProbeErrors.read(
+                site_files["random_init_predictions"][task], train_mean[task], ["unfiltered"]
+            )
+            control = (pd.read_csv(control), control_errors)
+        entry["probes"][task] = probe_summary(pd.read_csv(path), errors, bootstrap, control)
     predictions = site_files["filtered_predictions"]
     errors = [ProbeErrors.read(predictions[task], train_mean[task], filtered_variants) for task in pair]
     entry["eq41"] = eq41_summary(errors[0], errors[1], params.layers, bootstrap)
