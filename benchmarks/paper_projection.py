@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from minormech.models import architecture_config, resolve_model_spec
+from minormech.models import architecture_config, architecture_parameters, resolve_model_spec
 from minormech.prompts import generate_prompts
 from minormech.tasks import get_task, make_weight_table
 from minormech.tokenizers import load_named_tokenizer
@@ -72,9 +72,8 @@ class Shape:
         head_dim = arch.get("head_dim") or hidden // arch["num_attention_heads"]
         q, kv = arch["num_attention_heads"] * head_dim, arch["num_key_value_heads"] * head_dim
         per_layer = hidden * (q + 2 * kv) + q * hidden + 3 * hidden * inter
-        embeddings = arch["vocab_size"] * hidden * (1 if arch.get("tie_word_embeddings") else 2)
-        layers = per_layer * spec.num_layers
-        return cls(spec.num_layers, arch["num_attention_heads"], 2.0 * layers, layers + embeddings, spec.site_widths)
+        flops = 2.0 * per_layer * spec.num_layers
+        return cls(spec.num_layers, arch["num_attention_heads"], flops, architecture_parameters(arch), spec.site_widths)
 
 
 def prompt_tokens(config: dict) -> int:

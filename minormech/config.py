@@ -361,7 +361,7 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
                 f"activations.chunks.{prompt_set}: {n_chunks} chunks for {sizes[prompt_set]} prompts; "
                 f"allowed values: 1..{sizes[prompt_set]}"
             )
-    for spec in model_specs(config):
+    for spec in model_specs(config) if config["heads"]["enabled"] else ():
         if spec.num_layers is None or spec.query_heads is None:
             continue
         n_layers = spec.num_layers if config["layers"] == "all" else len(config["layers"])

@@ -66,6 +66,18 @@ def architecture_config(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def architecture_parameters(config: dict[str, Any]) -> int:
+    """The exact parameter count of a Llama-style config.json: per layer the q, k, v and o
+    projections, the gated MLP and two norms; the input embedding, and the output one when
+    it is not tied."""
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
+    per_layer = hidden * (q + 2 * kv) + q * hidden + 3 * hidden * inter + 2 * hidden
+    embeddings = config["vocab_size"] * hidden * (1 if config.get("tie_word_embeddings") else 2)
+    return per_layer * config["num_hidden_layers"] + embeddings + hidden
+
+
 def shaped_spec(model_id: str, architecture: str, tokenizer: str) -> ModelSpec:
     """A model of `architecture` with seeded random weights and tokenizer `tokenizer`."""
     config = architecture_config(architecture)

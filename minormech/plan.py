@@ -31,7 +31,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from minormech.config import ConfigError, layers_for, model_specs, prompt_count
-from minormech.models import ModelSpec, resolve_model_spec
+from minormech.models import (
+    ModelSpec,
+    architecture_config,
+    architecture_parameters,
+    architectures,
+    resolve_model_spec,
+)
 from minormech.probe_results import PROBE_KINDS
 from minormech.random_init import random_init_id, random_init_spec
 from minormech.storage import ModelPlan, plan_storage, test_shards_needed
@@ -145,16 +151,26 @@ def pair_name(pair) -> str:
 # The plan.
 
 
+def packaged_architecture(spec: ModelSpec) -> str | None:
+    """The packaged architecture (minormech/architectures) a model has, if any: a
+    shape-exact model's, a Llama hub model's, or that of a random-init copy of either."""
+    names = (spec.location, spec.id, spec.id.removesuffix("-random-init"))
+    return next((name for name in names if name in architectures()), None)
+
+
 def parameter_bound(spec: ModelSpec) -> int | None:
-    """An upper bound on a Llama-style model's parameter count from its widths and depth:
-    12 hidden^2 per layer (attention 4 h^2, an MLP of up to 8/3 x 3 h^2) plus input and
-    output embeddings of up to 128,256 tokens. Above the true count (Llama-3.2-3B: 3.96 G
-    against 3.21 G), so a memory request built on it is never short. None when the shape is
-    not known before the model is made."""
+    """A model's parameter count for memory requests: exact when its architecture is
+    packaged (the shape-exact models, the Llama hub models and their random-init copies:
+    Llama-3.2-3B 3.21 G, Llama-3.1-8B 8.03 G), else an upper bound from its widths and depth
+    (16 hidden^2 per layer, full-width attention and a 4 x hidden MLP, plus input and output
+    embeddings of 128,256 tokens). None when the shape is not known before the model is made."""
+    packaged = packaged_architecture(spec)
+    if packaged:
+        return architecture_parameters(architecture_config(packaged))
     if spec.num_layers is None or "o" not in spec.site_widths:
         return None
     hidden = spec.site_widths["o"]
-    return 12 * hidden**2 * spec.num_layers + 2 * 128_256 * hidden
+    return 16 * hidden**2 * spec.num_layers + 2 * 128_256 * hidden
 
 
 @dataclass(frozen=True)
@@ -413,9 +429,11 @@ class RunPlan:
         return inputs
 
     def rank_difference_inputs(self, model_id: str, pair: str) -> dict[str, str]:
-        """The attribution maps of a task pair's two tasks (xi = rank(FA_task1) - rank(FA_task2))."""
+        """The attribution maps of a task pair's two tasks (xi = rank(FA_task1) - rank(FA_task2))
+        and the model's manifest, whose site widths the maps are checked against."""
         task1, task2 = next(p for p in self.config["task_pairs"] if pair_name(p) == pair)
-        return {"task1": attribution_map(model_id, task1), "task2": attribution_map(model_id, task2)}
+        maps = {"task1": attribution_map(model_id, task1), "task2": attribution_map(model_id, task2)}
+        return {**maps, "model": manifest(model_id)}
 
     def baseline_shards(self, model_id: str) -> dict[str, list[str]]:
         """Expected gradients' baseline shards per task (empty for other methods)."""
@@ -502,28 +520,34 @@ class RunPlan:
 
     def model_mem_mb(self, model_id: str) -> int:
         """Memory of making a model: drawing random weights holds its parameters
-        (parameter_bound) in the dtype they are saved in (bfloat16 for a shape-exact model,
-        as its packaged config.json says; float32 assumed for a random-init control), times
-        1.5; every kind gets at least 4 GB, a trained one 8 GB."""
+        (parameter_bound) in the dtype they are saved in (bfloat16 for a packaged
+        architecture, as its config.json says; float32 assumed otherwise), times 1.5
+        (measured for Llama-3.2-3B-shaped: 6.6 GB); every kind gets at least 4 GB, a trained
+        one 8 GB."""
         row = self.model(model_id)
         if row.made_by == "trained":
             return 8000
         parameters = parameter_bound(row.spec)
         if row.made_by not in ("random_init", "shaped") or parameters is None:
             return 4000
-        return max(4000, int(parameters * (2 if row.made_by == "shaped" else 4) * 1.5 / 1e6))
+        stored = 2 if packaged_architecture(row.spec) else 4
+        return max(4000, int(parameters * stored * 1.5 / 1e6))
 
     def job_mem_mb(self, model_id: str, working_mb: int) -> int:
-        """Host memory of a job that loads a model: its parameters (parameter_bound) in the
-        compute dtype (float32 for `auto` on CPU, which is what it loads; on a GPU the host
-        holds them while loading) plus `working_mb` for the job's own data; `working_mb`
-        alone when the model's shape is not known before it is made."""
+        """Host memory of a job that loads a model, plus `working_mb` for its own data. On
+        a GPU the host maps the stored weights (2 bytes per parameter: the checkpoints are
+        bfloat16) while it copies them to the device; on the CPU it holds them in the
+        compute dtype (float32 for `auto`) and, while converting, the mapped file as well
+        (measured for Llama-3.2-3B in float32: 19.5 GB at peak). 8 GB when the model's
+        shape is not known before it is made."""
         parameters = parameter_bound(self.model(model_id).spec)
         if parameters is None:
-            return working_mb
-        dtype = self.config["compute"]["dtype"]
-        width = 2 if dtype in ("bfloat16", "float16") or (dtype == "auto" and self.gpus) else 4
-        return working_mb + int(parameters * width / 1e6)
+            return max(8000, working_mb)
+        if self.gpus:
+            per_parameter = 2
+        else:
+            per_parameter = (2 if self.config["compute"]["dtype"] in ("bfloat16", "float16") else 4) + 2
+        return working_mb + int(parameters * per_parameter / 1e6)
 
     def model_gpus(self, model_id: str) -> int:
         """Only training a model uses a GPU; the other kinds are made on CPU."""

@@ -207,7 +207,8 @@ def write_probe_results(
         tensors,
         outputs.predictions,
         metadata={"layers": json.dumps(list(layers)), "variants": json.dumps(variants.names), "seeds": str(seeds)},
-        made_from=f"the {identity.model_id} {identity.task} {identity.site} probes (did training diverge?)",
+        made_from=f"the {identity.model_id} {identity.task} {identity.site} probes' training (diverged, or "
+        "non-finite activations from the model)",
     )
     with open(outputs.summary, "w") as handle:
         json.dump({**summary, "settings": asdict(settings), "variants": variants.names}, handle, indent=2)

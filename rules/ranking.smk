@@ -9,6 +9,8 @@ rule rank_difference:
         paths.log("rank_difference", "{model}", "{pair}"),
     params:
         seed=config["seed"],
+        sites=PLAN.sites,
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
     threads: 1
     resources:
         mem_mb=2000,

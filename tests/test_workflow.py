@@ -238,3 +238,21 @@ def test_default_config_end_to_end(tmp_path, repo_root):
     run(tmp_path, "--cores", "2")
     for number in range(1, 6):
         assert (tmp_path / "results" / "smollm2-135m" / "figures" / f"fig{number}_k.pdf").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_llama_3b_shaped_cpu_config_end_to_end(tmp_path, repo_root):
+    """config/llama-3.2-3b-shaped-cpu.yaml: the paper's structure on Llama-3.2-3B's shapes
+    and the Llama 3 tokenizer, every figure and the summary (measured 42 minutes and 19.5 GB
+    on 2 cores; docs/PERFORMANCE.md; run with `pytest -m slow`)."""
+    copy_workflow(repo_root, tmp_path)
+    run(tmp_path, "--cores", "2", "--configfile", "config/llama-3.2-3b-shaped-cpu.yaml")
+    model = tmp_path / "results" / "llama-3.2-3b-shaped"
+    for number in range(1, 6):
+        for site in ("q", "k", "v", "o", "mlp"):
+            assert (model / "figures" / f"fig{number}_{site}.pdf").stat().st_size > 0
+    for name in ("heads_increase", "heads_knockout", "heads_attention", "heads_xi"):
+        assert (model / "figures" / f"{name}.pdf").stat().st_size > 0
+    assert "## Site mlp" in (model / "summary.md").read_text()
+    heads = pd.read_csv(model / "heads" / "LR.csv")
+    assert len(heads) == 28 * 24 and heads.loc[heads["layer"] == 27, "knockout_dlogp"].notna().all()
