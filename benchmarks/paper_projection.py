@@ -29,7 +29,12 @@ from pathlib import Path
 
 import yaml
 
-from minormech.models import architecture_config, architecture_parameters, resolve_model_spec
+from minormech.models import (
+    architecture_config,
+    architecture_parameters,
+    layer_matmul_parameters,
+    resolve_model_spec,
+)
 from minormech.prompts import generate_prompts
 from minormech.tasks import get_task, make_weight_table
 from minormech.tokenizers import load_named_tokenizer
@@ -68,11 +73,7 @@ class Shape:
     def of(cls, config: dict) -> Shape:
         spec = resolve_model_spec(config["models"][0])
         arch = architecture_config(spec.location if spec.source == "shaped" else spec.id)
-        hidden, inter = arch["hidden_size"], arch["intermediate_size"]
-        head_dim = arch.get("head_dim") or hidden // arch["num_attention_heads"]
-        q, kv = arch["num_attention_heads"] * head_dim, arch["num_key_value_heads"] * head_dim
-        per_layer = hidden * (q + 2 * kv) + q * hidden + 3 * hidden * inter
-        flops = 2.0 * per_layer * spec.num_layers
+        flops = 2.0 * layer_matmul_parameters(arch) * spec.num_layers
         return cls(spec.num_layers, arch["num_attention_heads"], flops, architecture_parameters(arch), spec.site_widths)
 
 

@@ -66,14 +66,20 @@ def architecture_config(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def architecture_parameters(config: dict[str, Any]) -> int:
-    """The exact parameter count of a Llama-style config.json: per layer the q, k, v and o
-    projections, the gated MLP and two norms; the input embedding, and the output one when
-    it is not tied."""
+def layer_matmul_parameters(config: dict[str, Any]) -> int:
+    """Weights of one decoder layer of a Llama-style config.json that multiply every token:
+    the q, k, v and o projections and the gated MLP (2 x this is the layer's FLOPs per token)."""
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
     q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
-    per_layer = hidden * (q + 2 * kv) + q * hidden + 3 * hidden * inter + 2 * hidden
+    return hidden * (q + 2 * kv) + q * hidden + 3 * hidden * inter
+
+
+def architecture_parameters(config: dict[str, Any]) -> int:
+    """The exact parameter count of a Llama-style config.json: per layer its matmul weights
+    and two norms; the input embedding, and the output one when it is not tied; the final norm."""
+    hidden = config["hidden_size"]
+    per_layer = layer_matmul_parameters(config) + 2 * hidden
     embeddings = config["vocab_size"] * hidden * (1 if config.get("tie_word_embeddings") else 2)
     return per_layer * config["num_hidden_layers"] + embeddings + hidden
 

@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 
 from minormech.controls import control_targets
-from minormech.hooks import hook_name
 from minormech.probes import ProbeTraining
 from minormech.prompts import Prompt
 from minormech.ranking import FILTER_VARIANT_NAMES, FILTER_VARIANTS, site_keep_masks
@@ -58,10 +57,6 @@ class ProbeVariants:
             [h for _, h in FILTER_VARIANTS],
             masks,
         )
-
-
-def xi_tensor_names(sites: Sequence[str], layers: Sequence[int]) -> list[str]:
-    return [hook_name(site, layer) for site in sites for layer in layers]
 
 
 @dataclass

@@ -279,53 +279,61 @@ def rewrite_shard(path: Path, model_id: str | None = None, keep_site: str | None
     save_file(tensors, str(path), metadata=meta)
 
 
+def run_on_damaged_files(work: Path, damages: dict, targets: list[str], forcerun: list[str]) -> dict:
+    """Damage each file (damages[key] = (path, function that damages it)), run the targets
+    with --keep-going and --forcerun, then restore every file's bytes and modification
+    time. The run must fail with one error line per damaged file and write no target;
+    returns each key's line (None when no line names its file)."""
+    intact = {key: (path.read_bytes(), path.stat().st_mtime_ns) for key, (path, _) in damages.items()}
+    try:
+        for path, damage in damages.values():
+            damage(path)
+        result = run(
+            work, *targets, "--cores", "2", "--keep-going", "--configfile", "tiny.yaml",
+            "--forcerun", *forcerun, check=False,
+        )  # fmt: skip
+    finally:
+        for key, (path, _) in damages.items():
+            path.write_bytes(intact[key][0])
+            os.utime(path, ns=(intact[key][1],) * 2)
+    assert result.returncode != 0
+    lines = error_lines(result.stderr)
+    assert len(lines) == len(damages), result.stderr[-3000:]
+    for target in targets:
+        assert not (work / target).exists(), f"{target} was written from a damaged input"
+    return {
+        key: next((line for line in lines if str(path.relative_to(work)) in line), None)
+        for key, (path, _) in damages.items()
+    }
+
+
 @pytest.fixture(scope="module")
 def corrupted(resumed):
     """One run of three jobs (--keep-going), each reading one damaged input: LR's first
     training shard taken from another model, MD's from another site (v only), LR's
     attribution prompts cut at a line boundary. The inputs are restored afterwards."""
     work = resumed["work"]
-    damaged = {
-        "model": work / MODEL / "activations/LR/probe_train/chunk000.safetensors",
-        "site": work / MODEL / "activations/MD/probe_train/chunk001.safetensors",
-        "prompts": work / MODEL / "prompts/LR/attribution.jsonl",
+
+    def cut_short(path: Path) -> None:
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+    damages = {
+        "model": (
+            work / MODEL / "activations/LR/probe_train/chunk000.safetensors",
+            lambda path: rewrite_shard(path, model_id="llama-3.2-3b"),
+        ),
+        "site": (
+            work / MODEL / "activations/MD/probe_train/chunk001.safetensors",
+            lambda path: rewrite_shard(path, keep_site="v"),
+        ),
+        "prompts": (work / MODEL / "prompts/LR/attribution.jsonl", cut_short),
     }
-    intact = {key: (path.read_bytes(), path.stat().st_mtime_ns) for key, path in damaged.items()}
     targets = [
         f"{MODEL}/probes/LR/k/unfiltered.csv",
         f"{MODEL}/probes/MD/k/unfiltered.csv",
         f"{MODEL}/attribution/LR.safetensors",
     ]
-    try:
-        rewrite_shard(damaged["model"], model_id="llama-3.2-3b")
-        rewrite_shard(damaged["site"], keep_site="v")
-        damaged["prompts"].write_text("".join(intact["prompts"][0].decode().splitlines(keepends=True)[:-1]))
-        result = run(
-            work,
-            *targets,
-            "--cores",
-            "2",
-            "--keep-going",
-            "--configfile",
-            "tiny.yaml",
-            "--forcerun",
-            "probe",
-            "attribution",
-            check=False,
-        )
-    finally:
-        for key, path in damaged.items():
-            path.write_bytes(intact[key][0])
-            os.utime(path, ns=(intact[key][1],) * 2)
-    assert result.returncode != 0
-    lines = error_lines(result.stderr)
-    assert len(lines) == 3, result.stderr[-3000:]
-    for target in targets:
-        assert not (work / target).exists(), f"{target} was written from a damaged input"
-    return {
-        key: next((line for line in lines if str(path.relative_to(work)) in line), None)
-        for key, path in damaged.items()
-    }
+    return run_on_damaged_files(work, damages, targets, ["probe", "attribution"])
 
 
 #: What the user sees for each damaged input of the `corrupted` fixture (one line each).
@@ -374,42 +382,30 @@ def damaged_values(resumed):
     shard, v of layer 3), an attribution map with NaN (MD's, k of layer 2). The files are
     restored afterwards."""
     work = resumed["work"]
-    damaged = {
-        "nan_shard": (work / MODEL / "activations/MD/probe_test/chunk000.safetensors", "blocks.5.attn.hook_v"),
-        "narrow_shard": (work / MODEL / "activations/LR/probe_train/chunk001.safetensors", "blocks.3.attn.hook_v"),
-        "nan_attribution": (work / MODEL / "attribution/MD.safetensors", "blocks.2.attn.hook_k"),
-    }
+
+    def nan(t):
+        return torch.full_like(t, float("nan"))
+
     damages = {
-        "nan_shard": lambda t: torch.full_like(t, float("nan")),
-        "narrow_shard": lambda t: t[:, :-8],
-        "nan_attribution": lambda t: torch.full_like(t, float("nan")),
+        "nan_shard": (
+            work / MODEL / "activations/MD/probe_test/chunk000.safetensors",
+            lambda path: replace_tensor(path, "blocks.5.attn.hook_v", nan),
+        ),
+        "narrow_shard": (
+            work / MODEL / "activations/LR/probe_train/chunk001.safetensors",
+            lambda path: replace_tensor(path, "blocks.3.attn.hook_v", lambda t: t[:, :-8]),
+        ),
+        "nan_attribution": (
+            work / MODEL / "attribution/MD.safetensors",
+            lambda path: replace_tensor(path, "blocks.2.attn.hook_k", nan),
+        ),
     }
-    intact = {key: (path.read_bytes(), path.stat().st_mtime_ns) for key, (path, _) in damaged.items()}
     targets = [
         f"{MODEL}/probes/MD/v/unfiltered.csv",
         f"{MODEL}/probes/LR/v/unfiltered.csv",
         f"{MODEL}/xi/LR-MD.safetensors",
     ]
-    try:
-        for key, (path, name) in damaged.items():
-            replace_tensor(path, name, damages[key])
-        result = run(
-            work, *targets, "--cores", "2", "--keep-going", "--configfile", "tiny.yaml",
-            "--forcerun", "probe", "rank_difference", check=False,
-        )  # fmt: skip
-    finally:
-        for key, (path, _) in damaged.items():
-            path.write_bytes(intact[key][0])
-            os.utime(path, ns=(intact[key][1],) * 2)
-    assert result.returncode != 0
-    lines = error_lines(result.stderr)
-    assert len(lines) == 3, result.stderr[-3000:]
-    for target in targets:
-        assert not (work / target).exists(), f"{target} was written from a damaged input"
-    return {
-        key: next((line for line in lines if str(path.relative_to(work)) in line), None)
-        for key, (path, _) in damaged.items()
-    }
+    return run_on_damaged_files(work, damages, targets, ["probe", "rank_difference"])
 
 
 #: What the user sees for each file of the `damaged_values` fixture (one line each).

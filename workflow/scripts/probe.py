@@ -8,7 +8,7 @@ from pathlib import Path
 
 from minormech.models import ModelManifest, resolve_device, set_threads
 from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, run_probe_job
-from minormech.probe_results import ProbeOutputs, ProbeVariants, xi_tensor_names
+from minormech.probe_results import ProbeOutputs, ProbeVariants
 from minormech.probes import ProbeData
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
@@ -41,7 +41,7 @@ else:
     train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train", site_widths)
     test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test", site_widths)
     widths = hook_widths(site_widths, [site], params.layers)
-    xi = load_tensors(inputs.xi, xi_tensor_names([site], params.layers), widths) if kind == "filtered" else None
+    xi = load_tensors(inputs.xi, list(widths), widths) if kind == "filtered" else None
     entry = ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), ProbeOutputs(**output))
     job = ProbeJob.of_rule(wildcards.model, wildcards.task, inputs.dataset, params)
     label = f"{wildcards.task} {site} {kind} probes ({job.settings.regime}, {job.settings.seeds} seeds)"

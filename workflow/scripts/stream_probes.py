@@ -10,7 +10,7 @@ from minormech.activations import pad_token_id
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.plan import PROBE_SUFFIXES
 from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, run_probe_job
-from minormech.probe_results import ProbeOutputs, ProbeVariants, xi_tensor_names
+from minormech.probe_results import ProbeOutputs, ProbeVariants
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.shards import chunk_rows, hook_widths, load_tensors
@@ -44,11 +44,7 @@ def entry(site, kind, xi):
 
 train, test = source("probe_train"), source("probe_test")
 widths = hook_widths(manifest.site_widths, params.sites, params.layers)
-xi = (
-    load_tensors(inputs.xi, xi_tensor_names(params.sites, params.layers), widths)
-    if "filtered" in params.kinds
-    else None
-)
+xi = load_tensors(inputs.xi, list(widths), widths) if "filtered" in params.kinds else None
 entries = [entry(site, kind, xi) for site in params.sites for kind in params.kinds]
 job = ProbeJob.of_rule(wildcards.model, wildcards.task, inputs.dataset, params)
 settings = job.settings
