@@ -102,12 +102,13 @@ def work(config: dict, shape: Shape, tokens: int) -> dict[str, float]:
     site, head views per task); backward passes count as two forwards."""
     prompts, depth = config["prompts"], shape.layers
     n_test = config["test_weights"] * prompts["probe_test_per_weight"]
+    n_control = prompts["probe_control"] if config["controls"]["control_task"] else 0  # predicted once, like the test
     epochs = 1 if config["probe"]["regime"] == "paper" else config["probe"]["improved"]["max_epochs"]
     heads = config["heads"]
     knocked = listed(heads["knockout_layers"], depth) if heads["knockout"] else []
     patched = listed(config["patching"]["layers"], depth)
     return {
-        "stream_probes": (prompts["probe_train"] * epochs + n_test) * tokens,
+        "stream_probes": (prompts["probe_train"] * epochs + n_test + n_control) * tokens,
         "attribution": 3 * prompts["attribution"] * tokens,
         "patching": prompts["patching"] * tokens * (UNPATCHED_PASSES + PATCH_PASSES * rerun_fraction(patched, depth)),
         "head_views": heads["prompts"] * tokens * (1 + shape.heads * rerun_fraction(knocked, depth)),

@@ -17,7 +17,7 @@ import jsonschema
 import numpy as np
 import yaml
 
-from minormech.models import KNOWN_MODELS, ModelSpec, resolve_model_spec
+from minormech.models import ARCHITECTURE_KEYS, KNOWN_MODELS, ModelSpec, resolve_model_spec
 from minormech.prompts import format_example
 from minormech.sites import SUPPORTED_ARCHITECTURES
 from minormech.tasks import TASKS, Task, get_task, value_grid
@@ -190,6 +190,28 @@ def _check_trained_model(config: dict[str, Any], i: int) -> None:
     own, and its id's folder belongs to the trained weights)."""
     entry, key = config["models"][i], f"models[{i}].train"
     train = entry["train"]
+    pretrained = train.get("init", "scratch") == "pretrained"
+    for name in ARCHITECTURE_KEYS:
+        if pretrained and name in train:
+            raise ConfigError(
+                f"{key}.{name}: not allowed with init: pretrained (the architecture is that of "
+                f"tokenizer_of, {train['tokenizer_of']!r}); allowed: remove it, or init: scratch"
+            )
+        if not pretrained and name not in train:
+            raise ConfigError(f"{key}.{name}: required with init: scratch (the shape of the model to train)")
+    if not pretrained:
+        _check_trained_shape(train, key)
+    trained = {other["id"] for other in config["models"] if "train" in other}
+    allowed = sorted((set(KNOWN_MODELS) | {other["id"] for other in config["models"]}) - trained)
+    if train["tokenizer_of"] not in allowed:
+        raise ConfigError(
+            f"{key}.tokenizer_of: {train['tokenizer_of']!r} is not a known or configured untrained model; "
+            f"allowed values: {allowed}"
+        )
+
+
+def _check_trained_shape(train: dict[str, Any], key: str) -> None:
+    """A shape a Llama accepts: heads of even width (rotary embeddings), grouped queries."""
     if train["hidden_size"] % (2 * train["heads"]):
         raise ConfigError(
             f"{key}.hidden_size: {train['hidden_size']} does not split into {train['heads']} heads of even width "
@@ -199,13 +221,6 @@ def _check_trained_model(config: dict[str, Any], i: int) -> None:
         raise ConfigError(
             f"{key}.kv_heads: {train['kv_heads']} does not divide heads={train['heads']}; "
             f"allowed values: a divisor of {train['heads']}"
-        )
-    trained = {other["id"] for other in config["models"] if "train" in other}
-    allowed = sorted((set(KNOWN_MODELS) | {other["id"] for other in config["models"]}) - trained)
-    if train["tokenizer_of"] not in allowed:
-        raise ConfigError(
-            f"{key}.tokenizer_of: {train['tokenizer_of']!r} is not a known or configured untrained model; "
-            f"allowed values: {allowed}"
         )
 
 
@@ -351,10 +366,7 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
     _check_listed_layers(config, "patching.layers", config["patching"]["layers"])
     _check_listed_layers(config, "heads.knockout_layers", config["heads"]["knockout_layers"])
     chunks = config["activations"]["chunks"]
-    sizes = {
-        "probe_train": config["prompts"]["probe_train"],
-        "probe_test": config["test_weights"] * config["prompts"]["probe_test_per_weight"],
-    }
+    sizes = {prompt_set: prompt_count(config, prompt_set) for prompt_set in chunks}
     for prompt_set, n_chunks in chunks.items():
         if n_chunks > sizes[prompt_set]:
             raise ConfigError(

@@ -1,10 +1,14 @@
-"""A positive control: a small Llama trained from scratch on the tasks' ICL prompts.
+"""A positive control: a model trained on the tasks' ICL prompts, from scratch or from
+pretrained weights.
 
 Probes on pretrained models land near the baseline (predicting the mean training weight,
 MSE about 44), which leaves open whether the models hold no w or the pipeline cannot find
 it. A model trained on nothing but these prompts must infer w in context to predict the
 Output values, so its probes should beat the baseline in some layer; the pipeline runs on
-it like on any other model (`models: [{id: ..., train: {...}}]`).
+it like on any other model (`models: [{id: ..., train: {...}}]`). `init: scratch` trains a
+small Llama of the configured shape; `init: pretrained` fine-tunes every weight of the
+model whose tokenizer it uses (for the embedded default, SmolLM2-135M, which already does
+MD in context in part).
 
 Training data are fresh prompts built exactly as the pipeline builds them (§5.4, Algorithm 1,
 `minormech.prompts.build_prompt`, with the tokenizer of `train.tokenizer_of` and the
@@ -47,6 +51,8 @@ from minormech.runner import batched, no_progress, right_padded
 from minormech.storage import CONTEXT_TOKENS
 from minormech.tasks import WeightTable, get_task, stable_seed
 
+#: Where training starts: a new Llama of the configured shape, or the tokenizer's model.
+INITS = ("scratch", "pretrained")
 #: Losses: `outputs` scores only the digits of every Output value (the only tokens that
 #: depend on w; everything else is fixed text or uniformly drawn features), `all` every token.
 LOSSES = ("outputs", "all")
@@ -66,20 +72,31 @@ class TrainSettings:
     """The `train:` mapping of a `models:` entry (config/config.schema.yaml describes each key)."""
 
     tokenizer_of: str
-    hidden_size: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate_size: int
     steps: int
     batch_size: int
     lr: float
     seed: int
     loss: str
+    hidden_size: int | None = None
+    layers: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+    intermediate_size: int | None = None
+    init: str = "scratch"
+    autocast: str = "auto"
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss: {self.loss!r}; allowed values: {list(LOSSES)}")
+        if self.init not in INITS:
+            raise ValueError(f"train.init: {self.init!r}; allowed values: {list(INITS)}")
+
+    def autocast_dtype(self, runtime: Runtime, device: torch.device) -> torch.dtype | None:
+        """The dtype training computes in under autocast (None: float32, no autocast)."""
+        if self.autocast in ("bfloat16", "float32"):
+            return torch.bfloat16 if self.autocast == "bfloat16" else None
+        compute = resolve_dtype(runtime.dtype, device)
+        return compute if device.type == "cuda" and compute != torch.float32 else None
 
 
 @dataclass(frozen=True)
@@ -272,27 +289,38 @@ def held_out_examples(prompts: TrainingPrompts, seed: int) -> dict[str, list[Exa
     }
 
 
+def initial_model(settings: TrainSettings, prompts: TrainingPrompts, pretrained: torch.nn.Module | None):
+    """The model training starts from: the pretrained one (init: pretrained, every
+    parameter trainable, float32) or a new Llama of the configured shape drawn from seed."""
+    from transformers import LlamaForCausalLM
+
+    if settings.init == "pretrained":
+        if pretrained is None:
+            raise ValueError(f"train.init: pretrained needs the weights of {settings.tokenizer_of!r}")
+        return pretrained.float().requires_grad_(True)
+    torch.manual_seed(settings.seed)
+    return LlamaForCausalLM(llama_config(settings, prompts.tokenizer, prompts.max_prompt_tokens))
+
+
 def train(
     settings: TrainSettings,
     prompts: TrainingPrompts,
     runtime: Runtime = Runtime(),
     log: logging.Logger | None = None,
     progress: Callable[[Iterable, int], Iterable] = no_progress,
+    pretrained: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict]:
-    """Train the control model; returns it (float32, on the CPU, eval mode) and the training
-    record written to training.json. CPU runs in float32, building each step's prompts
-    itself (its `threads` cores run the model); CUDA runs under autocast to the configured
-    dtype (bfloat16 by default) with float32 weights and optimizer state, and threads - 1
-    worker processes build the prompts. The order of prompts is the same either way."""
-    from transformers import LlamaForCausalLM
-
+    """Train the control model (from `pretrained` with init: pretrained); returns it
+    (float32, on the CPU, eval mode) and the training record written to training.json.
+    Weights and optimizer state are float32; the passes run under autocast to
+    settings.autocast_dtype (by default bfloat16 on CUDA, none on the CPU). On the CPU each
+    step's prompts are built in the job's process (its `threads` cores run the model); on
+    CUDA threads - 1 worker processes build them. The order of prompts is the same either way."""
     log = log or logging.getLogger(__name__)
-    tasks, tokenizer, max_prompt_tokens = prompts.tasks, prompts.tokenizer, prompts.max_prompt_tokens
+    tasks, tokenizer = prompts.tasks, prompts.tokenizer
     torch_device = resolve_device(runtime.device)
-    compute = resolve_dtype(runtime.dtype, torch_device)
-    autocast = compute if torch_device.type == "cuda" and compute != torch.float32 else None
-    torch.manual_seed(settings.seed)
-    model = LlamaForCausalLM(llama_config(settings, tokenizer, max_prompt_tokens)).to(torch_device)
+    autocast = settings.autocast_dtype(runtime, torch_device)
+    model = initial_model(settings, prompts, pretrained).to(torch_device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     held_out = held_out_examples(prompts, settings.seed)
     before = {name: evaluate(model, examples, pad_id, torch_device, autocast) for name, examples in held_out.items()}
@@ -339,7 +367,7 @@ def train(
     record = {
         "settings": asdict(settings),
         "tasks": list(tasks),
-        "max_prompt_tokens": max_prompt_tokens,
+        "max_prompt_tokens": prompts.max_prompt_tokens,
         "steps": settings.steps,
         "parameters": sum(p.numel() for p in model.parameters()),
         "final_loss": float(np.mean(curve[-log_every:])),

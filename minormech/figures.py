@@ -76,40 +76,33 @@ def reference_lines(ax, rows: pd.DataFrame) -> None:
 
 def probe_curves_figure(table: pd.DataFrame, model_id: str, site: str, random_init: pd.DataFrame | None = None):
     """Figure 1: probe test MSE per layer, one column per task: the probe (mean over seeds,
-    95% band), the control task and the random-init model's probe when present, the
-    baseline and the least-squares ceiling. When the table has selectivity (control MSE -
-    task MSE), a second row shows it per layer, for the random-init model too."""
+    95% band), the random-init model's probe when present, the baseline and the
+    least-squares ceiling. A second row draws what the claims rest on, paired differences
+    with their intervals: each probe's gain over the training-mean baseline (baseline MSE -
+    probe MSE on the same test prompts; above zero = beats the baseline) and, with the
+    control task, the selectivity (task gain - control gain on the control prompts)."""
     tasks = list(dict.fromkeys(table["task"]))
-    with_selectivity = "selectivity" in table
-    fig, grid = plt.subplots(
-        2 if with_selectivity else 1,
-        len(tasks),
-        figsize=(5 * len(tasks), 7 if with_selectivity else 3.6),
-        sharex=True,
-        squeeze=False,
-    )
+    fig, grid = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 7), sharex=True, squeeze=False)
     for column, task in enumerate(tasks):
         rows = table[table["task"] == task].sort_values("layer")
         colour = TASK_COLOURS.get(task, "black")
         ax = grid[0][column]
         band(ax, rows, "test_mse", colour, f"probe ({task})")
-        if "control_mse" in rows:
-            band(ax, rows, "control_mse", colour, "control task pi(w)", ":")
         control_rows = None if random_init is None else random_init[random_init["task"] == task].sort_values("layer")
         if control_rows is not None:
             band(ax, control_rows, "test_mse", "black", "random-init model", "-.")
         reference_lines(ax, rows)
         finish_panel(ax, f"{task}: probe on site {site}")
-        if with_selectivity:
-            ax = grid[1][column]
-            band(ax, rows, "selectivity", colour, f"{model_id}")
-            if control_rows is not None and "selectivity" in control_rows:
-                band(ax, control_rows, "selectivity", "black", "random-init model", "-.")
-            ax.axhline(0, color="grey", linewidth=0.8)
-            finish_panel(ax, f"{task}: selectivity (control MSE - task MSE)")
+        ax = grid[1][column]
+        band(ax, rows, "gain", colour, "gain over baseline")
+        if control_rows is not None:
+            band(ax, control_rows, "gain", "black", "random-init gain over baseline", "-.")
+        if "selectivity" in rows:
+            band(ax, rows, "selectivity", "tab:purple", "selectivity (control task)", "--s")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        finish_panel(ax, f"{task}: paired differences (above 0 = better)")
     grid[0][0].set_ylabel("test MSE")
-    if with_selectivity:
-        grid[1][0].set_ylabel("selectivity")
+    grid[1][0].set_ylabel("baseline MSE - probe MSE")
     fig.suptitle(f"{model_id}: probe test MSE per layer (lower = weights better decodable; bands: 95% intervals)")
     fig.tight_layout()
     return fig
@@ -143,11 +136,21 @@ def filtered_probe_figure(
 ):
     """Figures 3 and 4: filtered probe test MSE per layer, one panel per probe task, one
     curve per filter variant with its 95% band; the unfiltered probe (thin grey), the
-    baseline and the least-squares ceiling for reference."""
+    baseline and the least-squares ceiling for reference. Figure 3 (the halves) adds a row
+    with eq. 41's paired difference d = r(t, >=, 0.5) - r(t, <=, 0.5) per layer and its
+    interval: eq. 41 wants it below zero for the first task and above zero for the second."""
     labels = {"ge": f"{pair[0]}-important features (>=)", "le": f"{pair[1]}-important features (<=)"}
     tasks = list(dict.fromkeys(table["task"]))
-    fig, axes = panels(len(tasks))
-    for ax, task in zip(axes, tasks):
+    with_difference = "halves_difference" in table and set(HALVES) == set(variants)
+    fig, grid = plt.subplots(
+        2 if with_difference else 1,
+        len(tasks),
+        figsize=(5 * len(tasks), 7 if with_difference else 3.6),
+        sharex=True,
+        squeeze=False,
+    )
+    for column, task in enumerate(tasks):
+        ax = grid[0][column]
         reference = unfiltered[unfiltered["task"] == task].sort_values("layer")
         ax.plot(reference["layer"], reference["test_mse"], color="grey", linewidth=1, label="unfiltered")
         for variant, style in zip(variants, ("-o", "-s")):
@@ -156,9 +159,19 @@ def filtered_probe_figure(
             band(ax, rows, "test_mse", colour, f"{variant}: {labels[variant[:2]]}", style)
         reference_lines(ax, table[table["task"] == task])
         finish_panel(ax, f"probe for {task} weights, site {site}")
-    return finish_figure(
-        fig, axes, "test MSE", f"{model_id}: probes on filtered features ({', '.join(variants)}; bands: 95% intervals)"
-    )
+        if with_difference:
+            ax = grid[1][column]
+            rows = table[(table["task"] == task) & (table["variant"] == HALVES[0])].sort_values("layer")
+            band(ax, rows, "halves_difference", TASK_COLOURS.get(task, "black"), f"d for {task} (paired)")
+            ax.axhline(0, color="grey", linewidth=0.8)
+            wanted = "below" if task == pair[0] else "above"
+            finish_panel(ax, f"{task}: eq. 41 difference, MSE(>=) - MSE(<=); eq. 41 wants it {wanted} 0")
+    grid[0][0].set_ylabel("test MSE")
+    if with_difference:
+        grid[1][0].set_ylabel("paired MSE difference")
+    fig.suptitle(f"{model_id}: probes on filtered features ({', '.join(variants)}; bands: 95% intervals)")
+    fig.tight_layout()
+    return fig
 
 
 def eq41_table(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:

@@ -17,9 +17,10 @@ Sources:
 - ``shaped``: a known architecture (its config.json in minormech/architectures/) with
   seeded random weights and a named tokenizer (minormech.tokenizers): the paper's model
   shapes and tokenizer without their weights; `location` is the architecture.
-- ``trained``: a small Llama trained from scratch on the tasks' prompts (a ``train:``
-  mapping in the entry; minormech.control_model, rule ``model``), the positive control;
-  `location` is the model whose tokenizer it uses.
+- ``trained``: a model trained on the tasks' prompts (a ``train:`` mapping in the entry;
+  minormech.control_model, rule ``model``), the positive control: a small Llama from
+  scratch, or the model whose tokenizer it uses fine-tuned (``init: pretrained``);
+  `location` is that model.
 """
 
 from __future__ import annotations
@@ -135,6 +136,34 @@ KNOWN_MODELS.update(
 )
 
 
+#: The `train:` keys that give a model trained from scratch its shape (init: scratch only).
+ARCHITECTURE_KEYS = ("hidden_size", "layers", "heads", "kv_heads", "intermediate_size")
+
+
+def trained_spec(model_id: str, train: dict[str, Any]) -> ModelSpec:
+    """A trained model's facts: from its settings when trained from scratch; those of the
+    model it starts from (`tokenizer_of`) when fine-tuned, if that is a known id (else
+    unknown until it is made, like a path model without config.json)."""
+    if train.get("init", "scratch") == "pretrained":
+        base = KNOWN_MODELS.get(train["tokenizer_of"])
+        if base is None:
+            return ModelSpec(model_id, "trained", train["tokenizer_of"])
+        return replace(
+            base, id=model_id, source="trained", location=train["tokenizer_of"], gguf_file=None, tokenizer=None
+        )
+    widths = _llama_widths(
+        train["hidden_size"], train["heads"], train["kv_heads"], train["hidden_size"] // train["heads"]
+    )
+    return ModelSpec(
+        id=model_id,
+        source="trained",
+        location=train["tokenizer_of"],
+        num_layers=train["layers"],
+        site_widths=widths,
+        query_heads=train["heads"],
+    )
+
+
 def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
     """The spec for one `models:` config entry.
 
@@ -146,18 +175,7 @@ def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
     model_id = entry["id"]
     known = KNOWN_MODELS.get(model_id)
     if "train" in entry:
-        train = entry["train"]
-        widths = _llama_widths(
-            train["hidden_size"], train["heads"], train["kv_heads"], train["hidden_size"] // train["heads"]
-        )
-        return ModelSpec(
-            id=model_id,
-            source="trained",
-            location=train["tokenizer_of"],
-            num_layers=train["layers"],
-            site_widths=widths,
-            query_heads=train["heads"],
-        )
+        return trained_spec(model_id, entry["train"])
     if "architecture" in entry:
         return shaped_spec(model_id, entry["architecture"], entry.get("tokenizer", "llama3"))
     if "path" in entry:

@@ -40,7 +40,7 @@ from minormech.models import (
 )
 from minormech.probe_results import PROBE_KINDS
 from minormech.random_init import random_init_id, random_init_spec
-from minormech.storage import ModelPlan, plan_storage, test_shards_needed
+from minormech.storage import ModelPlan, plan_storage, probe_sets, test_shards_needed
 
 RESULTS = "results"
 LOGS = "logs"
@@ -331,6 +331,16 @@ class RunPlan:
     def prompt_counts(self, *prompt_sets: str) -> dict[str, int]:
         return {prompt_set: self.prompt_count(prompt_set) for prompt_set in prompt_sets}
 
+    def control_train_count(self, prompt_set: str) -> int | None:
+        """What the prompts of a set depend on besides their own count: the control-task
+        evaluation prompts draw from the weights of the probe-training prompts."""
+        return self.prompt_count("probe_train") if prompt_set == "probe_control" else None
+
+    @property
+    def probe_sets(self) -> tuple[str, ...]:
+        """The prompt sets a probe job reads (minormech.storage.probe_sets)."""
+        return probe_sets(self.config)
+
     def chunk_names(self, prompt_set: str) -> list[str]:
         return [f"{i:03d}" for i in range(self.config["activations"]["chunks"][prompt_set])]
 
@@ -353,7 +363,8 @@ class RunPlan:
 
     def model_inputs(self, model_id: str) -> dict[str, Any]:
         """What making a model reads: a random-init control its base, a trained model the
-        datasets and its tokenizer's model, a hub model its download."""
+        datasets and its tokenizer's model (whose weights it starts from with init:
+        pretrained), a hub model its download."""
         row = self.model(model_id)
         if row.made_by == "random_init":
             return {"base": manifest(row.base)}
@@ -392,23 +403,27 @@ class RunPlan:
             raise ValueError(f"model {model_id} trains no {kind} probes; its probe kinds: {row.probe_kinds}")
         if row.probe_source == "stream":
             return {"stream": stream_dir(model_id, task)}
-        shards = {"train_shards": self.shards(model_id, task, "probe_train"), "model": manifest(model_id)}
-        shards["test_shards"] = self.shards(model_id, task, "probe_test")
-        return {**self._probe_task_inputs(model_id, task, kind == "filtered"), **shards}
+        shards = {"model": manifest(model_id)}
+        for prompt_set in self._probe_sets_of(kind):
+            shards[prompt_set.removeprefix("probe_") + "_shards"] = self.shards(model_id, task, prompt_set)
+        return {**self._probe_task_inputs(model_id, task, kind), **shards}
 
     def stream_inputs(self, model_id: str, task: str) -> dict[str, Any]:
-        filtered = "filtered" in self.model(model_id).probe_kinds
-        return {**self._probe_task_inputs(model_id, task, filtered), "model": manifest(model_id)}
+        kinds = self.model(model_id).probe_kinds
+        return {**self._probe_task_inputs(model_id, task, *kinds), "model": manifest(model_id)}
 
-    def _probe_task_inputs(self, model_id: str, task: str, filtered: bool) -> dict[str, Any]:
+    def _probe_sets_of(self, *kinds: str) -> list[str]:
+        """The prompt sets probes of these kinds read: the control-task evaluation prompts
+        only beside unfiltered probes."""
+        return [s for s in self.probe_sets if s != "probe_control" or "unfiltered" in kinds]
+
+    def _probe_task_inputs(self, model_id: str, task: str, *kinds: str) -> dict[str, Any]:
         """What every probe job of a (model, task) reads whatever its source: the task's
         weights, its probe prompts and, for filtered probes, the xi map."""
-        inputs = {
-            "dataset": dataset(task),
-            "train_prompts": self.prompts(model_id, task, "probe_train"),
-            "test_prompts": self.prompts(model_id, task, "probe_test"),
-        }
-        return {**inputs, "xi": self.xi(model_id)} if filtered else inputs
+        inputs = {"dataset": dataset(task)}
+        for prompt_set in self._probe_sets_of(*kinds):
+            inputs[prompt_set.removeprefix("probe_") + "_prompts"] = self.prompts(model_id, task, prompt_set)
+        return {**inputs, "xi": self.xi(model_id)} if "filtered" in kinds else inputs
 
     def trains_from_shards(self, model_id: str) -> bool:
         """Whether a model's probe jobs train (shard mode) rather than put a stream job's

@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from minormech.controls import least_squares_predictions
 from minormech.probe_results import (
+    ControlScores,
     ProbeIdentity,
     ProbeOutputs,
     ProbePredictions,
@@ -26,7 +28,15 @@ from minormech.probe_results import (
     control_task_targets,
     write_probe_results,
 )
-from minormech.probes import ActivationSource, ProbeGroup, ProbeTraining, predict_stacks, train_probe_groups
+from minormech.probes import (
+    ActivationSource,
+    ProbeGroup,
+    ProbeStack,
+    ProbeTraining,
+    predict_stacks,
+    train_probe_groups,
+    validation_mask,
+)
 from minormech.prompts import Prompt
 from minormech.tasks import WeightTable, get_task
 from minormech.uncertainty import Bootstrap
@@ -35,7 +45,8 @@ from minormech.uncertainty import Bootstrap
 @dataclass(frozen=True)
 class ReportSettings:
     """What a probe table reports beside the probes: the least-squares ceiling, the
-    control task (pi(w) for a seeded permutation pi, seeded by `seed`) and the bootstrap."""
+    control task (pi(w) for a seeded permutation pi, seeded by `seed`, scored on new prompts
+    of weights seen in training) and the bootstrap."""
 
     least_squares: bool
     control_task: bool
@@ -93,33 +104,86 @@ class JobRun:
     summary_extra: Callable[[], dict]
 
 
-def run_probe_job(
-    job: ProbeJob, entries: Sequence[ProbeEntry], train: ActivationSource, test, device, run: JobRun
-) -> None:
+@dataclass(frozen=True)
+class ProbeSources:
+    """The activations a job reads: the probe-training and probe-test prompts, and the
+    control task's evaluation prompts (new prompts of weights seen in training; None when
+    the control task is off)."""
+
+    train: ActivationSource
+    test: ActivationSource
+    control: ActivationSource | None = None
+
+
+def seen_weights(train: ActivationSource, settings: ProbeTraining) -> np.ndarray:
+    """The weight ids whose prompts the probes trained on: every probe-training prompt's,
+    minus the validation weights of the improved regime (held out of training)."""
+    weight_ids = np.array([p.weight_id for p in train.prompts])
+    if settings.regime == "improved":
+        weight_ids = weight_ids[~validation_mask(weight_ids, settings.val_fraction, settings.seed)]
+    return np.unique(weight_ids)
+
+
+def control_scores(
+    pairs: Sequence[tuple[ProbeStack, ProbeStack]], sources: ProbeSources, job: ProbeJob, control_table, batch_size: int
+) -> list[ControlScores]:
+    """Score (task probe, control-task probe) pairs on the control prompts whose weight the
+    probes were trained on (a prompt of a validation weight is left out), all pairs from
+    the same reads of the source (in stream mode: one forward per control prompt)."""
+    control = sources.control
+    seen = np.isin([p.weight_id for p in control.prompts], seen_weights(sources.train, job.settings))
+    if not seen.any():
+        raise ValueError(
+            f"{job.task}: none of the {len(control.prompts)} control-task prompts has a weight the probes "
+            "trained on; raise prompts.probe_control or prompts.probe_train"
+        )
+    predictions, index = predict_stacks([stack for pair in pairs for stack in pair], control, batch_size, select=seen)
+    weight_ids = torch.tensor([control.prompts[i].weight_id for i in index.tolist()])
+    train_ids = torch.as_tensor(job.table.train_ids)
+    train_weights = torch.as_tensor(job.table.weights[job.table.train_ids], dtype=torch.float32)
+    return [
+        ControlScores(
+            task_predictions=predictions[2 * p],
+            control_predictions=predictions[2 * p + 1],
+            weight_ids=weight_ids,
+            targets=control.targets[index],
+            control_targets=control_table[weight_ids],
+            baselines=(train_weights.mean(0), control_table[train_ids].mean(0)),
+        )
+        for p in range(len(pairs))
+    ]
+
+
+def run_probe_job(job: ProbeJob, entries: Sequence[ProbeEntry], sources: ProbeSources, device, run: JobRun) -> None:
     """Train every entry's stack (and, after them, one control-task stack per unfiltered
-    entry when the control task is on) from the same batches, predict the test prompts
-    and write each entry's files. `test` is the test source (its `prompts` and `targets`)."""
-    control_table = (
-        control_task_targets(job.table, job.report_settings.seed) if job.report_settings.control_task else None
-    )
+    entry when the control task is on, stopping with it) from the same batches, predict the
+    test prompts, score each unfiltered stack and its control on the control prompts and
+    write each entry's files."""
+    train, test = sources.train, sources.test
+    controlled = [i for i, e in enumerate(entries) if e.kind == "unfiltered" and job.report_settings.control_task]
+    if controlled and sources.control is None:
+        raise ValueError(f"{job.task}: controls.control_task is on but the job has no control-task prompts")
+    control_table = control_task_targets(job.table, job.report_settings.seed) if controlled else None
     groups = [ProbeGroup(e.site, e.variants.masks, name=f"{e.site} {e.kind}") for e in entries]
-    controlled = [i for i, e in enumerate(entries) if e.kind == "unfiltered" and control_table is not None]
     groups += [
-        ProbeGroup(entries[i].site, control_targets=control_table, name=f"{entries[i].site} control task")
+        ProbeGroup(entries[i].site, control_targets=control_table, name=f"{entries[i].site} control task", follows=i)
         for i in controlled
     ]
     stacks, summaries = train_probe_groups(
         train, groups, job.settings, run.max_positions, device, run.progress, eval_batch_size=run.eval_batch_size
     )
-    predictions, index = predict_stacks(stacks, test, run.predict_batch_size)
+    predictions, index = predict_stacks(stacks[: len(entries)], test, run.predict_batch_size)
     report = job.report_settings.report(job.task, job.table, test.prompts)
     extra = run.summary_extra()
     control_of = {i: len(entries) + c for c, i in enumerate(controlled)}
+    pairs = [(stacks[i], stacks[c]) for i, c in control_of.items()]
+    scored = control_scores(pairs, sources, job, control_table, run.predict_batch_size) if pairs else []
+    scores = dict(zip(control_of, scored))
     for i, entry in enumerate(entries):
         summary = {**summaries[i], **extra}
-        control = None
+        control = scores.get(i)
         if i in control_of:
-            control, summary["control_task"] = (predictions[control_of[i]], control_table), summaries[control_of[i]]
+            summary["control_task"] = summaries[control_of[i]]
         write_probe_results(
             entry.outputs,
             ProbeIdentity(job.model_id, job.task, entry.site, job.layers, entry.variants),

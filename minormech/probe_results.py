@@ -21,7 +21,7 @@ import torch
 from minormech.controls import control_targets
 from minormech.probes import ProbeTraining
 from minormech.prompts import Prompt
-from minormech.ranking import FILTER_VARIANT_NAMES, FILTER_VARIANTS, site_keep_masks
+from minormech.ranking import FILTER_VARIANT_NAMES, FILTER_VARIANTS, HALVES, site_keep_masks
 from minormech.shards import save_tensors
 from minormech.uncertainty import Bootstrap
 
@@ -88,14 +88,43 @@ class ProbeIdentity:
 
 
 @dataclass(frozen=True)
+class ControlScores:
+    """The control task (Hewitt and Liang 2019) on its evaluation prompts: new prompts of
+    weights the probes trained on, where the control target pi(w) is learnable by
+    remembering each weight. The unfiltered task probe's predictions [seeds, L, Nc, 2] of w
+    and the control probe's of pi(w), the prompts' weight ids [Nc], targets w and pi(w)
+    [Nc, 2], and each target's training-mean baseline (the mean of w, resp. pi(w), over
+    the training weights)."""
+
+    task_predictions: torch.Tensor
+    control_predictions: torch.Tensor
+    weight_ids: torch.Tensor
+    targets: torch.Tensor
+    control_targets: torch.Tensor
+    baselines: tuple[torch.Tensor, torch.Tensor]
+
+    def gains(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per prompt, how much each probe beats its own target's baseline: (baseline
+        squared error - probe squared error) of the task probe and of the control probe,
+        [seeds, L, Nc] each."""
+        task_base, control_base = self.baselines
+        task = squared_errors(task_base.expand_as(self.targets), self.targets) - squared_errors(
+            self.task_predictions, self.targets
+        )
+        control = squared_errors(control_base.expand_as(self.control_targets), self.control_targets) - squared_errors(
+            self.control_predictions, self.control_targets
+        )
+        return task, control
+
+
+@dataclass(frozen=True)
 class ProbePredictions:
     """Test predictions [V * seeds, L, N, 2] (seed-minor, as ProbeStack orders them) of the
-    test prompts `index`, and optionally (control-task predictions [seeds, L, N, 2], the
-    control-task targets of every weight id)."""
+    test prompts `index`, and optionally the control task's scores."""
 
     predictions: torch.Tensor
     index: torch.Tensor
-    control: tuple[torch.Tensor, torch.Tensor] | None = None
+    control: ControlScores | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +147,24 @@ def squared_errors(predictions: torch.Tensor, targets: torch.Tensor) -> np.ndarr
     return ((predictions - targets) ** 2).mean(-1).numpy()
 
 
+def control_intervals(control: ControlScores, interval: Bootstrap) -> dict[str, tuple]:
+    """The control-task columns of a probe table, each (interval, per layer?): the control
+    probe's MSE and its baseline's, the gains of the task probe (`seen_task_gain`: on
+    prompts of seen weights) and of the control probe, and the selectivity, all bootstrapped
+    over the control prompts' weights (and seeds), the differences paired."""
+    groups = control.weight_ids.numpy()
+    task_gain, control_gain = control.gains()
+    control_errors = squared_errors(control.control_predictions, control.control_targets)
+    control_base = squared_errors(control.baselines[1].expand_as(control.control_targets), control.control_targets)
+    return {
+        "control_mse": (interval(control_errors, groups, seed_axis=True), True),
+        "control_baseline_mse": (interval(control_base, groups), False),
+        "seen_task_gain": (interval(task_gain, groups, seed_axis=True), True),
+        "control_gain": (interval(control_gain, groups, seed_axis=True), True),
+        "selectivity": (interval(task_gain - control_gain, groups, seed_axis=True), True),
+    }
+
+
 def write_probe_results(
     outputs: ProbeOutputs,
     identity: ProbeIdentity,
@@ -130,8 +177,15 @@ def write_probe_results(
     """Write the three files of one (task, site, kind); returns the test MSE [V, L] (mean
     over seeds).
 
-    A control in `result` adds the control task's MSE and the selectivity to each row.
-    Every MSE comes with its bootstrap interval over the test weights (and seeds).
+    A control in `result` adds to each row the control probe's MSE on pi(w) and its
+    baseline's, both probes' gains over their own baselines on the control prompts and the
+    selectivity (task gain - control gain, paired over the same prompts). Every MSE comes
+    with its bootstrap interval over the test weights (the control columns: over the
+    control prompts' weights) and seeds. `gain` (a probe's gain: its baseline's MSE minus
+    its own) is bootstrapped as per-prompt differences over the same resamples (paired),
+    so its interval says whether the probe beats the baseline. Filtered tables also carry
+    `halves_difference`, the paired MSE of the first task's half minus the second's
+    (r(t, >=, 0.5) - r(t, <=, 0.5), the difference eq. 41 signs).
     """
     model_id, task, site, layers, variants = (
         identity.model_id,
@@ -150,20 +204,18 @@ def write_probe_results(
     errors = squared_errors(by_seed, targets).transpose(1, 0, 2, 3)  # [S, V, L, N]
     test_mse = report.interval(errors, groups, seed_axis=True)
     seed_sd = errors.mean(-1).std(0, ddof=1) if seeds > 1 else np.zeros(errors.shape[1:3])
-    references = {
-        "baseline_mse": report.interval(
-            squared_errors(report.train_weights.float().mean(0).expand_as(targets), targets), groups
-        )
-    }
+    baseline_errors = squared_errors(report.train_weights.float().mean(0).expand_as(targets), targets)  # [N]
+    references = {"baseline_mse": report.interval(baseline_errors, groups)}
+    gain = report.interval(baseline_errors - errors, groups, seed_axis=True)
+    halves = None
+    if set(HALVES) <= set(variants.names):
+        first, second = (variants.names.index(name) for name in HALVES)
+        halves = report.interval(errors[:, first] - errors[:, second], groups, seed_axis=True)
     least_squares = None
     if report.least_squares is not None:
         least_squares = report.least_squares[index]
         references["ceiling_mse"] = report.interval(squared_errors(least_squares, targets), groups)
-    if control is not None:
-        control_predictions, control_table = control
-        control_errors = squared_errors(control_predictions, control_table[torch.as_tensor(groups)])  # [S, L, N]
-        control_mse = report.interval(control_errors, groups, seed_axis=True)
-        selectivity = report.interval(control_errors - errors[:, 0], groups, seed_axis=True)
+    control_columns = control_intervals(control, report.interval) if control is not None else {}
     rows = []
     for v, name in enumerate(variants.names):
         for l, layer in enumerate(layers):
@@ -177,14 +229,18 @@ def write_probe_results(
                 "h": variants.hs[v],
                 "layer": layer,
                 **test_mse.columns("test_mse", (v, l)),
+                **gain.columns("gain", (v, l)),
                 "test_mse_seed_sd": float(seed_sd[v, l]),
                 "n_seeds": seeds,
             }
             for key, interval in references.items():
                 row.update(interval.columns(key))
+            if halves is not None:
+                row.update(halves.columns("halves_difference", (l,)))
+            for key, (interval, per_layer) in control_columns.items():
+                row.update(interval.columns(key, (l,) if per_layer else ()))
             if control is not None:
-                row.update(control_mse.columns("control_mse", (l,)))
-                row.update(selectivity.columns("selectivity", (l,)))
+                row["n_control"] = len(control.weight_ids)
             rows.append({**row, "n_kept": n_kept, "n_train": n_train, "n_test": len(test_prompts)})
     pd.DataFrame(rows).to_csv(outputs.table, index=False)
     tensors = {
@@ -196,8 +252,11 @@ def write_probe_results(
     if least_squares is not None:
         tensors["least_squares"] = least_squares.contiguous()
     if control is not None:
-        tensors["control_predictions"] = control[0].contiguous()
-        tensors["control_targets"] = control[1][torch.as_tensor(groups)].contiguous()
+        tensors["control_task_predictions"] = control.task_predictions.contiguous()
+        tensors["control_predictions"] = control.control_predictions.contiguous()
+        tensors["control_targets"] = control.control_targets.contiguous()
+        tensors["control_weights"] = control.targets.contiguous()
+        tensors["control_weight_ids"] = control.weight_ids.contiguous()
     save_tensors(
         tensors,
         outputs.predictions,
@@ -219,5 +278,11 @@ def write_probe_results(
             baseline,
         )
     if control is not None:
-        log.info("%s %s selectivity per layer: %s", task, site, [round(x, 2) for x in selectivity.mean.tolist()])
+        log.info(
+            "%s %s selectivity per layer (%d control prompts): %s",
+            task,
+            site,
+            len(control.weight_ids),
+            [round(x, 2) for x in control_columns["selectivity"][0].mean.tolist()],
+        )
     return torch.as_tensor(test_mse.mean)

@@ -350,13 +350,20 @@ class ProbeGroup:
     (model, task) from the same forwards. `variant_ids` name the masks' variants for
     seeding (default 0..V-1); `control_targets` [n_weights, d], when given, replace each
     prompt's target w by the row of its weight id (the control task); `name` is what logs
-    call the group (default: the site)."""
+    call the group (default: the site). `follows`, the index of another group of the same
+    call (of as many probes), makes early stopping (improved regime) follow that group's:
+    this group trains exactly the epochs that one does, and each of its probes keeps its
+    state at the epoch its counterpart there (same variant, seed and layer) validated best.
+    A control-task probe follows its task probe, because its targets cannot be validated
+    on the validation split's weights, which it never saw (validated there, it would stop
+    before it learned anything and make the task probe look selective)."""
 
     site: str
     feature_masks: torch.Tensor | None = None
     variant_ids: Sequence[int] | None = None
     name: str = ""
     control_targets: torch.Tensor | None = None
+    follows: int | None = None
 
 
 class ProbeStack:
@@ -398,6 +405,7 @@ class ProbeStack:
             else group.feature_masks.repeat_interleave(settings.seeds, dim=0).to(device)
         )
         self.control_targets = None if group.control_targets is None else group.control_targets.float().to(device)
+        self.follows = group.follows
         self.optimizer = torch.optim.Adam(
             self.probes.parameters(), lr=settings.lr, fused=True
         )  # one kernel for all parameters: ~30% faster steps here
@@ -509,12 +517,19 @@ class _BestSoFar:
         state = {name: p.detach().clone() for name, p in stack.probes.named_parameters()}
         return cls(state, torch.zeros(stack.probes.w_proj.shape[:2], dtype=torch.long))
 
-    def update(self, stack: ProbeStack, val_mse: torch.Tensor, epoch: int) -> None:
-        """Keep the parameters of every probe whose validation MSE improved."""
-        self.epochs = epoch + 1
+    def update(self, stack: ProbeStack, val_mse: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Keep the parameters of every probe whose validation MSE improved; returns which."""
         improved = val_mse < self.mse if self.mse is not None else torch.ones_like(val_mse, dtype=torch.bool)
         if improved.any():
             self.mse = val_mse if self.mse is None else torch.where(improved, val_mse, self.mse)
+        self.keep(stack, improved, epoch)
+        return improved
+
+    def keep(self, stack: ProbeStack, improved: torch.Tensor, epoch: int) -> None:
+        """Keep the parameters of the probes marked `improved` (by their own validation, or
+        by the stack this one follows)."""
+        self.epochs = epoch + 1
+        if improved.any():
             self.epoch[improved] = epoch
             for name, param in stack.probes.named_parameters():
                 mask = improved.to(param.device)
@@ -528,6 +543,16 @@ class _BestSoFar:
             for name, param in stack.probes.named_parameters():
                 param.copy_(self.state[name])
 
+    def followed(self, leader: str) -> dict:
+        """The summary of a stack that kept each probe's state at `leader`'s best epoch."""
+        return {
+            "regime": "improved",
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "early_stopping": f"at the best epochs of {leader}",
+            "best_epoch": self.epoch.tolist(),
+        }
+
     def summary(self, n_validation: int) -> dict:
         return {
             "regime": "improved",
@@ -537,6 +562,18 @@ class _BestSoFar:
             "best_epoch": self.epoch.tolist(),
             "best_validation_mse": self.mse.tolist(),
         }
+
+
+def _followers(stacks: Sequence[ProbeStack]) -> dict[int, list[int]]:
+    """Stack index -> the stacks that follow its early stopping (same number of probes)."""
+    followers: dict[int, list[int]] = {}
+    for i, stack in enumerate(stacks):
+        if stack.follows is not None:
+            leader = stacks[stack.follows]
+            if leader.follows is not None or leader.probes.w_proj.shape[:2] != stack.probes.w_proj.shape[:2]:
+                raise ValueError(f"{stack.name} cannot follow {leader.name}: it must be a validated stack of its shape")
+            followers.setdefault(stack.follows, []).append(i)
+    return followers
 
 
 def _train_early_stopping(
@@ -554,6 +591,7 @@ def _train_early_stopping(
     best epoch."""
     is_val = validation_mask([p.weight_id for p in train.prompts], settings.val_fraction, settings.seed)
     best = [_BestSoFar.of(stack) for stack in stacks]
+    followers = _followers(stacks)
     for epoch in progress(range(settings.max_epochs), settings.max_epochs):
         active = [i for i, s in enumerate(stacks) if s.active]
         if not active:
@@ -568,10 +606,13 @@ def _train_early_stopping(
             for i in active:
                 stacks[i].step(batch)
                 best[i].steps += 1
-        predictions, index = predict_stacks([stacks[i] for i in active], train, eval_batch_size, select=is_val)
-        for i, prediction in zip(active, predictions):
+        validated = [i for i in active if stacks[i].follows is None]
+        predictions, index = predict_stacks([stacks[i] for i in validated], train, eval_batch_size, select=is_val)
+        for i, prediction in zip(validated, predictions):
             val_mse = per_probe_mse(prediction, stacks[i].targets(train.targets[index], train.weight_ids[index]))
-            best[i].update(stacks[i], val_mse, epoch)
+            improved = best[i].update(stacks[i], val_mse, epoch)
+            for f in followers.get(i, ()):
+                best[f].keep(stacks[f], improved, epoch)
             log.info(
                 "epoch %d, %s: mean validation MSE %.3f (best %.3f)",
                 epoch,
@@ -581,6 +622,12 @@ def _train_early_stopping(
             )
             if best[i].epochs_without_gain >= settings.patience:
                 stacks[i].active = False
+        for leader, group in followers.items():
+            for f in group:
+                stacks[f].active = stacks[leader].active
     for stack, state in zip(stacks, best):
         state.restore(stack)
-    return [state.summary(int(is_val.sum())) for state in best]
+    return [
+        state.summary(int(is_val.sum())) if stack.follows is None else state.followed(stacks[stack.follows].name)
+        for stack, state in zip(stacks, best)
+    ]

@@ -32,7 +32,7 @@ import numpy as np
 from minormech.tasks import Task, WeightTable, examples_for, stable_seed
 
 #: Prompt sets made per (model, task); `prompt_weight_ids` says which weights each draws.
-PROMPT_SETS = ("probe_train", "probe_test", "attribution", "patching", "patching_ref")
+PROMPT_SETS = ("probe_train", "probe_test", "probe_control", "attribution", "patching", "patching_ref")
 #: The first line of a prompt file; version 2 added each prompt's examples.
 PROMPT_FORMAT = "minormech prompts"
 PROMPT_FORMAT_VERSION = 2
@@ -168,16 +168,26 @@ def build_prompt(
     return text, answer, prompt_ids, full_ids[len(prompt_ids) :], example_x, example_y
 
 
-def prompt_weight_ids(prompt_set: str, table: WeightTable, seed: int, count: int) -> np.ndarray:
+def prompt_weight_ids(
+    prompt_set: str, table: WeightTable, seed: int, count: int, train_count: int | None = None
+) -> np.ndarray:
     """Which weight each of the set's `count` prompts uses.
 
     probe_train: draws with replacement from the training weights (one per training
     step in the paper). probe_test: count / (number of test weights) prompts for each
-    test weight. attribution: draws with replacement from all weights (paper eq. 33).
+    test weight. probe_control: draws with replacement from the distinct weights of the
+    `train_count` probe_train prompts, so that a probe has seen every one of them (new
+    prompts of seen weights: the control task's evaluation set). attribution: draws with
+    replacement from all weights (paper eq. 33).
     """
     rng = np.random.default_rng(stable_seed(seed, table.task, prompt_set, "weights"))
     if prompt_set == "probe_train":
         return rng.choice(table.train_ids, size=count, replace=True)
+    if prompt_set == "probe_control":
+        if train_count is None:
+            raise ValueError("probe_control prompts need the number of probe_train prompts (train_count)")
+        seen = np.unique(prompt_weight_ids("probe_train", table, seed, train_count))
+        return rng.choice(seen, size=count, replace=True)
     if prompt_set in ("attribution", "patching", "patching_ref"):
         return rng.choice(len(table.weights), size=count, replace=True)
     if prompt_set == "probe_test":

@@ -19,7 +19,13 @@ from minormech.shards import shard_bytes
 #: it and special tokens (about 25-30 with the Llama 3 and SmolLM2 tokenizers; rounded up).
 CONTEXT_TOKENS = 40
 
-PROBE_SETS = ("probe_train", "probe_test")
+PROBE_SETS = ("probe_train", "probe_test", "probe_control")
+
+
+def probe_sets(config: dict) -> tuple[str, ...]:
+    """The prompt sets probes read: training and test, and the control task's evaluation
+    prompts when the control task is on."""
+    return PROBE_SETS if config["controls"]["control_task"] else PROBE_SETS[:2]
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ def plan_storage(config: dict, models: dict[str, ModelSpec]) -> list[ModelPlan]:
                 )
                 if known
                 else None
-                for prompt_set in PROBE_SETS
+                for prompt_set in probe_sets(config)
             }
         total = _total(site_bytes)
         if chosen != "auto":

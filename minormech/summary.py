@@ -185,7 +185,10 @@ def summary_markdown(summary: dict) -> str:
         f"({summary['uncertainty']['bootstrap']} resamples) over the held-out "
         "test weights and probe seeds (probes) or prompt pairs (patching). "
         "A layer is listed as significant only when its "
-        "paired interval excludes zero.",
+        "paired interval excludes zero. Selectivity (control task) = the probe's gain over the "
+        "baseline minus a control probe's gain on a random relabelling pi(w) of the weights, both "
+        "on new prompts of weights seen in training (bootstrap over those weights); a layer is "
+        "selective when its interval is above zero.",
         "",
     ]
     for site, entry in summary["sites"].items():
@@ -194,8 +197,8 @@ def summary_markdown(summary: dict) -> str:
             "",
             "| task | best layer | test MSE | baseline "
             "| least-squares ceiling | selectivity there | random-init best | layers below baseline "
-            "| of those, below random-init |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| of those, below random-init | layers selective (control task) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for task, probe in entry["probes"].items():
             random_init = probe.get("random_init_best")
@@ -208,7 +211,8 @@ def summary_markdown(summary: dict) -> str:
                 f"{_interval_text(probe['ceiling_mse'])} "
                 f"| {_interval_text(probe['selectivity_at_best_layer'])} | {random_text} | "
                 f"{probe['layers_below_baseline'] or 'none'} | "
-                f"{(probe['layers_below_random_init'] or 'none') if 'layers_below_random_init' in probe else 'n/a'} |"
+                f"{(probe['layers_below_random_init'] or 'none') if 'layers_below_random_init' in probe else 'n/a'} | "
+                f"{(probe['layers_selective'] or 'none') if 'layers_selective' in probe else 'n/a'} |"
             )
         eq41 = entry["eq41"]
         lines += [

@@ -17,7 +17,7 @@ rule probe:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         probe=canonical(PLAN.probe_settings()),
         report=PLAN.probe_report,
-        n_prompts=PLAN.prompt_counts("probe_train", "probe_test"),
+        n_prompts=PLAN.prompt_counts(*PLAN.probe_sets),
         device=config["compute"]["device"],
     threads: lambda wildcards: THREADS if PLAN.trains_from_shards(wildcards.model) else 1
     resources:
@@ -45,7 +45,7 @@ rule stream_probes:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         probe=canonical(PLAN.probe_settings("keep_in_memory")),
         report=PLAN.probe_report,
-        n_prompts=PLAN.prompt_counts("probe_train", "probe_test"),
+        n_prompts=PLAN.prompt_counts(*PLAN.probe_sets),
         chunks=canonical(config["activations"]["chunks"]),
         forward_batch_size=config["activations"]["batch_size"],
         compute=PLAN.compute,

@@ -1,4 +1,8 @@
+# Tokenization only (about 8 ms per 600-token prompt: under 3 minutes of one core for the
+# paper's 20000 training prompts of a task), so it runs where Snakemake runs, not as a
+# cluster job that would wait in the queue for longer than it computes.
 rule prompts:
+    localrule: True
     input:
         dataset=paths.dataset(),
         model=paths.manifest(),
@@ -10,6 +14,7 @@ rule prompts:
         seed=config["seed"],
         max_prompt_tokens=config["prompts"]["max_prompt_tokens"],
         n_prompts=lambda wildcards: PLAN.prompt_count(wildcards.prompt_set),
+        train_count=lambda wildcards: PLAN.control_train_count(wildcards.prompt_set),
     threads: 1
     resources:
         mem_mb=2000,

@@ -11,6 +11,7 @@ import yaml
 
 from minormech.config import ConfigError, load_schema, validate_config
 from minormech.control_model import (
+    Runtime,
     TrainingPrompts,
     TrainSettings,
     make_example,
@@ -34,6 +35,17 @@ TINY = {
     "steps": 25,
     "batch_size": 4,
     "lr": 1e-2,
+    "seed": 0,
+    "loss": "outputs",
+}
+#: Fine-tuning the tokenizer's model (SmolLM2-135M) under bfloat16 autocast.
+PRETRAINED = {
+    "tokenizer_of": "smollm2-135m",
+    "init": "pretrained",
+    "autocast": "bfloat16",
+    "steps": 2,
+    "batch_size": 2,
+    "lr": 1e-4,
     "seed": 0,
     "loss": "outputs",
 }
@@ -89,12 +101,56 @@ def test_config_accepts_a_train_entry_and_names_bad_ones(repo_root):
             {"loss": "answer"},
             r"^models\[0\]\.train\.loss: 'answer' is not allowed; allowed values: \['outputs', 'all'\]$",
         ),
+        (
+            {"init": "pretrained"},
+            r"^models\[0\]\.train\.hidden_size: not allowed with init: pretrained \(the architecture is that of "
+            r"tokenizer_of, 'smollm2-135m'\); allowed: remove it, or init: scratch$",
+        ),
+        ({"autocast": "float16"}, r"^models\[0\]\.train\.autocast: 'float16' is not allowed"),
     ]
     for change, message in bad:
         broken = copy.deepcopy(config)
         broken["models"][0]["train"].update(change)
         with pytest.raises(ConfigError, match=message):
             validate_config(broken, schema)
+    shapeless = copy.deepcopy(config)
+    del shapeless["models"][0]["train"]["layers"]
+    with pytest.raises(ConfigError, match=r"^models\[0\]\.train\.layers: required with init: scratch"):
+        validate_config(shapeless, schema)
+    fine_tuned = copy.deepcopy(config)
+    fine_tuned["models"][0]["train"] = {**PRETRAINED, "steps": 10}
+    validate_config(fine_tuned, schema)
+
+
+def test_a_fine_tuned_entry_has_the_shape_of_the_model_it_starts_from():
+    spec = resolve_model_spec({"id": "smollm2-icl", "train": PRETRAINED})
+    smollm2 = resolve_model_spec({"id": "smollm2-135m"})
+    assert (spec.source, spec.location) == ("trained", "smollm2-135m")
+    assert (spec.num_layers, spec.site_widths, spec.query_heads) == (30, smollm2.site_widths, 9)
+
+
+def test_autocast_is_float32_on_the_cpu_unless_asked():
+    cpu = torch.device("cpu")
+    assert TrainSettings(**TINY).autocast_dtype(Runtime("cpu", "auto"), cpu) is None
+    assert TrainSettings(**{**TINY, "autocast": "bfloat16"}).autocast_dtype(Runtime(), cpu) == torch.bfloat16
+    assert TrainSettings(**{**TINY, "autocast": "float32"}).autocast_dtype(Runtime("cuda", "auto"), cpu) is None
+
+
+def test_fine_tuning_starts_from_the_pretrained_weights(smollm2, prompts):
+    """init: pretrained trains the tokenizer's own model: before training it scores the
+    held-out answers as SmolLM2 does (far better than a random model), every weight is
+    trained, and the architecture is SmolLM2's."""
+    model, _ = smollm2
+    settings = TrainSettings(**{**PRETRAINED, "steps": 2, "batch_size": 2, "lr": 1e-4})
+    tuned, record = train(settings, prompts, pretrained=copy.deepcopy(model))
+    _, scratch = train(TrainSettings(**{**TINY, "steps": 1}), prompts)
+    for name in TASKS:
+        assert record["held_out_before"][name]["answer_loss"] < 0.5 * scratch["held_out_before"][name]["answer_loss"]
+    assert record["parameters"] == sum(p.numel() for p in model.parameters())
+    original = model.state_dict()
+    changed = [key for key, value in tuned.state_dict().items() if not torch.equal(value, original[key])]
+    assert len(changed) == len(original)  # full fine-tuning: every tensor moved
+    assert all(p.requires_grad is False for p in model.parameters())  # the shared model is untouched
 
 
 def test_loss_scores_exactly_the_output_digits(smollm2_tokenizer, prompts):
@@ -165,4 +221,8 @@ def test_saved_model_loads_like_any_model(trained, smollm2_tokenizer, tmp_path):
     ids = tokenizer("Feature 0: 3\nFeature 1: 4\nOutput: ", return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
-    assert json.loads((tmp_path / "model" / "training.json").read_text())["settings"] == TINY
+    assert json.loads((tmp_path / "model" / "training.json").read_text())["settings"] == {
+        **TINY,
+        "init": "scratch",
+        "autocast": "auto",
+    }

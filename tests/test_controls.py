@@ -3,9 +3,14 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from minormech.controls import control_targets, least_squares_weight, prompt_examples
-from minormech.prompts import generate_prompts
+from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ProbeSources, ReportSettings, run_probe_job
+from minormech.probe_results import ProbeOutputs, ProbeVariants
+from minormech.probes import ProbeData, ProbeTraining
+from minormech.prompts import Prompt, generate_prompts, prompts_digest
+from minormech.shards import Shard, ShardHeader, write_shard
 from minormech.summary import ProbeErrors, probe_summary
 from minormech.tasks import get_task, make_weight_table
 from minormech.uncertainty import Bootstrap, bootstrap_interval
@@ -113,3 +118,65 @@ def test_summary_comparisons_are_paired_and_random_init_needs_the_baseline_beate
     assert out["probe_minus_baseline"][0]["high"] < 0 < out["probe_minus_baseline"][1]["low"]
     assert out["probe_minus_random_init"][1]["high"] < 0  # layer 1 beats random-init ...
     assert out["layers_below_random_init"] == [0]  # ... but not the baseline, so only layer 0
+
+
+def _coded_source(tmp_path, name, weight_ids, table, seed):
+    """Shards of three layers for prompts of these weights: layer 0 carries a random code
+    of the prompt's weight identity (nothing linear in w), layer 1 carries w linearly, layer
+    2 a random code of the prompt itself; every token the same vector plus noise."""
+    rng = np.random.default_rng(seed)
+    codes = torch.randn(len(table.weights), 64, generator=torch.Generator().manual_seed(1))
+    mixing = torch.randn(2, 64, generator=torch.Generator().manual_seed(2))
+    prompts, acts = [], {("k", l): [] for l in range(3)}
+    for i, wid in enumerate(weight_ids):
+        w = table.weights[wid]
+        n = int(rng.integers(5, 10))
+        prompts.append(Prompt(i, int(wid), [int(v) for v in w], 1, "", "", list(range(n)), [1]))
+        noise = lambda: 0.1 * torch.as_tensor(rng.normal(size=(n, 64)), dtype=torch.float32)  # noqa: E731
+        acts[("k", 0)].append(codes[wid] + noise())
+        acts[("k", 1)].append(torch.as_tensor(w, dtype=torch.float32) @ mixing / 10 + noise())
+        acts[("k", 2)].append(torch.as_tensor(rng.normal(size=64), dtype=torch.float32) + noise())
+    path = tmp_path / f"{name}.safetensors"
+    header = ShardHeader("m", "LR", name, 0, ("k",), (0, 1, 2), "float32", prompts_digest(prompts))
+    write_shard(
+        path, header, {k: torch.cat(v) for k, v in acts.items()}, [p.id for p in prompts], [p.length for p in prompts]
+    )
+    return ProbeData([Shard(path)], prompts, "k", [0, 1, 2])
+
+
+def test_control_task_can_fail_and_can_find_a_linear_w(tmp_path):
+    """The control task separates reading w from remembering which weight a prompt has.
+    Both probes are scored on new prompts of the 30 training weights. Where the
+    activations only name the weight (layer 0), the task probe and the control probe
+    remember their targets equally well: selectivity near zero, not selective. Where they
+    name only the prompt (layer 2), neither learns anything: near zero. Where w is linear
+    in the activations (layer 1), the task probe reads it and the control probe cannot
+    turn w into pi(w): clearly selective."""
+    table = make_weight_table(get_task("LR"), 40, 0)
+    rng = np.random.default_rng(0)
+    seen = rng.choice(table.train_ids, size=30, replace=False)
+    sources = ProbeSources(
+        _coded_source(tmp_path, "probe_train", np.repeat(seen, 10), table, 1),
+        _coded_source(tmp_path, "probe_test", table.test_ids, table, 2),
+        _coded_source(tmp_path, "probe_control", rng.choice(seen, size=90), table, 3),
+    )
+    settings = ProbeTraining(
+        regime="improved", d_proj=16, lr=3e-3, batch_size=16, max_epochs=60, patience=10, val_fraction=0.1, seed=0
+    )
+    report = ReportSettings(False, True, {"n_boot": 500, "level": 0.95, "seed": 0}, 0)
+    job = ProbeJob("m", "LR", [0, 1, 2], table, settings, report)
+    outputs = ProbeOutputs(tmp_path / "table.csv", tmp_path / "predictions.safetensors", tmp_path / "summary.json")
+    entry = ProbeEntry("k", "unfiltered", ProbeVariants.of_kind("unfiltered", "k", [0, 1, 2], None), outputs)
+    run_probe_job(job, [entry], sources, torch.device("cpu"), JobRun(10, 64, 64, lambda it, n: it, dict))
+    rows = pd.read_csv(outputs.table).set_index("layer")
+    assert (rows["n_control"] < 90).all() and (rows["n_control"] > 60).all()  # validation weights left out
+    weight_code, linear, prompt_code = rows.loc[0], rows.loc[1], rows.loc[2]
+    assert weight_code["seen_task_gain"] > 0.8 * weight_code["control_baseline_mse"]  # both remember...
+    assert weight_code["control_gain"] > 0.8 * weight_code["control_baseline_mse"]
+    assert abs(weight_code["selectivity"]) < 0.15 * weight_code["control_baseline_mse"]  # ...so not selective
+    assert weight_code["selectivity_ci_low"] < 0 < weight_code["selectivity_ci_high"]
+    assert prompt_code["seen_task_gain_ci_high"] < 5 and prompt_code["control_gain_ci_high"] < 5  # neither gains
+    assert prompt_code["selectivity_ci_low"] < 0 < prompt_code["selectivity_ci_high"]
+    assert linear["seen_task_gain"] > 0.9 * linear["baseline_mse"]
+    assert linear["control_gain"] < 0.3 * linear["control_baseline_mse"]
+    assert linear["selectivity_ci_low"] > 0.5 * linear["baseline_mse"]

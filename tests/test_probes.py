@@ -155,3 +155,23 @@ def test_control_task_probes_learn_the_permuted_targets(tmp_path):
     (task, control), index = predict_stacks(stacks, train, 64)
     assert per_probe_mse(task, train.targets[index])[0, 0] < 5
     assert per_probe_mse(control, zeros[: len(index)])[0, 0] < 1
+
+
+def test_a_stack_that_follows_another_keeps_its_best_epochs(tmp_path):
+    """A follower (the control task's early stopping) validates nothing: it trains the
+    epochs its leader trains and keeps each probe's state at the leader's best epoch. With
+    the same targets (a table that maps every weight id to its own w) and the same
+    initial values it therefore ends exactly where the leader ends."""
+    layers = [0, 1]
+    train = _synthetic(tmp_path, 120, layers, 8, 0, "train", signal_layers={1})
+    settings = ProbeTraining(
+        regime="improved", d_proj=8, lr=3e-3, batch_size=16, max_epochs=12, patience=3, val_fraction=0.2, seed=0
+    )
+    own_w = torch.tensor([[a, b] for a in range(23) for b in range(23)], dtype=torch.float32)
+    stacks, (led, followed) = train_probe_groups(
+        train, [ProbeGroup("k"), ProbeGroup("k", control_targets=own_w, follows=0)], settings, max_positions=12
+    )
+    assert followed["best_epoch"] == led["best_epoch"] and followed["epochs"] == led["epochs"]
+    assert "best_validation_mse" not in followed
+    for leader, follower in zip(stacks[0].probes.parameters(), stacks[1].probes.parameters()):
+        torch.testing.assert_close(leader, follower, rtol=0, atol=0)

@@ -41,7 +41,7 @@ TARGETS = [
     f"{MODEL}/figures/fig2_k.csv",
     f"{MODEL}/patching/k.csv",
 ]
-N_SHARDS = 2 * (TINY["activations"]["chunks"]["probe_train"] + TINY["activations"]["chunks"]["probe_test"])
+N_SHARDS = 2 * sum(TINY["activations"]["chunks"].values())  # both tasks, every probe prompt set
 
 
 def shards(work: Path) -> list[Path]:
@@ -180,7 +180,7 @@ def test_same_config_and_seed_give_identical_outputs(resumed, workdir):
     config and seed, in different directories and processes, are bitwise identical."""
     work = resumed["work"]
     identical_files(work, workdir, "results/datasets/*.tsv")
-    assert len(identical_files(work, workdir, f"{MODEL}/prompts/*/*.jsonl")) == 2 * 5
+    assert len(identical_files(work, workdir, f"{MODEL}/prompts/*/*.jsonl")) == 2 * 6  # tasks x prompt sets
     assert len(identical_files(work, workdir, f"{MODEL}/activations/*/*/chunk*.safetensors")) == N_SHARDS
     identical_files(work, workdir, f"{MODEL}/attribution/*.safetensors")
     identical_files(work, workdir, f"{MODEL}/xi/*.safetensors")

@@ -21,11 +21,16 @@ TINY = {
         "max_prompt_tokens": 60,
         "probe_train": 48,
         "probe_test_per_weight": 2,
+        "probe_control": 8,
         "attribution": 8,
         "patching": 4,
     },
     "patching": {"layers": [0, 29], "batch_size": 4, "alignment": "end"},
-    "activations": {"batch_size": 8, "store_dtype": "float16", "chunks": {"probe_train": 2, "probe_test": 1}},
+    "activations": {
+        "batch_size": 8,
+        "store_dtype": "float16",
+        "chunks": {"probe_train": 2, "probe_test": 1, "probe_control": 1},
+    },
     "probe": {
         "regime": "improved",
         "d_proj": 32,

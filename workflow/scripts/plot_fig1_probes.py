@@ -1,6 +1,7 @@
 """Figure 1: unfiltered probe test MSE per layer for every task, with the controls that
-were computed (control task and selectivity, random-init model, baseline, least-squares
-ceiling) and 95% intervals."""
+were computed (random-init model, baseline, least-squares ceiling) and, below, the paired
+differences (gain over the baseline, selectivity of the control task), all with 95%
+intervals."""
 
 import pandas as pd
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from minormech.models import ModelManifest, resolve_device, set_threads
-from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, run_probe_job
+from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ProbeSources, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants
 from minormech.probes import ProbeData
 from minormech.prompts import read_prompts
@@ -40,10 +40,14 @@ else:
     site_widths = ModelManifest.read(inputs.model).site_widths
     train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train", site_widths)
     test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test", site_widths)
+    control = None
+    if "control_shards" in inputs.keys():
+        control = site_data(inputs.control_prompts, inputs.control_shards, "probe_control", site_widths)
     widths = hook_widths(site_widths, [site], params.layers)
     xi = load_tensors(inputs.xi, list(widths), widths) if kind == "filtered" else None
     entry = ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), ProbeOutputs(**output))
     job = ProbeJob.of_rule(wildcards.model, wildcards.task, inputs.dataset, params)
     label = f"{wildcards.task} {site} {kind} probes ({job.settings.regime}, {job.settings.seeds} seeds)"
-    run = JobRun(max(train.max_length, test.max_length), 256, 64, progress(label), lambda: {"source": "shards"})
-    run_probe_job(job, [entry], train, test, resolve_device(params.device), run)
+    max_positions = max(source.max_length for source in (train, test, control) if source is not None)
+    run = JobRun(max_positions, 256, 64, progress(label), lambda: {"source": "shards"})
+    run_probe_job(job, [entry], ProbeSources(train, test, control), resolve_device(params.device), run)

@@ -10,7 +10,7 @@ params, wildcards = snakemake.params, snakemake.wildcards
 task = get_task(wildcards.task)
 table = WeightTable.read_tsv(snakemake.input.dataset, task.name)
 tokenizer = load_tokenizer(ModelManifest.read(snakemake.input.model))
-weight_ids = prompt_weight_ids(wildcards.prompt_set, table, params.seed, params.n_prompts)
+weight_ids = prompt_weight_ids(wildcards.prompt_set, table, params.seed, params.n_prompts, params.train_count)
 prompts = generate_prompts(
     task,
     table,

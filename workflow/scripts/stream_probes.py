@@ -9,7 +9,7 @@ from pathlib import Path
 from minormech.activations import pad_token_id
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.plan import PROBE_SUFFIXES
-from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, run_probe_job
+from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ProbeSources, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants
 from minormech.prompts import read_prompts
 from minormech.runlog import job_logger, progress
@@ -27,7 +27,7 @@ device = next(model.parameters()).device
 
 def source(prompt_set):
     prompts = read_prompts(inputs[prompt_set.removeprefix("probe_") + "_prompts"], params.n_prompts[prompt_set])
-    chunks = chunk_rows(len(prompts), params.chunks[prompt_set])
+    chunks = chunk_rows(len(prompts), params.chunks[prompt_set])  # the shards shard mode would read
     widths = manifest.site_widths
     batch = params.forward_batch_size
     return StreamSource(
@@ -42,20 +42,22 @@ def entry(site, kind, xi):
     return ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), outputs)
 
 
-train, test = source("probe_train"), source("probe_test")
+control = source("probe_control") if "probe_control" in params.n_prompts else None
+sources = ProbeSources(source("probe_train"), source("probe_test"), control)
 widths = hook_widths(manifest.site_widths, params.sites, params.layers)
 xi = load_tensors(inputs.xi, list(widths), widths) if "filtered" in params.kinds else None
 entries = [entry(site, kind, xi) for site in params.sites for kind in params.kinds]
 job = ProbeJob.of_rule(wildcards.model, wildcards.task, inputs.dataset, params)
 settings = job.settings
 start = time.perf_counter()
-max_positions = max(p.length for p in [*train.prompts, *test.prompts])
+train, test = sources.train, sources.test
+max_positions = max(p.length for s in (train, test, sources.control) if s is not None for p in s.prompts)
 label = f"{wildcards.task} stream probes ({settings.regime}, {len(entries)} entries of {settings.seeds} seeds)"
 batch = params.forward_batch_size
 run = JobRun(
     max_positions, batch, batch, progress(label), lambda: {"source": "stream", "forward_prompts": train.forward_prompts}
 )
-run_probe_job(job, entries, train, test, device, run)
+run_probe_job(job, entries, sources, device, run)
 log.info(
     "%d training prompts run %d times in all; %d test prompts run once; %.0f s",
     len(train.prompts),
