@@ -165,7 +165,7 @@ def filtered_probe_figure(
             band(ax, rows, "halves_difference", TASK_COLOURS.get(task, "black"), f"d for {task} (paired)")
             ax.axhline(0, color="grey", linewidth=0.8)
             wanted = "below" if task == pair[0] else "above"
-            finish_panel(ax, f"{task}: eq. 41 difference, MSE(>=) - MSE(<=); eq. 41 wants it {wanted} 0")
+            finish_panel(ax, f"{task}: paired d = MSE(>=) - MSE(<=)\n(eq. 41 wants it {wanted} 0)")
     grid[0][0].set_ylabel("test MSE")
     if with_difference:
         grid[1][0].set_ylabel("paired MSE difference")
