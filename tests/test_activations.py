@@ -31,7 +31,10 @@ def test_batched_extraction_equals_one_prompt_at_a_time(smollm2):
     widths = {"q": 576, "k": 192, "v": 192, "o": 576, "mlp": 576}
     for (site, layer), values in batched.items():
         assert values.shape == (sum(p.length for p in prompts), widths[site])
-        torch.testing.assert_close(values, single[(site, layer)], rtol=1e-4, atol=1e-4)
+        # float32 sums of a batch of 3 and of 1 differ in their last bits, and 30 layers add
+        # them up: on one machine 1 value of 101952 differed by 2.3e-4 at layer 29. A padding
+        # or masking error moves values by far more than the tolerance.
+        torch.testing.assert_close(values, single[(site, layer)], rtol=1e-3, atol=1e-3)
 
 
 def test_sites_are_the_module_outputs_before_rope(smollm2):

@@ -27,9 +27,10 @@ def _plan(config):
 
 
 def test_paper_configs_stream_their_probes_and_write_no_shards(configs):
-    for name, terabytes in (("llama-3.2-3b", 19.4), ("llama-3.1-8b", 28.2)):
+    for name, terabytes in (("llama-3.2-3b", 21.0), ("llama-3.1-8b", 30.5)):
         plan = _plan(configs[name])
-        # 2 tasks x 24000 prompts x 640 tokens x layers x (sum of widths) x 2 bytes (README table)
+        # 2 tasks x 26000 probe prompts (training, test, control task) x 640 tokens x layers
+        # x (sum of widths) x 2 bytes (README table)
         assert plan.shard_mode_bytes / 1e12 == pytest.approx(terabytes, abs=0.05)
         assert plan.source == "stream" and "exceed storage.limit_gb=1000" in plan.reason
         assert plan.written_bytes(test_shards_needed=False) == 0
@@ -54,8 +55,8 @@ def test_auto_keeps_shards_under_the_limit_and_explicit_sources_win(configs):
 def test_paper_config_dry_run_prints_the_plan_and_plans_stream_jobs(tmp_path, repo_root):
     work = copy_workflow(repo_root, tmp_path / "work")
     result = run(work, "-n", "--configfile", "config/llama-3.2-3b.yaml")
-    assert "llama-3.2-3b             site k      1,761.6 GB in shard mode" in result.stderr
-    assert "llama-3.2-3b-random-init site k      1,761.6 GB in shard mode" in result.stderr
+    assert "llama-3.2-3b             site k      1,908.4 GB in shard mode" in result.stderr
+    assert "llama-3.2-3b-random-init site k      1,908.4 GB in shard mode" in result.stderr
     assert (
         "llama-3.2-3b             probes from stream (probe.source: auto, "
         "shards would exceed storage.limit_gb=1000): writes 0.0 GB of shards" in result.stderr
@@ -71,18 +72,18 @@ def test_paper_config_dry_run_prints_the_plan_and_plans_stream_jobs(tmp_path, re
     refused = run(work, "-n", "--configfile", "config/llama-3.2-3b.yaml", "shards.yaml", check=False)
     assert refused.returncode == 1
     assert (
-        "storage error: the configured shards need about 38,755 GB, more than storage.limit_gb=1000; "
+        "storage error: the configured shards need about 41,985 GB, more than storage.limit_gb=1000; "
         "set probe.source: stream (or auto)" in refused.stderr
     )
 
 
 def test_auto_counts_the_shards_of_every_model_against_one_limit(configs):
-    """Models are planned in config order: the second would fit the limit alone (3.2 GB of
-    3.5) but not beside the first's 0.65 GB, so it streams and the run stays under the limit."""
+    """Models are planned in config order: the second would fit the limit alone (4.5 GB of
+    5) but not beside the first's 0.9 GB, so it streams and the run stays under the limit."""
     config = copy.deepcopy(configs["default"])
     config["models"] = [{"id": "smollm2-135m"}, {"id": "llama-3.2-3b"}]
-    config["storage"]["limit_gb"] = 3.5
+    config["storage"]["limit_gb"] = 5.0
     first, second = plan_storage(config, {spec.id: spec for spec in model_specs(config)})
     assert first.source == "shards" and second.source == "stream"
-    assert second.shard_mode_bytes < 3.5e9 < first.shard_mode_bytes + second.shard_mode_bytes
-    assert first.written_bytes(False) + second.written_bytes(False) < 3.5e9
+    assert second.shard_mode_bytes < 5e9 < first.shard_mode_bytes + second.shard_mode_bytes
+    assert first.written_bytes(False) + second.written_bytes(False) < 5e9
