@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from minormech.ranking import HALVES  # noqa: E402
+from minormech.ranking import HALVES, QUARTERS  # noqa: E402
 
 TASK_COLOURS = {"LR": "tab:red", "MD": "tab:blue"}
 
@@ -136,12 +136,15 @@ def filtered_probe_figure(
 ):
     """Figures 3 and 4: filtered probe test MSE per layer, one panel per probe task, one
     curve per filter variant with its 95% band; the unfiltered probe (thin grey), the
-    baseline and the least-squares ceiling for reference. Figure 3 (the halves) adds a row
-    with eq. 41's paired difference d = r(t, >=, 0.5) - r(t, <=, 0.5) per layer and its
-    interval: eq. 41 wants it below zero for the first task and above zero for the second."""
+    baseline and the least-squares ceiling for reference. A second row draws the paired
+    difference the figure's claim rests on, per layer with its interval: figure 3 (the
+    halves) eq. 41's d = r(t, >=, 0.5) - r(t, <=, 0.5), which eq. 41 wants below zero for
+    the first task and above zero for the second; figure 4 (the quarters) each task's own
+    quarter minus its own half, above zero where the quarter loses what the half had (H3)."""
     labels = {"ge": f"{pair[0]}-important features (>=)", "le": f"{pair[1]}-important features (<=)"}
     tasks = list(dict.fromkeys(table["task"]))
-    with_difference = "halves_difference" in table and set(HALVES) == set(variants)
+    difference = difference_panel(table, variants, pair)
+    with_difference = difference is not None
     fig, grid = plt.subplots(
         2 if with_difference else 1,
         len(tasks),
@@ -161,17 +164,38 @@ def filtered_probe_figure(
         finish_panel(ax, f"probe for {task} weights, site {site}")
         if with_difference:
             ax = grid[1][column]
-            rows = table[(table["task"] == task) & (table["variant"] == HALVES[0])].sort_values("layer")
-            band(ax, rows, "halves_difference", TASK_COLOURS.get(task, "black"), f"d for {task} (paired)")
+            rows = table[(table["task"] == task) & (table["variant"] == variants[0])].sort_values("layer")
+            column_name, title = difference(task)
+            band(ax, rows, column_name, TASK_COLOURS.get(task, "black"), f"{task} (paired)")
             ax.axhline(0, color="grey", linewidth=0.8)
-            wanted = "below" if task == pair[0] else "above"
-            finish_panel(ax, f"{task}: paired d = MSE(>=) - MSE(<=)\n(eq. 41 wants it {wanted} 0)")
+            finish_panel(ax, title)
     grid[0][0].set_ylabel("test MSE")
     if with_difference:
         grid[1][0].set_ylabel("paired MSE difference")
     fig.suptitle(f"{model_id}: probes on filtered features ({', '.join(variants)}; bands: 95% intervals)")
     fig.tight_layout()
     return fig
+
+
+def difference_panel(table: pd.DataFrame, variants: list[str], pair: tuple[str, str]):
+    """For a filtered figure: task -> (column, panel title) of its paired difference, or
+    None when the table has no such column (the variants are neither halves nor quarters)."""
+    if set(variants) == set(HALVES) and "halves_difference" in table:
+
+        def halves(task: str) -> tuple[str, str]:
+            wanted = "below" if task == pair[0] else "above"
+            return "halves_difference", f"{task}: paired d = MSE(>=) - MSE(<=)\n(eq. 41 wants it {wanted} 0)"
+
+        return halves
+    if set(variants) == set(QUARTERS) and "quarter_minus_half_ge" in table:
+
+        def quarters(task: str) -> tuple[str, str]:
+            own = "ge" if task == pair[0] else "le"
+            quarter, half = (QUARTERS[0], HALVES[0]) if own == "ge" else (QUARTERS[1], HALVES[1])
+            return f"quarter_minus_half_{own}", f"{task}: paired MSE({quarter}) - MSE({half})\n(H3 wants it above 0)"
+
+        return quarters
+    return None
 
 
 def eq41_table(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:

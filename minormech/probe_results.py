@@ -21,7 +21,7 @@ import torch
 from minormech.controls import control_targets
 from minormech.probes import ProbeTraining
 from minormech.prompts import Prompt
-from minormech.ranking import FILTER_VARIANT_NAMES, FILTER_VARIANTS, HALVES, site_keep_masks
+from minormech.ranking import FILTER_VARIANT_NAMES, FILTER_VARIANTS, HALVES, QUARTERS, site_keep_masks
 from minormech.shards import save_tensors
 from minormech.uncertainty import Bootstrap
 
@@ -184,8 +184,11 @@ def write_probe_results(
     control prompts' weights) and seeds. `gain` (a probe's gain: its baseline's MSE minus
     its own) is bootstrapped as per-prompt differences over the same resamples (paired),
     so its interval says whether the probe beats the baseline. Filtered tables also carry
-    `halves_difference`, the paired MSE of the first task's half minus the second's
-    (r(t, >=, 0.5) - r(t, <=, 0.5), the difference eq. 41 signs).
+    the paired differences the filtered claims rest on: `halves_difference`, the MSE on
+    the first task's half minus on the second's (r(t, >=, 0.5) - r(t, <=, 0.5), what eq.
+    41 signs), and `quarter_minus_half_ge` / `_le`, the MSE on each task's own quarter
+    minus on its own half (r(t, >=, 0.25) - r(t, >=, 0.5), r(t, <=, 0.75) - r(t, <=, 0.5):
+    above zero where the quarter loses what the half had, H3).
     """
     model_id, task, site, layers, variants = (
         identity.model_id,
@@ -207,10 +210,16 @@ def write_probe_results(
     baseline_errors = squared_errors(report.train_weights.float().mean(0).expand_as(targets), targets)  # [N]
     references = {"baseline_mse": report.interval(baseline_errors, groups)}
     gain = report.interval(baseline_errors - errors, groups, seed_axis=True)
-    halves = None
-    if set(HALVES) <= set(variants.names):
-        first, second = (variants.names.index(name) for name in HALVES)
-        halves = report.interval(errors[:, first] - errors[:, second], groups, seed_axis=True)
+    differences = {}  # paired differences between variants, per layer
+    if set(HALVES) | set(QUARTERS) <= set(variants.names):
+        position = {name: variants.names.index(name) for name in (*HALVES, *QUARTERS)}
+        for name, (minuend, subtrahend) in {
+            "halves_difference": HALVES,
+            "quarter_minus_half_ge": (QUARTERS[0], HALVES[0]),
+            "quarter_minus_half_le": (QUARTERS[1], HALVES[1]),
+        }.items():
+            difference = errors[:, position[minuend]] - errors[:, position[subtrahend]]
+            differences[name] = report.interval(difference, groups, seed_axis=True)
     least_squares = None
     if report.least_squares is not None:
         least_squares = report.least_squares[index]
@@ -235,8 +244,8 @@ def write_probe_results(
             }
             for key, interval in references.items():
                 row.update(interval.columns(key))
-            if halves is not None:
-                row.update(halves.columns("halves_difference", (l,)))
+            for key, interval in differences.items():
+                row.update(interval.columns(key, (l,)))
             for key, (interval, per_layer) in control_columns.items():
                 row.update(interval.columns(key, (l,) if per_layer else ()))
             if control is not None:
