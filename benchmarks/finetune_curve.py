@@ -6,8 +6,9 @@
 
 Training prompts are made exactly as the positive control's (minormech.control_model:
 Algorithm 1 with SmolLM2's tokenizer, weights from the training weights of the default
-split, loss on the digits of every Output value), full fine-tuning with AdamW, the
-control model's warm-up and cosine schedule and gradient clipping. Every tenth of the steps
+split, loss on the digits of every Output value), and each step is the control model's
+own (control_model.TrainingStep: full fine-tuning with AdamW, its warm-up and cosine
+schedule and gradient clipping). Every tenth of the steps
 (and at the end) it scores the control model's held-out check: 32 prompts per task of the
 test weights, on their final answer (answer loss in nats per token, exact-answer accuracy,
 digit accuracy). OUT.json gets the curve against steps and training minutes (evaluation
@@ -23,16 +24,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from minormech.activations import pad_token_id
 from minormech.control_model import (
+    Runtime,
     TrainingPrompts,
+    TrainingStep,
     TrainSettings,
-    collate,
     evaluate,
     held_out_examples,
-    lr_factor,
-    scored_logits,
     training_examples,
 )
 from minormech.models import prepare_model, resolve_model_spec, set_threads
@@ -68,13 +68,20 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     tables = {task: make_weight_table(get_task(task), TEST_WEIGHTS, 0) for task in TASKS}
     prompts = TrainingPrompts(TASKS, tables, tokenizer, args.max_prompt_tokens)
-    settings = TrainSettings("smollm2-135m", 0, 0, 0, 0, 0, args.steps, args.batch_size, args.lr, 0, "outputs")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = torch.device("cpu")
-    autocast = torch.bfloat16 if args.autocast == "bfloat16" else None
-    held_out = held_out_examples(prompts, 0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, args.steps))
+    settings = TrainSettings(
+        tokenizer_of="smollm2-135m",
+        init="pretrained",
+        autocast="bfloat16" if args.autocast == "bfloat16" else "float32",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=0,
+        loss="outputs",
+    )
+    pad_id, device = pad_token_id(tokenizer), torch.device("cpu")
+    autocast = settings.autocast_dtype(Runtime(), device)
+    held_out = held_out_examples(prompts, settings.seed)
+    step_of = TrainingStep.of(model, settings, pad_id, device, autocast)
     record = {"arguments": {k: str(v) for k, v in vars(args).items()}, "curve": [], "train_loss": []}
 
     def check(step: int, minutes: float) -> None:
@@ -89,18 +96,9 @@ def main() -> None:
     model.train()
     for step in range(args.steps):
         started = time.perf_counter()
-        ids, mask, labels = collate(
-            training_examples(prompts, settings, step * args.batch_size, args.batch_size), pad_id, device
+        record["train_loss"].append(
+            step_of(training_examples(prompts, settings, step * args.batch_size, args.batch_size))
         )
-        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
-            logits, targets = scored_logits(model, ids, mask, labels)
-        loss = F.cross_entropy(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        record["train_loss"].append(loss.item())
         trained += time.perf_counter() - started
         out_of_time = trained > 60 * args.minutes
         if (step + 1) % every == 0 or step + 1 == args.steps or out_of_time:

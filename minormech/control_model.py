@@ -289,6 +289,38 @@ def held_out_examples(prompts: TrainingPrompts, seed: int) -> dict[str, list[Exa
     }
 
 
+@dataclass
+class TrainingStep:
+    """One optimizer step on a batch of examples: AdamW (weight decay 0.01) on every
+    parameter, the warm-up and cosine schedule of lr_factor, gradients clipped to norm 1,
+    the passes under autocast to `autocast` (None: float32). Calling it returns the loss."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    pad_id: int
+    device: torch.device
+    autocast: torch.dtype | None
+
+    @classmethod
+    def of(cls, model, settings: TrainSettings, pad_id: int, device: torch.device, autocast) -> TrainingStep:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings.steps))
+        return cls(model, optimizer, schedule, pad_id, device, autocast)
+
+    def __call__(self, batch: Sequence[Example]) -> float:
+        ids, mask, labels = collate(batch, self.pad_id, self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            logits, targets = scored_logits(self.model, ids, mask, labels)
+        loss = F.cross_entropy(logits, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        return loss.item()
+
+
 def initial_model(settings: TrainSettings, prompts: TrainingPrompts, pretrained: torch.nn.Module | None):
     """The model training starts from: the pretrained one (init: pretrained, every
     parameter trainable, float32) or a new Llama of the configured shape drawn from seed."""
@@ -325,8 +357,7 @@ def train(
     held_out = held_out_examples(prompts, settings.seed)
     before = {name: evaluate(model, examples, pad_id, torch_device, autocast) for name, examples in held_out.items()}
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings.steps))
+    step_of = TrainingStep.of(model, settings, pad_id, torch_device, autocast)
     log_every = max(1, settings.steps // 20)
     curve: list[float] = []
     workers = runtime.threads - 1 if torch_device.type == "cuda" else 0
@@ -334,16 +365,7 @@ def train(
     started, started_cpu = time.perf_counter(), time.process_time()
     model.train()
     for step, batch in progress(enumerate(batches), settings.steps):
-        ids, mask, labels = collate(batch, pad_id, torch_device)
-        with torch.autocast(torch_device.type, dtype=autocast, enabled=autocast is not None):
-            logits, targets = scored_logits(model, ids, mask, labels)
-        loss = F.cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        curve.append(loss.item())
+        curve.append(step_of(batch))
         if (step + 1) % log_every == 0 or step + 1 == settings.steps:
             log.info(
                 "step %d/%d: loss %.4f (mean of the last %d steps), lr %.2e",
@@ -351,7 +373,7 @@ def train(
                 settings.steps,
                 float(np.mean(curve[-log_every:])),
                 log_every,
-                schedule.get_last_lr()[0],
+                step_of.schedule.get_last_lr()[0],
             )
     wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
     after = {name: evaluate(model, examples, pad_id, torch_device, autocast) for name, examples in held_out.items()}

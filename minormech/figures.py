@@ -143,8 +143,8 @@ def filtered_probe_figure(
     quarter minus its own half, above zero where the quarter loses what the half had (H3)."""
     labels = {"ge": f"{pair[0]}-important features (>=)", "le": f"{pair[1]}-important features (<=)"}
     tasks = list(dict.fromkeys(table["task"]))
-    difference = difference_panel(table, variants, pair)
-    with_difference = difference is not None
+    differences = difference_panels(table, variants, pair)
+    with_difference = bool(differences)
     fig, grid = plt.subplots(
         2 if with_difference else 1,
         len(tasks),
@@ -165,7 +165,7 @@ def filtered_probe_figure(
         if with_difference:
             ax = grid[1][column]
             rows = table[(table["task"] == task) & (table["variant"] == variants[0])].sort_values("layer")
-            column_name, title = difference(task)
+            column_name, title = differences[task]
             band(ax, rows, column_name, TASK_COLOURS.get(task, "black"), f"{task} (paired)")
             ax.axhline(0, color="grey", linewidth=0.8)
             finish_panel(ax, title)
@@ -177,25 +177,20 @@ def filtered_probe_figure(
     return fig
 
 
-def difference_panel(table: pd.DataFrame, variants: list[str], pair: tuple[str, str]):
-    """For a filtered figure: task -> (column, panel title) of its paired difference, or
-    None when the table has no such column (the variants are neither halves nor quarters)."""
+def difference_panels(table: pd.DataFrame, variants: list[str], pair: tuple[str, str]) -> dict[str, tuple[str, str]]:
+    """For a filtered figure: task -> (column, panel title) of its paired difference; empty
+    when the table has no such column (the variants are neither halves nor quarters)."""
     if set(variants) == set(HALVES) and "halves_difference" in table:
-
-        def halves(task: str) -> tuple[str, str]:
-            wanted = "below" if task == pair[0] else "above"
-            return "halves_difference", f"{task}: paired d = MSE(>=) - MSE(<=)\n(eq. 41 wants it {wanted} 0)"
-
-        return halves
+        return {
+            task: ("halves_difference", f"{task}: paired d = MSE(>=) - MSE(<=)\n(eq. 41 wants it {wanted} 0)")
+            for task, wanted in zip(pair, ("below", "above"))
+        }
     if set(variants) == set(QUARTERS) and "quarter_minus_half_ge" in table:
-
-        def quarters(task: str) -> tuple[str, str]:
-            own = "ge" if task == pair[0] else "le"
-            quarter, half = (QUARTERS[0], HALVES[0]) if own == "ge" else (QUARTERS[1], HALVES[1])
-            return f"quarter_minus_half_{own}", f"{task}: paired MSE({quarter}) - MSE({half})\n(H3 wants it above 0)"
-
-        return quarters
-    return None
+        return {
+            task: (f"quarter_minus_half_{own}", f"{task}: paired MSE({quarter}) - MSE({half})\n(H3 wants it above 0)")
+            for task, own, quarter, half in zip(pair, ("ge", "le"), QUARTERS, HALVES)
+        }
+    return {}
 
 
 def eq41_table(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:

@@ -78,6 +78,12 @@ def download_record(model: str = "{model}") -> str:
     return f"{model_dir(model)}/download.json"
 
 
+def probe_input(prompt_set: str, kind: str) -> str:
+    """A probe job's input name for a prompt set's `prompts` or `shards`: train_prompts,
+    test_shards, control_prompts, ..."""
+    return f"{prompt_set.removeprefix('probe_')}_{kind}"
+
+
 def prompt_file(model: str = "{model}", task: str = "{task}", prompt_set: str = "{prompt_set}") -> str:
     return f"{RESULTS}/{model}/prompts/{task}/{prompt_set}.jsonl"
 
@@ -405,7 +411,7 @@ class RunPlan:
             return {"stream": stream_dir(model_id, task)}
         shards = {"model": manifest(model_id)}
         for prompt_set in self._probe_sets_of(kind):
-            shards[prompt_set.removeprefix("probe_") + "_shards"] = self.shards(model_id, task, prompt_set)
+            shards[probe_input(prompt_set, "shards")] = self.shards(model_id, task, prompt_set)
         return {**self._probe_task_inputs(model_id, task, kind), **shards}
 
     def stream_inputs(self, model_id: str, task: str) -> dict[str, Any]:
@@ -422,7 +428,7 @@ class RunPlan:
         weights, its probe prompts and, for filtered probes, the xi map."""
         inputs = {"dataset": dataset(task)}
         for prompt_set in self._probe_sets_of(*kinds):
-            inputs[prompt_set.removeprefix("probe_") + "_prompts"] = self.prompts(model_id, task, prompt_set)
+            inputs[probe_input(prompt_set, "prompts")] = self.prompts(model_id, task, prompt_set)
         return {**inputs, "xi": self.xi(model_id)} if "filtered" in kinds else inputs
 
     def trains_from_shards(self, model_id: str) -> bool:

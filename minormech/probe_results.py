@@ -103,19 +103,6 @@ class ControlScores:
     control_targets: torch.Tensor
     baselines: tuple[torch.Tensor, torch.Tensor]
 
-    def gains(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per prompt, how much each probe beats its own target's baseline: (baseline
-        squared error - probe squared error) of the task probe and of the control probe,
-        [seeds, L, Nc] each."""
-        task_base, control_base = self.baselines
-        task = squared_errors(task_base.expand_as(self.targets), self.targets) - squared_errors(
-            self.task_predictions, self.targets
-        )
-        control = squared_errors(control_base.expand_as(self.control_targets), self.control_targets) - squared_errors(
-            self.control_predictions, self.control_targets
-        )
-        return task, control
-
 
 @dataclass(frozen=True)
 class ProbePredictions:
@@ -153,9 +140,13 @@ def control_intervals(control: ControlScores, interval: Bootstrap) -> dict[str, 
     prompts of seen weights) and of the control probe, and the selectivity, all bootstrapped
     over the control prompts' weights (and seeds), the differences paired."""
     groups = control.weight_ids.numpy()
-    task_gain, control_gain = control.gains()
-    control_errors = squared_errors(control.control_predictions, control.control_targets)
-    control_base = squared_errors(control.baselines[1].expand_as(control.control_targets), control.control_targets)
+    task_base, control_baseline = control.baselines
+    control_base = squared_errors(control_baseline.expand_as(control.control_targets), control.control_targets)
+    control_errors = squared_errors(control.control_predictions, control.control_targets)  # [S, L, Nc]
+    task_gain = squared_errors(task_base.expand_as(control.targets), control.targets) - squared_errors(
+        control.task_predictions, control.targets
+    )
+    control_gain = control_base - control_errors
     return {
         "control_mse": (interval(control_errors, groups, seed_axis=True), True),
         "control_baseline_mse": (interval(control_base, groups), False),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from minormech.activations import pad_token_id
 from minormech.models import ModelManifest, load_model, set_threads
-from minormech.plan import PROBE_SUFFIXES
+from minormech.plan import PROBE_SUFFIXES, probe_input
 from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ProbeSources, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants
 from minormech.prompts import read_prompts
@@ -26,7 +26,7 @@ device = next(model.parameters()).device
 
 
 def source(prompt_set):
-    prompts = read_prompts(inputs[prompt_set.removeprefix("probe_") + "_prompts"], params.n_prompts[prompt_set])
+    prompts = read_prompts(inputs[probe_input(prompt_set, "prompts")], params.n_prompts[prompt_set])
     chunks = chunk_rows(len(prompts), params.chunks[prompt_set])  # the shards shard mode would read
     widths = manifest.site_widths
     batch = params.forward_batch_size
