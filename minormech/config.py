@@ -17,9 +17,9 @@ import jsonschema
 import numpy as np
 import yaml
 
-from minormech.models import ARCHITECTURE_KEYS, KNOWN_MODELS, ModelSpec, resolve_model_spec
+from minormech.models import ARCHITECTURE_KEYS, KNOWN_MODELS, ModelSpec, hub_config, resolve_model_spec
 from minormech.prompts import format_example
-from minormech.sites import SUPPORTED_ARCHITECTURES
+from minormech.sites import architecture_problem
 from minormech.tasks import TASKS, Task, get_task, value_grid
 
 
@@ -131,16 +131,14 @@ def _model_config_problem(config_file: Path) -> str | None:
         cfg = json.loads(config_file.read_text())
     except (OSError, ValueError) as error:
         return f"has a config.json that is not readable JSON ({error})"
-    missing = [
-        key
-        for key in ("num_hidden_layers", "hidden_size", "num_attention_heads")
-        if not isinstance(cfg, dict) or key not in cfg
-    ]
+    if not isinstance(cfg, dict):
+        return "has a config.json that is not a mapping"
+    problem = architecture_problem(cfg)
+    if problem:
+        return problem
+    missing = [key for key in ("num_hidden_layers", "hidden_size", "num_attention_heads") if key not in cfg]
     if missing:
         return f"has a config.json without {missing} (not a Llama-style causal LM)"
-    architecture = (cfg.get("architectures") or [cfg.get("model_type")])[0]
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        return f"holds a {architecture} model; supported architectures: {list(SUPPORTED_ARCHITECTURES)}"
     return None
 
 
@@ -182,6 +180,39 @@ def _check_weight_source(entry: dict[str, Any], i: int) -> None:
             f"models[{i}].tokenizer: only a shape-exact model (architecture: ...) takes a tokenizer by name; "
             "allowed: remove it, or add architecture"
         )
+    known = KNOWN_MODELS.get(entry["id"])
+    from_hub = "hub" in entry or (not sources and known is not None and known.source == "hub")
+    if "revision" in entry and not from_hub:
+        raise ConfigError(
+            f"models[{i}].revision: only a model from the hub takes a revision (the commit to download); "
+            "allowed: remove it, or add hub"
+        )
+
+
+def _check_hub_model(config: dict[str, Any], i: int) -> None:
+    """A hub model whose config.json is already in the model cache is checked as a local one:
+    an architecture the site table does not fit is refused before anything is downloaded."""
+    entry = config["models"][i]
+    cached = hub_config(entry["hub"], entry.get("revision"), config["model_cache"])
+    problem = architecture_problem(cached) if cached is not None else None
+    if problem:
+        raise ConfigError(
+            f"models[{i}].hub: {entry['hub']} (config.json in the model cache) {problem}; "
+            "allowed values: a hub model of a supported architecture"
+        )
+
+
+def _unknown_depth(spec: ModelSpec, config: dict[str, Any]) -> str:
+    """Why a model's layer count is unknown before it is made, and how to make it known."""
+    if spec.source != "hub":
+        return "which is known only after it is made"
+    fetch = ["hf download", spec.location, "config.json"]
+    fetch += [f"--revision {spec.revision}"] * bool(spec.revision)
+    fetch += [f"--cache-dir {config['model_cache']}"] * bool(config["model_cache"])
+    return (
+        f"which is read from its config.json once that is in the model cache "
+        f"(a run with the layers listed downloads it, or: {' '.join(fetch)})"
+    )
 
 
 def _check_trained_model(config: dict[str, Any], i: int) -> None:
@@ -243,7 +274,8 @@ def min_prompt_tokens(task: Task) -> int:
 
 
 def model_specs(config: dict[str, Any]) -> list[ModelSpec]:
-    return [resolve_model_spec(entry) for entry in config["models"]]
+    """The spec of every `models:` entry, hub models' facts read from the configured model cache."""
+    return [resolve_model_spec(entry, config["model_cache"]) for entry in config["models"]]
 
 
 def prompt_count(config: dict[str, Any], prompt_set: str) -> int:
@@ -260,7 +292,10 @@ def layers_for(config: dict[str, Any], spec: ModelSpec) -> list[int]:
     """The layer indices a run uses for one model ('all' = every layer)."""
     if config["layers"] == "all":
         if spec.num_layers is None:
-            raise ConfigError(f"layers: 'all' needs the layer count of model {spec.id!r}; list the layers explicitly")
+            raise ConfigError(
+                f"layers: 'all' needs the layer count of model {spec.id!r}, {_unknown_depth(spec, config)}; "
+                "allowed values: a list of layer indices"
+            )
         return list(range(spec.num_layers))
     return list(config["layers"])
 
@@ -347,15 +382,14 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
                     "allowed values: a local directory with a transformers model "
                     "(config.json, *.safetensors weights, tokenizer files)"
                 )
+        if "hub" in config["models"][i]:
+            _check_hub_model(config, i)
         try:
-            spec = resolve_model_spec(config["models"][i])
+            spec = resolve_model_spec(config["models"][i], config["model_cache"])
         except KeyError as error:
             raise ConfigError(f"models[{i}].id: {error.args[0].removeprefix('models: ')}") from None
-        if config["layers"] == "all" and spec.num_layers is None:
-            raise ConfigError(
-                f"layers: 'all' needs the layer count of model {model_id!r}, "
-                "which is known only after it is loaded; allowed values: a list of layer indices"
-            )
+        if config["layers"] == "all":
+            layers_for(config, spec)  # refuses an unknown layer count, saying how to make it known
         if config["layers"] != "all" and spec.num_layers is not None:
             for j, layer in enumerate(config["layers"]):
                 if not 0 <= layer < spec.num_layers:

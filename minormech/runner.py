@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicSlidingWindowLayer
 from transformers.masking_utils import create_causal_mask
 
 from minormech.hooks import site_hooks
@@ -197,11 +198,17 @@ def run_layers(
 
 def cache_below(model, source: DynamicCache, layer: int) -> DynamicCache:
     """A fresh cache holding `source`'s keys and values for layers below `layer` (shared
-    tensors: DynamicCache appends by concatenation, so the source is never modified)."""
+    tensors: DynamicCache appends by concatenation, so the source is never modified). A
+    sliding-window layer (Mistral's, Qwen2's) also gets the count of tokens it has seen,
+    from which it sizes the next token's attention mask: without it, decoding from the copy
+    would size that mask as if no token came before."""
     cache = DynamicCache(config=model.config)
     for j in range(layer):
-        cache.layers[j].lazy_initialization(source.layers[j].keys, source.layers[j].values)
-        cache.layers[j].keys, cache.layers[j].values = source.layers[j].keys, source.layers[j].values
+        target, kept = cache.layers[j], source.layers[j]
+        target.lazy_initialization(kept.keys, kept.values)
+        target.keys, target.values = kept.keys, kept.values
+        if isinstance(target, DynamicSlidingWindowLayer):
+            target.cumulative_length = kept.cumulative_length
     return cache
 
 

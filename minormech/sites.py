@@ -1,4 +1,4 @@
-"""The sites of a Llama decoder layer: one table that every stage reads.
+"""The sites of a Llama-family decoder layer: one table that every stage reads.
 
 A site is an activation of every decoder layer i, [batch, positions, width]. The table
 says, per site name, which module of the decoder layer carries it (a dotted path inside
@@ -33,6 +33,18 @@ Residual-stream sites (width = hidden size, no head slices):
   (minormech.hooks), and a replacement reaches the residual stream as at resid_pre.
 - ``resid_post``: the decoder layer's output, resid_mid + mlp (= resid_pre of the next
   layer; the last layer's is taken before the model's final norm).
+
+Architectures: the table fits the transformers causal LMs of SUPPORTED_ARCHITECTURES, of
+the Llama family. Their decoder layers have these modules and compute these sums, apply
+Llama's rotary embeddings to the q and k sites, and have an o_proj without bias (a head's
+slice of o_proj is then its whole contribution to the residual, which the head views of
+minormech.heads read); Qwen2's q/k/v biases are part of the q, k, v sites. Mistral's and
+Qwen2's sliding-window attention equals full causal attention while a prompt is shorter
+than the window (4,096 tokens or more in their published configs; the pipeline's prompts
+have a few hundred). Classes with the same module names that compute otherwise are not
+listed: Qwen3 and OLMo 2 normalise q and k after the projections, Gemma 2 normalises the
+attention output before the residual add, Granite scales it. Any other class is refused
+by name.
 
 This module needs neither torch nor transformers: config checks and storage plans read
 it before any model is loaded. minormech.hooks attaches hooks by it.
@@ -120,9 +132,14 @@ SITES: tuple[str, ...] = tuple(SITE_TABLE)
 #: The five sites the paper analyses (§5.1).
 PAPER_SITES: tuple[str, ...] = ("q", "k", "v", "o", "mlp")
 
-#: The model classes whose decoder layers have the module layout this table names
-#: (self_attn.{q,k,v,o}_proj, mlp, post_attention_layernorm); any other is refused.
-SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("LlamaForCausalLM",)
+#: The transformers model classes whose decoder layers have the module layout this table
+#: names (self_attn.{q,k,v,o}_proj, mlp, post_attention_layernorm) and compute what it says
+#: (module docstring), by class name with their config.json `model_type`; any other is refused.
+SUPPORTED_ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
 #: The sites with per-head slices (q: query heads; k, v: key/value heads).
 HEAD_SITES: tuple[str, ...] = tuple(name for name, site in SITE_TABLE.items() if site.heads is not None)
 
@@ -148,3 +165,23 @@ def site_widths(shape: ModelShape) -> dict[str, int]:
 def head_count(site: str, heads: int, kv_heads: int) -> int | None:
     """Heads of head_dim features that `site` splits into, or None (no head slices)."""
     return get_site(site).head_count(heads, kv_heads)
+
+
+def architecture_of(config: Mapping[str, Any]) -> str:
+    """The model class a config.json describes: its first `architectures` entry (what
+    save_pretrained writes), else the supported class of its `model_type`, else that type."""
+    named = config.get("architectures") or []
+    if named:
+        return str(named[0])
+    model_type = config.get("model_type")
+    by_type = {kind: name for name, kind in SUPPORTED_ARCHITECTURES.items()}
+    return by_type.get(model_type, f"model_type {model_type!r}" if model_type else "unnamed")
+
+
+def architecture_problem(config: Mapping[str, Any]) -> str | None:
+    """Why the site table does not fit the model of this config.json (a phrase naming its
+    architecture and the supported ones, to follow the model's name), or None when it does."""
+    architecture = architecture_of(config)
+    if architecture in SUPPORTED_ARCHITECTURES:
+        return None
+    return f"holds a {architecture} model; supported architectures: {list(SUPPORTED_ARCHITECTURES)}"

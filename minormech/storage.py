@@ -5,6 +5,9 @@ Shards hold every token of every probe prompt for every configured (site, layer)
 paper's scale that is terabytes per task, so `probe.source: auto` trains a model's probes
 from streamed activations (minormech.stream) when its shards would exceed
 `storage.limit_gb`, and from shards otherwise. Every run prints the plan before any job.
+
+A model whose widths or depth are not known before it is made (a hub model whose config.json
+is not yet in the model cache) has sizes the plan prints as unknown, never as a number.
 """
 
 from __future__ import annotations
@@ -43,19 +46,27 @@ class ModelPlan:
         """Bytes shard mode would write for this model's probes (None if unknown)."""
         return _total(self.site_bytes)
 
-    def written_bytes(self, test_shards_needed: bool) -> int:
+    def written_bytes(self, test_shards_needed: bool) -> int | None:
         """Bytes this run writes: every probe shard in shard mode; in stream mode only the
-        probe-test shards, and only when something else reads them (expected gradients)."""
+        probe-test shards, and only when something else reads them (expected gradients).
+        None when they are not known before the model is made."""
         if self.source == "shards":
-            return self.shard_mode_bytes or 0
+            return self.shard_mode_bytes
         if not test_shards_needed:
             return 0
-        return sum(sets["probe_test"] or 0 for sets in self.site_bytes.values())
+        return _total({site: {"probe_test": sets["probe_test"]} for site, sets in self.site_bytes.items()})
 
 
 def _total(site_bytes: dict[str, dict[str, int | None]]) -> int | None:
     sizes = [b for sets in site_bytes.values() for b in sets.values()]
     return None if any(b is None for b in sizes) else sum(sizes)
+
+
+def planned_bytes(plans: list[ModelPlan], test_shards_needed: bool) -> tuple[int, list[str]]:
+    """Shard bytes the run writes for the models whose sizes are known, and the models whose
+    sizes are not (what the storage checks can and cannot bound)."""
+    written = {plan.model: plan.written_bytes(test_shards_needed) for plan in plans}
+    return sum(b for b in written.values() if b is not None), [m for m, b in written.items() if b is None]
 
 
 def test_shards_needed(config: dict) -> bool:
@@ -96,14 +107,15 @@ def plan_storage(config: dict, models: dict[str, ModelSpec]) -> list[ModelPlan]:
         elif total is None:
             source, reason = (
                 "shards",
-                "probe.source: auto, size unknown before loading; set probe.source: stream to be sure",
+                "probe.source: auto, size unknown until its config.json is downloaded; "
+                "set probe.source: stream to be sure",
             )
         elif planned + total > limit_gb * 1e9:
             source, reason = "stream", f"probe.source: auto, shards would exceed storage.limit_gb={limit_gb:g}"
         else:
             source, reason = "shards", f"probe.source: auto, shards fit in storage.limit_gb={limit_gb:g}"
         plan = ModelPlan(model_id, site_bytes, source, reason)
-        planned += plan.written_bytes(test_shards_needed(config))
+        planned += plan.written_bytes(test_shards_needed(config)) or 0  # an unknown size bounds nothing
         plans.append(plan)
     return plans
 
@@ -122,12 +134,19 @@ def format_plan(plans: list[ModelPlan], config: dict) -> str:
         for site, sets in plan.site_bytes.items():
             lines.append(f"  {plan.model:<{width}} site {site:<4} {_gb(_total({site: sets})):>12} in shard mode")
         lines.append(f"  {plan.model:<{width}} all sites {_gb(plan.shard_mode_bytes):>12} in shard mode")
+        written = plan.written_bytes(needed)
         lines.append(
             f"  {plan.model:<{width}} probes from {plan.source} ({plan.reason}): "
-            f"writes {_gb(plan.written_bytes(needed))} of shards"
+            f"writes {'an unknown amount' if written is None else _gb(written)} of shards"
         )
-    lines.append(
-        f"  total written {_gb(sum(p.written_bytes(needed) for p in plans))} "
-        f"(storage.limit_gb={config['storage']['limit_gb']:g})"
-    )
+    known, unknown = planned_bytes(plans, needed)
+    total = _gb(known)
+    if unknown:
+        total = f"{total} plus unknown for {', '.join(unknown)}" if len(unknown) < len(plans) else "unknown"
+    lines.append(f"  total written {total} (storage.limit_gb={config['storage']['limit_gb']:g})")
+    if unknown:
+        lines.append(
+            "  unknown: sizes of a model not made yet whose config.json is not at hand (a hub model's are "
+            "known once its config.json is in the model cache: after its download, or hf download <hub> config.json)"
+        )
     return "\n".join(lines)

@@ -8,6 +8,11 @@ rule activations:
         paths.log("activations", "{model}", "{task}", "{prompt_set}", "chunk{chunk}"),
     benchmark:
         paths.benchmark("activations", "{model}", "{task}", "{prompt_set}", "chunk{chunk}")
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        **model_job(working_mb=4000, runtime=120),
     params:
         sites=PLAN.sites,
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
@@ -16,10 +21,5 @@ rule activations:
         batch_size=config["activations"]["batch_size"],
         store_dtype=config["activations"]["store_dtype"],
         compute=PLAN.compute,
-    threads: THREADS
-    resources:
-        **model_job(working_mb=4000, runtime=120),
-    conda:
-        ENV
     script:
         "../workflow/scripts/activations.py"

@@ -8,6 +8,11 @@ rule attribution:
         paths.log("attribution", "{model}", "{task}"),
     benchmark:
         paths.benchmark("attribution", "{model}", "{task}")
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        **model_job(working_mb=4000, runtime=240),
     params:
         sites=PLAN.sites,
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
@@ -16,10 +21,5 @@ rule attribution:
         n_prompts=PLAN.prompt_count("attribution"),
         seed=config["seed"],
         compute=PLAN.compute,
-    threads: THREADS
-    resources:
-        **model_job(working_mb=4000, runtime=240),
-    conda:
-        ENV
     script:
         "../workflow/scripts/attribution.py"

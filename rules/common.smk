@@ -11,6 +11,17 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 sys.path.insert(0, workflow.basedir)  # the minormech package, also without `pip install -e .`
+# Rule scripts import it from here too, whatever Python runs them: jobs inherit PYTHONPATH (SLURM
+# jobs too, which also parse this file again). With --sdm conda this is how jobs get the package:
+# conda builds envs/minormech.yaml from Snakemake's copy under .snakemake/conda/, so a relative
+# path in its pip section would point there, and an environment with one checkout installed would
+# serve every checkout that shares its --conda-prefix; the environment holds third-party pins only.
+# (Set with update(): Snakemake's linter takes an indexed os.environ for a variable the user must set.)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        dict.fromkeys([workflow.basedir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+    )
+)
 
 from minormech import plan as paths
 from minormech.config import ConfigError, config_warnings, load_schema, validate_config
@@ -18,7 +29,7 @@ from minormech.plan import HEAD_FIGURES, RunPlan
 from minormech.probe_results import PROBE_KINDS
 from minormech.prompts import PROMPT_SETS
 from minormech.ranking import FIGURE_VARIANTS
-from minormech.storage import format_plan
+from minormech.storage import format_plan, planned_bytes
 
 
 configfile: "config/config.yaml"
@@ -41,12 +52,17 @@ for warning in config_warnings(config, os.cpu_count()) if workflow.is_main_proce
 
 def planned_shard_bytes():
     """Print the storage plan; stop when the shards this run writes exceed
-    storage.limit_gb. Returns their total."""
-    planned = sum(plan.written_bytes(PLAN.test_shards_needed) for plan in PLAN.storage)
+    storage.limit_gb. Returns their total over the models whose sizes are known (the plan
+    names the others)."""
+    planned, _unknown = planned_bytes(list(PLAN.storage), PLAN.test_shards_needed)
     print(format_plan(list(PLAN.storage), config), file=sys.stderr)
     if planned > config["storage"]["limit_gb"] * 1e9:
         shard_mode = any(plan.source == "shards" for plan in PLAN.storage)
-        remedy = "set probe.source: stream (or auto), " if shard_mode else "use another attribution.method than expected_gradients, "
+        remedy = (
+            "set probe.source: stream (or auto), "
+            if shard_mode
+            else "use another attribution.method than expected_gradients, "
+        )
         sys.exit(
             f"storage error: the configured shards need about {planned / 1e9:,.0f} GB, more than "
             f"storage.limit_gb={config['storage']['limit_gb']}; {remedy}restrict sites/layers/prompts, or raise the limit"

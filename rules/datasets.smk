@@ -1,17 +1,17 @@
 rule task_dataset:
-    localrule: True
     output:
         paths.dataset(),
     log:
         paths.log("task_dataset", "{task}"),
-    params:
-        seed=config["seed"],
-        test_weights=config["test_weights"],
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        ENV
+    params:
+        seed=config["seed"],
+        test_weights=config["test_weights"],
     script:
         "../workflow/scripts/task_dataset.py"

@@ -4,44 +4,43 @@ FIGURE_JOB = {"mem_mb": 2000, "runtime": 5}
 
 
 rule plot_fig1:
-    localrule: True
     input:
         unpack(lambda wildcards: PLAN.fig1_inputs(wildcards.model, wildcards.site)),
     output:
         **figure_outputs("fig1_{site}", "fig1", "Figure 1: probes", {"site": "{site}"}),
     log:
         paths.log("plot_fig1", "{model}", "{site}"),
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         **FIGURE_JOB,
-    conda:
-        ENV
     script:
         "../workflow/scripts/plot_fig1_probes.py"
 
 
 rule plot_fig2:
-    localrule: True
     input:
         xi=lambda wildcards: PLAN.xi(wildcards.model),
     output:
         **figure_outputs("fig2_{site}", "fig2", "Figure 2: rank differences", {"site": "{site}"}),
     log:
         paths.log("plot_fig2", "{model}", "{site}"),
-    params:
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
-        pair=PLAN.filter_pair,
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         **FIGURE_JOB,
-    conda:
-        ENV
+    params:
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        pair=PLAN.filter_pair,
     script:
         "../workflow/scripts/plot_fig2_xi.py"
 
 
 rule plot_fig3:
-    localrule: True
     input:
         unpack(lambda wildcards: PLAN.filtered_figure_inputs(wildcards.model, wildcards.site)),
     output:
@@ -49,14 +48,15 @@ rule plot_fig3:
         eq41=paths.figure("{model}", "fig3_{site}_eq41", "csv"),
     log:
         paths.log("plot_fig3", "{model}", "{site}"),
-    params:
-        variants=FIGURE_VARIANTS[3],
-        pair=PLAN.filter_pair,
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         **FIGURE_JOB,
-    conda:
-        ENV
+    params:
+        variants=FIGURE_VARIANTS[3],
+        pair=PLAN.filter_pair,
     script:
         "../workflow/scripts/plot_fig3_fig4_filtered.py"
 
@@ -72,7 +72,6 @@ use rule plot_fig3 as plot_fig4 with:
 
 
 rule plot_fig5:
-    localrule: True
     input:
         counts=paths.patching_file(),
         accuracy=paths.patching_file(table="_accuracy"),
@@ -80,30 +79,31 @@ rule plot_fig5:
         **figure_outputs("fig5_{site}", "fig5", "Figure 5: activation patching", {"site": "{site}"}),
     log:
         paths.log("plot_fig5", "{model}", "{site}"),
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         **FIGURE_JOB,
-    conda:
-        ENV
     script:
         "../workflow/scripts/plot_fig5_patching.py"
 
 
 rule plot_heads:
-    localrule: True
     input:
         tables=lambda wildcards: PLAN.head_figure_inputs(wildcards.model, wildcards.figure),
     output:
         **figure_outputs("{figure}", "heads", "Head-level views", {"figure": "{figure}"}),
     log:
         paths.log("plot_heads", "{model}", "{figure}"),
-    params:
-        pair=PLAN.filter_pair,
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         **FIGURE_JOB,
-    conda:
-        ENV
+    params:
+        pair=PLAN.filter_pair,
     script:
         "../workflow/scripts/plot_heads.py"
 

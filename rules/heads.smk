@@ -12,6 +12,11 @@ rule head_views:
         paths.log("head_views", "{model}", "{task}"),
     benchmark:
         paths.benchmark("head_views", "{model}", "{task}")
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        **model_job(working_mb=4000, runtime=240),
     params:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         knockout_layers=lambda wildcards: PLAN.model(wildcards.model).knockout_layers,
@@ -19,17 +24,11 @@ rule head_views:
         bootstrap=PLAN.bootstrap,
         n_prompts=PLAN.prompt_count("attribution"),
         compute=PLAN.compute,
-    threads: THREADS
-    resources:
-        **model_job(working_mb=4000, runtime=240),
-    conda:
-        ENV
     script:
         "../workflow/scripts/head_views.py"
 
 
 rule head_xi:
-    localrule: True
     input:
         model=paths.manifest(),
         xi=lambda wildcards: PLAN.xi(wildcards.model),
@@ -37,14 +36,15 @@ rule head_xi:
         paths.head_table(task="xi"),
     log:
         paths.log("head_xi", "{model}"),
-    params:
-        sites=PLAN.sites,
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=5,
-    conda:
-        ENV
+    params:
+        sites=PLAN.sites,
+        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
     script:
         "../workflow/scripts/head_xi.py"

@@ -3,20 +3,20 @@
 # weights are downloaded first by the local rule `download_model`: on a cluster it runs on
 # the login node, which can reach the hub when compute nodes cannot.
 rule download_model:
-    localrule: True
     output:
         paths.download_record(),
     log:
         paths.log("download_model", "{model}"),
-    params:
-        entry=lambda wildcards: canonical(PLAN.model(wildcards.model).entry),
-        cache_dir=config["model_cache"],
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=120,
-    conda:
-        ENV
+    params:
+        entry=lambda wildcards: canonical(PLAN.model(wildcards.model).entry),
+        cache_dir=config["model_cache"],
     script:
         "../workflow/scripts/download_model.py"
 
@@ -30,14 +30,14 @@ rule model:
         paths.log("model", "{model}"),
     benchmark:
         paths.benchmark("model", "{model}")
-    params:
-        recipe=lambda wildcards: canonical(PLAN.model_recipe(wildcards.model)),
+    conda:
+        ENV
     threads: THREADS
     resources:
         mem_mb=lambda wildcards: PLAN.model_mem_mb(wildcards.model),
         runtime=240,
         gpu=lambda wildcards: PLAN.model_gpus(wildcards.model),
-    conda:
-        ENV
+    params:
+        recipe=lambda wildcards: canonical(PLAN.model_recipe(wildcards.model)),
     script:
         "../workflow/scripts/model.py"

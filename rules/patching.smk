@@ -14,6 +14,11 @@ rule patching:
         paths.log("patching", "{model}", "{site}"),
     benchmark:
         paths.benchmark("patching", "{model}", "{site}")
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        **model_job(working_mb=4000, runtime=480),
     params:
         pair=PLAN.filter_pair,
         layers=lambda wildcards: PLAN.model(wildcards.model).patching_layers,
@@ -23,10 +28,5 @@ rule patching:
         n_prompts=PLAN.prompt_counts("patching_ref", "patching"),
         seed=config["seed"],
         compute=PLAN.compute,
-    threads: THREADS
-    resources:
-        **model_job(working_mb=4000, runtime=480),
-    conda:
-        ENV
     script:
         "../workflow/scripts/patching.py"

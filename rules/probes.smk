@@ -6,26 +6,28 @@
 # unfiltered probes (figure 1) also wait for the xi map the filtered ones need.
 rule probe:
     input:
-        unpack(lambda wildcards: PLAN.probe_inputs(wildcards.model, wildcards.task, wildcards.site, wildcards.probe_kind)),
+        unpack(
+            lambda wildcards: PLAN.probe_inputs(wildcards.model, wildcards.task, wildcards.site, wildcards.probe_kind)
+        ),
     output:
         **{name: paths.probe_file(suffix=suffix) for name, suffix in paths.PROBE_SUFFIXES.items()},
     log:
         paths.log("probe", "{model}", "{task}", "{site}", "{probe_kind}"),
     benchmark:
         paths.benchmark("probe", "{model}", "{task}", "{site}", "{probe_kind}")
+    conda:
+        ENV
+    threads: lambda wildcards: THREADS if PLAN.trains_from_shards(wildcards.model) else 1
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=lambda wildcards: PLAN.gpus if PLAN.trains_from_shards(wildcards.model) else 0,
     params:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         probe=canonical(PLAN.probe_settings()),
         report=PLAN.probe_report,
         n_prompts=PLAN.prompt_counts(*PLAN.probe_sets),
         device=config["compute"]["device"],
-    threads: lambda wildcards: THREADS if PLAN.trains_from_shards(wildcards.model) else 1
-    resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=lambda wildcards: PLAN.gpus if PLAN.trains_from_shards(wildcards.model) else 0,
-    conda:
-        ENV
     script:
         "../workflow/scripts/probe.py"
 
@@ -39,6 +41,11 @@ rule stream_probes:
         paths.log("stream_probes", "{model}", "{task}"),
     benchmark:
         paths.benchmark("stream_probes", "{model}", "{task}")
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        **model_job(working_mb=16000, runtime=720),
     params:
         sites=PLAN.sites,
         kinds=lambda wildcards: PLAN.model(wildcards.model).probe_kinds,
@@ -49,10 +56,5 @@ rule stream_probes:
         chunks=canonical(config["activations"]["chunks"]),
         forward_batch_size=config["activations"]["batch_size"],
         compute=PLAN.compute,
-    threads: THREADS
-    resources:
-        **model_job(working_mb=16000, runtime=720),
-    conda:
-        ENV
     script:
         "../workflow/scripts/stream_probes.py"

@@ -2,7 +2,6 @@
 # paper's 20000 training prompts of a task), so it runs where Snakemake runs, not as a
 # cluster job that would wait in the queue for longer than it computes.
 rule prompts:
-    localrule: True
     input:
         dataset=paths.dataset(),
         model=paths.manifest(),
@@ -10,16 +9,17 @@ rule prompts:
         paths.prompt_file(),
     log:
         paths.log("prompts", "{model}", "{task}", "{prompt_set}"),
+    localrule: True
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         seed=config["seed"],
         max_prompt_tokens=config["prompts"]["max_prompt_tokens"],
         n_prompts=lambda wildcards: PLAN.prompt_count(wildcards.prompt_set),
         train_count=lambda wildcards: PLAN.control_train_count(wildcards.prompt_set),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        ENV
     script:
         "../workflow/scripts/prompts.py"

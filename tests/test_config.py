@@ -35,6 +35,7 @@ def test_shipped_configs_are_valid(repo_root, default, schema):
         "llama-3.2-3b.yaml",
         "llama-3.1-8b.yaml",
         "positive-control.yaml",
+        "positive-control-scratch.yaml",
         "positive-control-gpu.yaml",
         "heads-full.yaml",
     }
@@ -324,7 +325,7 @@ def test_path_model_without_config_json(default, schema, tmp_path):
     config["models"] = [{"id": "mine", "path": str(tmp_path)}]
     with pytest.raises(ConfigError, match=r"^models\[0\]\.path: .* has no config\.json; allowed values: "):
         validate_config(config, schema)
-    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(
         ConfigError,
         match=r"^models\[0\]\.path: .* has a config\.json without "
@@ -343,7 +344,8 @@ def test_path_model_of_another_architecture_is_refused(default, schema, tmp_path
     with pytest.raises(ConfigError) as error:
         validate_config(config, schema)
     assert str(error.value).startswith(
-        f"models[0].path: {tmp_path} holds a {architecture} model; supported architectures: ['LlamaForCausalLM']"
+        f"models[0].path: {tmp_path} holds a {architecture} model; supported architectures: "
+        "['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM']"
     )
 
 

@@ -11,11 +11,13 @@ import pytest
 import torch
 import yaml
 
+from minormech.answer_errors import answer_errors, answer_span, greedy_answers, training_mean_answer
 from minormech.config import ConfigError, load_schema, validate_config
 from minormech.control_model import (
     Runtime,
     TrainingPrompts,
     TrainSettings,
+    evaluate,
     held_out_examples,
     make_example,
     output_value_mask,
@@ -229,6 +231,27 @@ def test_saved_model_loads_like_any_model(trained, smollm2_tokenizer, tmp_path):
         "init": "scratch",
         "autocast": "auto",
     }
+
+
+def test_greedy_answers_are_what_the_teacher_forced_check_scores(trained, prompts, smollm2_tokenizer):
+    """Decoding an answer greedily picks, at its first token, the argmax the held-out check
+    scores; the mean predictor's error is that of the true answers against the mean; and the
+    decoded exact count agrees with the check's accuracy."""
+    model, _ = trained
+    pad_id = smollm2_tokenizer.eos_token_id
+    held_out = held_out_examples(prompts, TINY["seed"])["MD"][:6]
+    truths = [int(smollm2_tokenizer.decode(e.input_ids[answer_span(e)])) for e in held_out]
+    for example, decoded in zip(held_out, greedy_answers(model, held_out, pad_id)):
+        start = answer_span(example).start
+        with torch.no_grad():
+            first = model(torch.tensor([example.input_ids[:start]])).logits[0, -1].argmax().item()
+        assert decoded[0] == first and len(decoded) == len(example.input_ids[answer_span(example)])
+    errors = answer_errors(model, smollm2_tokenizer, held_out, 100.0, pad_id)
+    forced = evaluate(model, held_out, pad_id, torch.device("cpu"), None)
+    assert errors.exact == round(forced["accuracy"] * len(held_out))
+    assert errors.mean_predictor_error == pytest.approx(sum(abs(t - 100.0) for t in truths) / len(truths))
+    assert errors.prompts == len(held_out) and 0 <= errors.unparsed <= len(held_out)
+    assert training_mean_answer(smollm2_tokenizer, held_out) == pytest.approx(sum(truths) / len(truths))
 
 
 def digit_frequency_loss(prompts: TrainingPrompts, task: str, examples) -> float:

@@ -13,7 +13,13 @@ from minormech import plan as paths
 from minormech.config import ConfigError, load_schema, validate_config
 from minormech.plan import RunPlan
 
-OVERLAYS = ["llama-3.2-3b.yaml", "llama-3.1-8b.yaml", "positive-control.yaml", "positive-control-gpu.yaml"]
+OVERLAYS = [
+    "llama-3.2-3b.yaml",
+    "llama-3.1-8b.yaml",
+    "positive-control.yaml",
+    "positive-control-scratch.yaml",
+    "positive-control-gpu.yaml",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +59,7 @@ def test_a_control_reads_its_base_models_prompts(default):
 
 
 def test_positive_control_plan_has_a_tokenizer_only_model(repo_root, default):
-    plan = RunPlan.from_config(merged(repo_root, default, "positive-control.yaml"))
+    plan = RunPlan.from_config(merged(repo_root, default, "positive-control-scratch.yaml"))
     assert plan.ids() == ["tiny-icl", "smollm2-135m"]
     trained, tokenizer = plan.model("tiny-icl"), plan.model("smollm2-135m")
     assert (trained.kind, trained.prompts_of, trained.base) == ("trained", "smollm2-135m", "smollm2-135m")
@@ -65,6 +71,18 @@ def test_positive_control_plan_has_a_tokenizer_only_model(repo_root, default):
     }
     assert plan.model("tiny-icl").patching_layers == (0, 1, 2, 3)
     assert plan.model_gpus("tiny-icl") == plan.gpus == 0
+
+
+def test_a_fine_tuned_control_is_read_against_its_architectures_random_init(repo_root, default):
+    plan = RunPlan.from_config(merged(repo_root, default, "positive-control.yaml"))
+    assert sorted(plan.ids()) == ["smollm2-135m", "smollm2-135m-random-init", "smollm2-icl"]
+    assert plan.model("smollm2-135m").kind == "tokenizer" and plan.analysed == ["smollm2-icl"]
+    control = plan.model("smollm2-135m-random-init")
+    assert (control.kind, control.base, control.prompts_of) == ("random_init", "smollm2-135m", "smollm2-135m")
+    assert plan.random_init_of("smollm2-icl") == "smollm2-135m-random-init"
+    assert plan.summary_files("smollm2-icl")["sites"]["k"]["random_init"]["LR"] == paths.probe_file(
+        "smollm2-135m-random-init", "LR", "k", "unfiltered"
+    )
 
 
 def test_paper_config_streams_its_probes_and_downloads_its_model(repo_root, default):

@@ -7,7 +7,7 @@ import yaml
 from workflow_helpers import copy_workflow, job_counts, run
 
 from minormech.config import model_specs
-from minormech.storage import plan_storage
+from minormech.storage import format_plan, plan_storage, planned_bytes
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,23 @@ def test_auto_counts_the_shards_of_every_model_against_one_limit(configs):
     assert first.source == "shards" and second.source == "stream"
     assert second.shard_mode_bytes < 5e9 < first.shard_mode_bytes + second.shard_mode_bytes
     assert first.written_bytes(False) + second.written_bytes(False) < 5e9
+
+
+def test_a_model_of_unknown_size_is_planned_as_unknown_never_as_zero(configs):
+    """A hub model whose config.json is not in the model cache has no shard size before its
+    download: the plan names it as unknown beside the known total, and the storage checks
+    bound only what is known."""
+    config = copy.deepcopy(configs["default"])
+    config["model_cache"] = "/nonexistent/model-cache"
+    config["models"] = [{"id": "smollm2-135m"}, {"id": "mine", "hub": "Qwen/Qwen2.5-0.5B"}]
+    config["layers"] = [0, 1]
+    known, unknown = plan_storage(config, {spec.id: spec for spec in model_specs(config)})
+    assert unknown.shard_mode_bytes is None and unknown.written_bytes(False) is None
+    assert planned_bytes([known, unknown], False) == (known.written_bytes(False), ["mine"])
+    printed = format_plan([known, unknown], config)
+    assert (
+        "mine             probes from shards (probe.source: auto, size unknown until its config.json is downloaded; "
+        "set probe.source: stream to be sure): writes an unknown amount of shards" in printed
+    )
+    assert "mine             site k         unknown in shard mode" in printed
+    assert f"total written {known.written_bytes(False) / 1e9:,.1f} GB plus unknown for mine" in printed
