@@ -24,7 +24,7 @@ import torch
 
 from minormech.activations import pad_token_id
 from minormech.answer_errors import answer_errors, training_mean_answer
-from minormech.control_model import TrainingPrompts, evaluate, make_example
+from minormech.control_model import TrainingPrompts, evaluate, held_out_examples, make_example
 from minormech.models import set_threads
 from minormech.tasks import get_task, make_weight_table
 
@@ -52,10 +52,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.models[0])
     tables = {task: make_weight_table(get_task(task), TEST_WEIGHTS, 0) for task in TASKS}
     prompts = TrainingPrompts(TASKS, tables, tokenizer, args.max_prompt_tokens)
-    held_out = {
-        task: [make_example(prompts, task, args.seed, i, "control_model_eval", "answer") for i in range(args.prompts)]
-        for task in TASKS
-    }
+    held_out = held_out_examples(prompts, args.seed, args.prompts)
 
     def training(task: str) -> list:
         return [

@@ -19,7 +19,7 @@ import yaml
 
 from minormech.models import ARCHITECTURE_KEYS, KNOWN_MODELS, ModelSpec, hub_config, resolve_model_spec
 from minormech.prompts import format_example
-from minormech.sites import architecture_problem
+from minormech.sites import CONFIG_KEYS, architecture_problem
 from minormech.tasks import TASKS, Task, get_task, value_grid
 
 
@@ -136,7 +136,7 @@ def _model_config_problem(config_file: Path) -> str | None:
     problem = architecture_problem(cfg)
     if problem:
         return problem
-    missing = [key for key in ("num_hidden_layers", "hidden_size", "num_attention_heads") if key not in cfg]
+    missing = [key for key in CONFIG_KEYS if key not in cfg]
     if missing:
         return f"has a config.json without {missing} (not a Llama-style causal LM)"
     return None

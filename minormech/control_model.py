@@ -281,10 +281,11 @@ def evaluate(
     }
 
 
-def held_out_examples(prompts: TrainingPrompts, seed: int) -> dict[str, list[Example]]:
-    """EVAL_PROMPTS prompts per task from the test weights, scored on the final answer."""
+def held_out_examples(prompts: TrainingPrompts, seed: int, count: int = EVAL_PROMPTS) -> dict[str, list[Example]]:
+    """`count` prompts per task from the test weights, scored on the final answer (the
+    first EVAL_PROMPTS are the training record's held-out check)."""
     return {
-        name: [make_example(prompts, name, seed, i, "control_model_eval", "answer") for i in range(EVAL_PROMPTS)]
+        name: [make_example(prompts, name, seed, i, "control_model_eval", "answer") for i in range(count)]
         for name in prompts.tasks
     }
 

@@ -41,8 +41,8 @@ from typing import Any
 
 import torch
 
+from minormech.sites import CONFIG_KEYS, ModelShape, architecture_problem, site_widths
 from minormech.sites import SITES as SITES  # re-exported: every site name of the table
-from minormech.sites import ModelShape, architecture_problem, site_widths
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def _facts_from_config_json(directory: Path) -> tuple[int | None, dict[str, int]
 def _facts_of(config: dict[str, Any] | None) -> tuple[int | None, dict[str, int], int | None]:
     """Layer count, site widths and query heads of a config.json mapping (None, {}, None for
     no config, or one without the Llama-style keys, whose architecture config checks refuse)."""
-    if config is None or not {"num_hidden_layers", "hidden_size", "num_attention_heads"} <= set(config):
+    if config is None or not set(CONFIG_KEYS) <= set(config):
         return None, {}, None
     return (*_facts_from_config(config), config["num_attention_heads"])
 

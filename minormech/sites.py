@@ -140,6 +140,8 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
 }
+#: The config.json keys the site widths and layer count are read from (every supported class has them).
+CONFIG_KEYS: tuple[str, ...] = ("num_hidden_layers", "hidden_size", "num_attention_heads")
 #: The sites with per-head slices (q: query heads; k, v: key/value heads).
 HEAD_SITES: tuple[str, ...] = tuple(name for name, site in SITE_TABLE.items() if site.heads is not None)
 
