@@ -2,6 +2,11 @@
 # datasets to the paper's figures. One rule file per stage, named after it; the run plan
 # (minormech.plan, built in rules/common.smk) says which models and targets a config has.
 include: "rules/common.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/datasets.smk"
 include: "rules/models.smk"
 include: "rules/prompts.smk"

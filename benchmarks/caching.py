@@ -33,6 +33,7 @@ import torch
 
 from benchmarks.common import best_of, load_benchmark_model, synchronize
 from minormech.activations import Recording, extract_activations, pad_token_id
+from minormech.hdf5_shards import Hdf5Settings
 from minormech.prompts import prompts_digest, read_prompts
 from minormech.runner import RunOptions, batched, right_padded
 from minormech.shards import STORE_DTYPES, ShardHeader, write_shard
@@ -95,9 +96,17 @@ def copy_and_write(
 
 
 def write_benchmark_shard(
-    path: Path, prompts, sites, layers, store_dtype: str, activations, prompt_set: str = "probe_train"
+    path: Path,
+    prompts,
+    sites,
+    layers,
+    store_dtype: str,
+    activations,
+    prompt_set: str = "probe_train",
+    hdf5: Hdf5Settings = Hdf5Settings(),
 ) -> None:
-    """One shard as the activations rule writes it (header of a model named 'benchmark')."""
+    """One shard as the activations rule writes it (header of a model named 'benchmark'),
+    in the format of the path's suffix."""
     header = ShardHeader(
         model_id="benchmark",
         task="LR",
@@ -108,7 +117,7 @@ def write_benchmark_shard(
         store_dtype=store_dtype,
         prompts_sha256=prompts_digest(prompts),
     )
-    write_shard(path, header, activations, [p.id for p in prompts], [p.length for p in prompts])
+    write_shard(path, header, activations, [p.id for p in prompts], [p.length for p in prompts], hdf5=hdf5)
 
 
 def transformer_lens_runner(model, tokenizer, sites, layers, device):

@@ -399,6 +399,12 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
                     )
     _check_listed_layers(config, "patching.layers", config["patching"]["layers"])
     _check_listed_layers(config, "heads.knockout_layers", config["heads"]["knockout_layers"])
+    storage = config["activations"]
+    if storage["format"] != "hdf5" and storage["hdf5"]["compression"] != "none":
+        raise ConfigError(
+            f"activations.hdf5.compression: {storage['hdf5']['compression']} applies to HDF5 shards only, "
+            f"but activations.format is {storage['format']}; allowed values: none, or activations.format: hdf5"
+        )
     chunks = config["activations"]["chunks"]
     sizes = {prompt_set: prompt_count(config, prompt_set) for prompt_set in chunks}
     for prompt_set, n_chunks in chunks.items():

@@ -40,6 +40,7 @@ from minormech.models import (
 )
 from minormech.probe_results import PROBE_KINDS
 from minormech.random_init import random_init_id, random_init_spec
+from minormech.shards import SHARD_SUFFIXES
 from minormech.storage import ModelPlan, plan_storage, probe_sets, test_shards_needed
 
 RESULTS = "results"
@@ -89,9 +90,14 @@ def prompt_file(model: str = "{model}", task: str = "{task}", prompt_set: str = 
 
 
 def shard(
-    model: str = "{model}", task: str = "{task}", prompt_set: str = "{prompt_set}", chunk: str = "{chunk}"
+    model: str = "{model}",
+    task: str = "{task}",
+    prompt_set: str = "{prompt_set}",
+    chunk: str = "{chunk}",
+    suffix: str = ".safetensors",
 ) -> str:
-    return f"{RESULTS}/{model}/activations/{task}/{prompt_set}/chunk{chunk}.safetensors"
+    """An activation shard; its suffix names its format (minormech.shards.SHARD_SUFFIXES)."""
+    return f"{RESULTS}/{model}/activations/{task}/{prompt_set}/chunk{chunk}{suffix}"
 
 
 def probe_file(
@@ -131,8 +137,12 @@ def head_table(model: str = "{model}", task: str = "{task}", table: str = "") ->
     return f"{RESULTS}/{model}/heads/{task}{table}.csv"
 
 
+def figure_dir(model: str = "{model}") -> str:
+    return f"{RESULTS}/{model}/figures"
+
+
 def figure(model: str = "{model}", name: str = "{figure}", ext: str = "pdf") -> str:
-    return f"{RESULTS}/{model}/figures/{name}.{ext}"
+    return f"{figure_dir(model)}/{name}.{ext}"
 
 
 def summary(model: str = "{model}", ext: str = "md") -> str:
@@ -283,6 +293,15 @@ class RunPlan:
     def model(self, model_id: str) -> PlannedModel:
         return self.models[model_id]
 
+    def head_size(self, model_id: str) -> int | None:
+        """Features per attention head (the q, k and v sites' heads alike), for figure 2's
+        head boundaries; None while the model's shape is unknown (a hub model before its
+        config.json is downloaded)."""
+        spec = self.model(model_id).spec
+        if not spec.query_heads or "q" not in spec.site_widths:
+            return None
+        return spec.site_widths["q"] // spec.query_heads
+
     def ids(self, *kinds: str) -> list[str]:
         """Model ids of the given kinds (all when none), in plan order."""
         return [m for m, row in self.models.items() if not kinds or row.kind in kinds]
@@ -325,6 +344,16 @@ class RunPlan:
     def compute(self) -> dict[str, str]:
         """Device and dtype of every model-running job (threads are the job's own)."""
         return {"device": self.config["compute"]["device"], "dtype": self.config["compute"]["dtype"]}
+
+    @property
+    def shard_suffix(self) -> str:
+        """The suffix of this run's activation shards (activations.format)."""
+        return SHARD_SUFFIXES[self.config["activations"]["format"]]
+
+    @property
+    def hdf5(self) -> dict[str, Any]:
+        """How HDF5 shards are stored (activations.hdf5), for the activations rule."""
+        return dict(sorted(self.config["activations"]["hdf5"].items()))
 
     @property
     def gpus(self) -> int:
@@ -380,7 +409,7 @@ class RunPlan:
         return prompt_file(self.model(model_id).prompts_of, task, prompt_set)
 
     def shards(self, model_id: str, task: str, prompt_set: str) -> list[str]:
-        return [shard(model_id, task, prompt_set, chunk) for chunk in self.chunk_names(prompt_set)]
+        return [shard(model_id, task, prompt_set, chunk, self.shard_suffix) for chunk in self.chunk_names(prompt_set)]
 
     def xi(self, model_id: str) -> str:
         """The xi map that filters a model's probes and patches (the first pair's)."""
@@ -505,7 +534,8 @@ class RunPlan:
     def summary_files(self, model_id: str) -> dict[str, Any]:
         """Every file a model's summary reads, by role: datasets per task; per site the
         unfiltered tables (and the random-init control's) per task, the filtered
-        predictions of the filter pair, and the patching tables."""
+        predictions of the filter pair, and the patching tables; the model's accuracy on its
+        unpatched patching prompts (the same prompts at every site: the first site's)."""
         control = self.random_init_of(model_id)
         sites = {}
         for site in self.sites:
@@ -531,7 +561,11 @@ class RunPlan:
                 "patching": patching_file(model_id, site),
                 "patching_pairs": patching_file(model_id, site, "_pairs"),
             }
-        return {"datasets": {task: dataset(task) for task in self.tasks}, "sites": sites}
+        return {
+            "datasets": {task: dataset(task) for task in self.tasks},
+            "accuracy": patching_file(model_id, self.sites[0], "_accuracy"),
+            "sites": sites,
+        }
 
     def summary_input_list(self, model_id: str) -> list[str]:
         """summary_files as the flat list of the summary job's inputs."""
@@ -552,9 +586,16 @@ class RunPlan:
         return [summary(m) for m in self.analysed]
 
     def head_targets(self) -> list[str]:
+        """The head figures of every model with head views; the knockout figure only where
+        some layer's heads are knocked out (it would otherwise be blank)."""
         if not self.config["heads"]["enabled"]:
             return []
-        return [figure(m, name) for m in self.with_stage("heads") for name in HEAD_FIGURES]
+        return [
+            figure(m, name)
+            for m in self.with_stage("heads")
+            for name in HEAD_FIGURES
+            if name != "heads_knockout" or self.model(m).knockout_layers
+        ]
 
     # -- resources ----------------------------------------------------------------------
 
@@ -588,6 +629,28 @@ class RunPlan:
         else:
             per_parameter = (2 if self.config["compute"]["dtype"] in ("bfloat16", "float16") else 4) + 2
         return working_mb + int(parameters * per_parameter / 1e6)
+
+    def ridge_mb(self, model_id: str) -> int:
+        """Host memory of the ridge readouts' training vectors in a probe job (minormech.
+        ridge_probes): 2 poolings x prompts x layers x the summed widths of the sites, float32;
+        0 when they are off, a model trains no unfiltered probes, or its shape is unknown
+        (its job then asks for the 8 GB of an unknown shape)."""
+        ridge = self.config["probe"]["ridge"]
+        spec, row = self.model(model_id).spec, self.model(model_id)
+        if not ridge["enabled"] or "unfiltered" not in row.probe_kinds:
+            return 0
+        if not all(site in spec.site_widths for site in self.sites):
+            return 0
+        prompts = self.prompt_count("probe_train")
+        if ridge["max_train_prompts"] is not None:
+            prompts = min(prompts, ridge["max_train_prompts"])
+        width = sum(spec.site_widths[site] for site in self.sites)
+        return int(2 * prompts * len(row.layers) * width * 4 / 1e6)
+
+    def probe_job_mb(self, model_id: str) -> int:
+        """Host memory of a probe job: 8 GB, and the ridge readouts' vectors when it trains
+        from shards (in stream mode it only puts the stream job's files in place)."""
+        return 8000 + (self.ridge_mb(model_id) if self.trains_from_shards(model_id) else 0)
 
     def model_gpus(self, model_id: str) -> int:
         """Only training a model uses a GPU; the other kinds are made on CPU."""

@@ -10,6 +10,8 @@ same files.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,8 +40,11 @@ from minormech.probes import (
     validation_mask,
 )
 from minormech.prompts import Prompt
+from minormech.ridge_probes import POOLINGS, PoolingTap, RidgeSettings
 from minormech.tasks import WeightTable, get_task
 from minormech.uncertainty import Bootstrap
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class ProbeJob:
     table: WeightTable
     settings: ProbeTraining
     report_settings: ReportSettings
+    ridge: RidgeSettings | None = None
 
     @classmethod
     def of_rule(cls, model_id: str, task: str, dataset_file: str, params) -> ProbeJob:
@@ -88,7 +94,8 @@ class ProbeJob:
         config section and the `report` settings (minormech.plan RunPlan.probe_report)."""
         table = WeightTable.read_tsv(dataset_file, task)
         settings = ProbeTraining.from_config(params.probe)
-        return cls(model_id, task, params.layers, table, settings, ReportSettings(**params.report))
+        ridge = RidgeSettings.from_config(params.probe["ridge"])
+        return cls(model_id, task, params.layers, table, settings, ReportSettings(**params.report), ridge)
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,11 @@ def run_probe_job(job: ProbeJob, entries: Sequence[ProbeEntry], sources: ProbeSo
     entry when the control task is on, stopping with it) from the same batches, predict the
     test prompts, score each unfiltered stack and its control on the control prompts and
     write each entry's files."""
+    ridge_sites = [e.site for e in entries if e.kind == "unfiltered"] if job.ridge is not None else []
     train, test = sources.train, sources.test
+    if ridge_sites:
+        train = PoolingTap(train, ridge_sites).record(job.ridge.max_train_prompts)
+        test = PoolingTap(test, ridge_sites)
     controlled = [i for i, e in enumerate(entries) if e.kind == "unfiltered" and job.report_settings.control_task]
     if controlled and sources.control is None:
         raise ValueError(f"{job.task}: controls.control_task is on but the job has no control-task prompts")
@@ -172,6 +183,14 @@ def run_probe_job(job: ProbeJob, entries: Sequence[ProbeEntry], sources: ProbeSo
     stacks, summaries = train_probe_groups(
         train, groups, job.settings, run.max_positions, device, run.progress, eval_batch_size=run.eval_batch_size
     )
+    ridge_alphas = {}
+    if ridge_sites:
+        start = time.perf_counter()
+        train.fill_missing(run.eval_batch_size)
+        readouts = train.fit(job.ridge)
+        ridge_alphas = {key: readout.alphas for key, readout in readouts.items()}
+        test.predict_with(readouts)
+        log.info("ridge readouts of %s fitted in %.1f s", ridge_sites, time.perf_counter() - start)
     predictions, index = predict_stacks(stacks[: len(entries)], test, run.predict_batch_size)
     report = job.report_settings.report(job.task, job.table, test.prompts)
     extra = run.summary_extra()
@@ -184,10 +203,14 @@ def run_probe_job(job: ProbeJob, entries: Sequence[ProbeEntry], sources: ProbeSo
         control = scores.get(i)
         if i in control_of:
             summary["control_task"] = summaries[control_of[i]]
+        ridge = {}
+        if entry.kind == "unfiltered" and ridge_sites:
+            ridge = {pooling: test.predictions[entry.site, pooling][:, index] for pooling in POOLINGS}
+            summary["ridge_alphas"] = {pooling: ridge_alphas[entry.site, pooling] for pooling in POOLINGS}
         write_probe_results(
             entry.outputs,
             ProbeIdentity(job.model_id, job.task, entry.site, job.layers, entry.variants),
-            ProbePredictions(predictions[i], index, control),
+            ProbePredictions(predictions[i], index, control, ridge),
             TestPrompts(test.prompts, test.targets, len(train.prompts)),
             report,
             job.settings,

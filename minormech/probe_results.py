@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -107,11 +107,14 @@ class ControlScores:
 @dataclass(frozen=True)
 class ProbePredictions:
     """Test predictions [V * seeds, L, N, 2] (seed-minor, as ProbeStack orders them) of the
-    test prompts `index`, and optionally the control task's scores."""
+    test prompts `index`, optionally the control task's scores, and the ridge readouts'
+    predictions {pooling: [L, N, 2]} of the same prompts (minormech.ridge_probes; empty
+    when they are off or the table is filtered)."""
 
     predictions: torch.Tensor
     index: torch.Tensor
     control: ControlScores | None = None
+    ridge: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,10 @@ def write_probe_results(
     if report.least_squares is not None:
         least_squares = report.least_squares[index]
         references["ceiling_mse"] = report.interval(squared_errors(least_squares, targets), groups)
+    ridge_columns = {
+        f"ridge_{pooling}_mse": report.interval(squared_errors(values, targets), groups)
+        for pooling, values in result.ridge.items()
+    }
     control_columns = control_intervals(control, report.interval) if control is not None else {}
     rows = []
     for v, name in enumerate(variants.names):
@@ -235,7 +242,7 @@ def write_probe_results(
             }
             for key, interval in references.items():
                 row.update(interval.columns(key))
-            for key, interval in differences.items():
+            for key, interval in (*differences.items(), *ridge_columns.items()):
                 row.update(interval.columns(key, (l,)))
             for key, (interval, per_layer) in control_columns.items():
                 row.update(interval.columns(key, (l,) if per_layer else ()))
@@ -251,6 +258,8 @@ def write_probe_results(
     }
     if least_squares is not None:
         tensors["least_squares"] = least_squares.contiguous()
+    for pooling, values in result.ridge.items():
+        tensors[f"ridge_{pooling}"] = values.contiguous()
     if control is not None:
         tensors["control_task_predictions"] = control.task_predictions.contiguous()
         tensors["control_predictions"] = control.control_predictions.contiguous()

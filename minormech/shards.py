@@ -1,7 +1,12 @@
-"""Activation shards: one safetensors file per (model, task, prompt set, chunk).
+"""Activation shards: one file per (model, task, prompt set, chunk), in safetensors (the
+default) or HDF5 (``activations.format``; minormech.hdf5_shards). The file's suffix says
+which (``.safetensors``, ``.h5``); writers and readers dispatch on it, and both formats hold
+the same tensors, the same header and pass the same checks.
 
-Why safetensors: it stores bfloat16 natively (h5py has none), loads without pickle,
-and memory-maps, so reading one (site, layer) is one contiguous read of one tensor.
+Why safetensors by default: it stores bfloat16 natively, loads without pickle and
+memory-maps, so reading one (site, layer) is one contiguous read of one tensor. HDF5 adds
+chunked, optionally compressed storage (a reader can take one prompt's rows) and is what
+many analysis tools read.
 
 Layout of a shard:
 - one tensor per (site, layer) under its hook name (minormech.sites: ``blocks.3.attn.hook_k``,
@@ -12,10 +17,10 @@ Layout of a shard:
   dtype and the SHA-256 of the prompts it was made from, so that a reader can refuse a
   shard that belongs to another run.
 
-safetensors cannot append, so a shard is written whole from memory (``save_tensors``
-streams each tensor's bytes instead of building the file in memory as ``save_file``
-does) to a temporary name and renamed: a killed job leaves no file that looks complete.
-The same config and seed give byte-identical files (tensor names and metadata sorted).
+A shard is written whole from memory (``save_tensors`` streams each tensor's bytes instead
+of building the file in memory as safetensors' ``save_file`` does) to a temporary name and
+renamed: a killed job leaves no file that looks complete. The same config and seed give
+byte-identical files (tensor names and metadata sorted).
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from minormech.hdf5_shards import Hdf5File, Hdf5Settings, write_hdf5
 from minormech.hooks import hook_name
 
 #: 2: tensors keyed by the site table's TransformerLens-style hook names (1 had
 #: ``blocks.{layer}.hook_{site}`` for every site); readers refuse any other version.
 SHARD_FORMAT_VERSION = "2"
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+#: activations.format -> the suffix of its shard files.
+SHARD_SUFFIXES = {"safetensors": ".safetensors", "hdf5": ".h5"}
 
 
 class ShardError(ValueError):
@@ -142,11 +150,7 @@ def save_tensors(
     """
     path = Path(path)
     names = sorted(tensors)
-    for name in names:
-        if not is_finite(tensors[name]):
-            raise NonFiniteError(
-                f"{path}: not written: tensor {name} holds NaN or infinite values, computed from {made_from}"
-            )
+    refuse_non_finite(path, tensors, made_from)
     entries: dict[str, dict] = {}
     offset = 0
     for name in names:
@@ -184,9 +188,11 @@ def write_shard(
     prompt_ids: Sequence[int],
     lengths: Sequence[int],
     made_from: str = "the job's inputs",
+    hdf5: Hdf5Settings = Hdf5Settings(),
 ) -> None:
-    """Write activations[(site, layer)] = [sum(lengths), width] atomically (save_tensors:
-    refused when a value is not finite)."""
+    """Write activations[(site, layer)] = [sum(lengths), width] atomically, in the format
+    the path's suffix names (`hdf5`: how an ``.h5`` shard is chunked and compressed);
+    refused (NonFiniteError) when a value is not finite."""
     path = Path(path)
     total = int(sum(lengths))
     tensors = {
@@ -197,7 +203,42 @@ def write_shard(
         if values.shape[0] != total:
             raise ValueError(f"{hook_name(site, layer)} has {values.shape[0]} rows, expected {total}")
         tensors[hook_name(site, layer)] = values.contiguous()
-    save_tensors(tensors, path, header.to_metadata(), made_from)
+    if path.suffix == SHARD_SUFFIXES["hdf5"]:
+        refuse_non_finite(path, tensors, made_from)
+        write_hdf5(path, tensors, header.to_metadata(), hdf5)
+    else:
+        save_tensors(tensors, path, header.to_metadata(), made_from)
+
+
+def refuse_non_finite(path: Path, tensors: dict[str, torch.Tensor], made_from: str) -> None:
+    """NonFiniteError naming the first tensor (in name order) that holds NaN or infinite
+    values and `made_from`, what the job computed it from."""
+    for name in sorted(tensors):
+        if not is_finite(tensors[name]):
+            raise NonFiniteError(
+                f"{path}: not written: tensor {name} holds NaN or infinite values, computed from {made_from}"
+            )
+
+
+class _SafetensorsFile:
+    """A safetensors file with the calls Shard makes: metadata(), get_tensor(name), shape(name)."""
+
+    def __init__(self, path: Path):
+        self._file = safe_open(str(path), framework="pt")
+
+    def metadata(self) -> dict[str, str]:
+        return self._file.metadata() or {}
+
+    def shape(self, name: str) -> list[int]:
+        return self._file.get_slice(name).get_shape()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return self._file.get_tensor(name)
+
+
+def open_tensor_file(path: Path) -> _SafetensorsFile | Hdf5File:
+    """The shard at `path` opened by the reader its suffix names."""
+    return Hdf5File(path) if path.suffix == SHARD_SUFFIXES["hdf5"] else _SafetensorsFile(path)
 
 
 class Shard:
@@ -207,13 +248,13 @@ class Shard:
         self.path = Path(path)
         if not self.path.exists():
             raise ShardError(f"{self.path}: shard does not exist; rerun snakemake, which remakes it (rule activations)")
+        kind = "HDF5" if self.path.suffix == SHARD_SUFFIXES["hdf5"] else "safetensors"
         try:
-            self._file = safe_open(str(self.path), framework="pt")
-            meta = self._file.metadata() or {}
-        except Exception as error:  # safetensors raises its own error type for bad headers
+            self._file = open_tensor_file(self.path)
+            meta = self._file.metadata()
+        except Exception as error:  # safetensors and h5py raise their own error types for bad files
             raise ShardError(
-                f"{self.path}: not a readable safetensors shard ({error}); it is truncated or "
-                "damaged: delete it and rerun"
+                f"{self.path}: not a readable {kind} shard ({error}); it is truncated or damaged: delete it and rerun"
             ) from None
         if meta.get("format_version") != SHARD_FORMAT_VERSION:
             raise ShardError(
@@ -222,8 +263,11 @@ class Shard:
             )
         self.header = ShardHeader.from_metadata(meta)
         self.site_widths: dict[str, int] = {}
-        self.prompt_ids = self._file.get_tensor("prompt_ids")
-        self.lengths = self._file.get_tensor("lengths")
+        try:
+            self.prompt_ids = self._file.get_tensor("prompt_ids")
+            self.lengths = self._file.get_tensor("lengths")
+        except Exception as error:
+            raise ShardError(f"{self.path}: cannot read its prompt index ({error}); delete it and rerun") from None
         self.offsets = packed_offsets(self.lengths)
 
     def expect(self, **fields) -> Shard:
@@ -244,7 +288,7 @@ class Shard:
 
     def width(self, site: str, layer: int) -> int:
         """Feature width of one (site, layer), from the header alone."""
-        return self._file.get_slice(hook_name(site, layer)).get_shape()[-1]
+        return self._file.shape(hook_name(site, layer))[-1]
 
     def read(self, site: str, layer: int) -> torch.Tensor:
         """[total tokens, width] activations of one (site, layer): one contiguous read,

@@ -20,6 +20,7 @@ import torch
 
 from minormech.probe_results import squared_errors
 from minormech.ranking import HALVES
+from minormech.ridge_probes import POOLINGS
 from minormech.shards import load_tensors
 from minormech.uncertainty import Bootstrap, Interval
 
@@ -90,6 +91,14 @@ def probe_summary(
         "layers_below_baseline": below,
         "probe_minus_baseline": [{"layer": layer, **as_dict(gain, l)} for l, layer in enumerate(layers)],
     }
+    ridge = {}
+    for pooling in POOLINGS:
+        column = f"ridge_{pooling}_mse"
+        if column in unfiltered and unfiltered[column].notna().any():
+            lowest = unfiltered.loc[unfiltered[column].idxmin()]
+            ridge[pooling] = {"layer": int(lowest["layer"]), "test_mse": interval(lowest, column)}
+    if ridge:
+        out["ridge_best"] = ridge
     if "selectivity" in unfiltered:
         out["layers_selective"] = [int(l) for l in unfiltered.loc[unfiltered["selectivity_ci_low"] > 0, "layer"]]
     if random_init is not None:
@@ -167,89 +176,3 @@ def patching_summary(counts: pd.DataFrame, pairs: pd.DataFrame | None, bootstrap
             entry["layers_xi_differs_from_random"] = differing
         out[setting] = entry
     return out
-
-
-def _interval_text(value: dict | None, digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value['mean']:.{digits}f} [{value['low']:.{digits}f}, {value['high']:.{digits}f}]"
-
-
-def summary_markdown(summary: dict) -> str:
-    """The short human-readable version of summary.json."""
-    level = f"{summary['uncertainty']['level']:.0%}"
-    lines = [
-        f"# {summary['model']}: summary",
-        "",
-        f"Intervals are {level} percentile bootstrap intervals "
-        f"({summary['uncertainty']['bootstrap']} resamples) over the held-out "
-        "test weights and probe seeds (probes) or prompt pairs (patching). "
-        "A layer is listed as significant only when its "
-        "paired interval excludes zero. Selectivity (control task) = the probe's gain over the "
-        "baseline minus a control probe's gain on a random relabelling pi(w) of the weights, both "
-        "on new prompts of weights seen in training (bootstrap over those weights); a layer is "
-        "selective when its interval is above zero.",
-        "",
-    ]
-    for site, entry in summary["sites"].items():
-        lines += [
-            f"## Site {site}",
-            "",
-            "| task | best layer | test MSE | baseline "
-            "| least-squares ceiling | selectivity there | random-init best | layers below baseline "
-            "| of those, below random-init | layers selective (control task) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for task, probe in entry["probes"].items():
-            random_init = probe.get("random_init_best")
-            random_text = (
-                f"{_interval_text(random_init['test_mse'])} (layer {random_init['layer']})" if random_init else "n/a"
-            )
-            lines.append(
-                f"| {task} | {probe['best_layer']} | {_interval_text(probe['test_mse'])} "
-                f"| {_interval_text(probe['baseline_mse'])} | "
-                f"{_interval_text(probe['ceiling_mse'])} "
-                f"| {_interval_text(probe['selectivity_at_best_layer'])} | {random_text} | "
-                f"{probe['layers_below_baseline'] or 'none'} | "
-                f"{(probe['layers_below_random_init'] or 'none') if 'layers_below_random_init' in probe else 'n/a'} | "
-                f"{(probe['layers_selective'] or 'none') if 'layers_selective' in probe else 'n/a'} |"
-            )
-        eq41 = entry["eq41"]
-        lines += [
-            "",
-            f"**Eq. 41 (H2)** holds by the means in layers {eq41['layers_holding'] or 'none'}; "
-            f"significantly (both intervals exclude zero) in {eq41['layers_significant'] or 'none'}.",
-            "",
-        ]
-        for task, h3 in entry["h3"].items():
-            lines.append(
-                f"**H3, {task}**: layers where the {h3['half']} probe beats the baseline "
-                f"and the {h3['quarter']} probe loses it: {h3['layers'] or 'none'}."
-            )
-        if entry.get("patching"):
-            lines += [
-                "",
-                "**Patching**: rho of the xi-selected half, of a random subset "
-                "of the same size and of the no-op patch, "
-                "from the layer where xi moves the prediction most (lowest rho for B, highest for S) to the other "
-                "layers' range; and the layers where xi and random differ (paired interval excluding zero). Per-layer "
-                "values with intervals are in summary.json.",
-                "",
-                "| setting | layer | rho xi | rho random | rho no-op "
-                "| xi range over layers | layers where xi differs from random |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            for setting, patching in entry["patching"].items():
-                layers = patching["layers"]
-                xi = {layer: values["xi"]["rho"]["mean"] for layer, values in layers.items()}
-                pick = (min if setting.endswith(",B)") else max)(xi, key=xi.get)
-                cells = [
-                    _interval_text(layers[pick].get(patch, {}).get("rho"), 1) for patch in ("xi", "random", "noop")
-                ]
-                differing = patching.get("layers_xi_differs_from_random")
-                lines.append(
-                    f"| {setting} | {pick} | {' | '.join(cells)} | {min(xi.values()):g}-{max(xi.values()):g} | "
-                    f"{'n/a' if differing is None else (differing or 'none')} |"
-                )
-        lines.append("")
-    return "\n".join(lines)

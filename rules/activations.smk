@@ -3,7 +3,7 @@ rule activations:
         prompts=lambda wildcards: PLAN.prompts(wildcards.model, wildcards.task, wildcards.prompt_set),
         model=paths.manifest(),
     output:
-        paths.shard(),
+        paths.shard(suffix=PLAN.shard_suffix),
     log:
         paths.log("activations", "{model}", "{task}", "{prompt_set}", "chunk{chunk}"),
     benchmark:
@@ -20,6 +20,7 @@ rule activations:
         n_chunks=lambda wildcards: len(PLAN.chunk_names(wildcards.prompt_set)),
         batch_size=config["activations"]["batch_size"],
         store_dtype=config["activations"]["store_dtype"],
+        hdf5=PLAN.hdf5,
         compute=PLAN.compute,
     script:
         "../workflow/scripts/activations.py"

@@ -30,6 +30,7 @@ from minormech.probe_results import PROBE_KINDS
 from minormech.prompts import PROMPT_SETS
 from minormech.ranking import FIGURE_VARIANTS
 from minormech.storage import format_plan, planned_bytes
+from minormech.summary_report import findings_on_screen
 
 
 configfile: "config/config.yaml"
@@ -39,6 +40,9 @@ configfile: "config/config.yaml"
 # would keep its font cache in ~/.cache/matplotlib, so unless MPLCONFIGDIR is set it goes
 # under .snakemake/ here (jobs, local or SLURM, inherit this environment).
 os.environ.setdefault("MPLCONFIGDIR", str(Path(".snakemake/matplotlib").resolve()))
+# Jobs report progress as plain lines (minormech.runlog.progress); the hub's and transformers'
+# carriage-return bars ("Loading weights ...") would fill their logs. Set it to 0 to see them.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 try:
@@ -76,7 +80,9 @@ PLANNED_BYTES = planned_shard_bytes() if workflow.is_main_process else 0
 onstart:
     # Runs before the first job of a real run (never in a dry run): the free-disk check.
     if config["storage"]["check_free_disk"]:
-        existing = sum(path.stat().st_size for path in Path(paths.RESULTS).glob("*/activations/**/*.safetensors"))
+        existing = sum(
+            path.stat().st_size for path in Path(paths.RESULTS).glob(f"*/activations/**/*{PLAN.shard_suffix}")
+        )
         Path(paths.RESULTS).mkdir(exist_ok=True)
         free = shutil.disk_usage(paths.RESULTS).free
         if PLANNED_BYTES - existing > free:
@@ -113,12 +119,15 @@ def canonical(value):
     return value
 
 
-def model_job(working_mb, runtime):
+def model_job(working_mb, runtime, ridge=False):
     """Resources of a job that runs a model: its memory (the model's own, from the plan,
-    plus `working_mb` for the job's data) and minutes, and one GPU when the config computes
-    on CUDA (the SLURM executor turns `gpu` into --gpus; slurm/config.yaml)."""
+    plus `working_mb` for the job's data and, for a probe job (`ridge`), the ridge
+    readouts' training vectors) and minutes, and one GPU when the config computes on CUDA
+    (the SLURM executor turns `gpu` into --gpus; slurm/partitions.yaml routes it)."""
     return {
-        "mem_mb": lambda wildcards: PLAN.job_mem_mb(wildcards.model, working_mb),
+        "mem_mb": lambda wildcards: PLAN.job_mem_mb(
+            wildcards.model, working_mb + (PLAN.ridge_mb(wildcards.model) if ridge else 0)
+        ),
         "runtime": runtime,
         "gpu": PLAN.gpus,
     }

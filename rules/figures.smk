@@ -36,6 +36,7 @@ rule plot_fig2:
     params:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         pair=PLAN.filter_pair,
+        head_size=lambda wildcards: PLAN.head_size(wildcards.model),
     script:
         "../workflow/scripts/plot_fig2_xi.py"
 

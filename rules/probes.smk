@@ -19,7 +19,7 @@ rule probe:
         ENV
     threads: lambda wildcards: THREADS if PLAN.trains_from_shards(wildcards.model) else 1
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wildcards: PLAN.probe_job_mb(wildcards.model),
         runtime=240,
         gpu=lambda wildcards: PLAN.gpus if PLAN.trains_from_shards(wildcards.model) else 0,
     params:
@@ -45,7 +45,7 @@ rule stream_probes:
         ENV
     threads: THREADS
     resources:
-        **model_job(working_mb=16000, runtime=720),
+        **model_job(working_mb=16000, runtime=720, ridge=True),
     params:
         sites=PLAN.sites,
         kinds=lambda wildcards: PLAN.model(wildcards.model).probe_kinds,

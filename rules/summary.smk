@@ -1,11 +1,13 @@
-# What the figures show, with every number's interval: results/{model}/summary.{json,md}.
+# What the figures show, with every number's interval, headline first: results/{model}/summary.{json,md,rst}
+# (the .rst is what `snakemake --report` shows inline, through its caption).
 rule summary:
     input:
         lambda wildcards: PLAN.summary_input_list(wildcards.model),
     output:
         json=paths.summary(ext="json"),
-        md=report(
-            paths.summary(),
+        md=paths.summary(),
+        rst=report(
+            paths.summary(ext="rst"),
             caption="../workflow/report/summary.rst",
             category="Summary",
             labels={"model": "{model}"},
@@ -27,3 +29,12 @@ rule summary:
         bootstrap=PLAN.bootstrap,
     script:
         "../workflow/scripts/summary.py"
+
+
+onsuccess:
+    # After a run (never a dry run): where each model's summary and figures are, and the headline.
+    for model_id in PLAN.analysed:
+        for line in findings_on_screen(
+            Path(paths.summary(model_id, "json")), PLAN.summary_input_list(model_id), paths.figure_dir(model_id)
+        ):
+            print(line)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 PACKAGES = ["slurm-wlm", "munge"]
 PROGRAMS = ["slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "srun", "munged", "mungekey"]
-PARTITIONS = ("debug", "gpu")  # debug is the default; gpu is what slurm/config.yaml sends GPU rules to
+PARTITIONS = ("cpu", "gpu")  # cpu is the default; both are named as in slurm/partitions.yaml
 MEMORY_MARGIN_MB = 2048  # kept free for the OS and the snakemake process that submits the jobs
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")  # where srun looks when SLURM_CONF is not set
 
@@ -117,7 +117,7 @@ def _available_memory_mb() -> int:
 
 def write_config(root: Path, hostname: str, cpus: int, memory_mb: int, fake_gpus: int = 0) -> Path:
     """slurm.conf for one node that is both controller and compute node, and two partitions
-    (debug, the default, and gpu) over that node. fake_gpus > 0 declares that many GPUs of
+    (cpu, the default, and gpu) over that node. fake_gpus > 0 declares that many GPUs of
     type 'fake' (gres.conf maps one to /dev/null), so that sbatch --gpus=N is accepted and
     the job sees CUDA_VISIBLE_DEVICES; no real device is behind them."""
     for sub in ("state", "spool", "munge"):

@@ -126,6 +126,25 @@ BAD = [
         r"^heads\.prompts: 65 is more than the 64 attribution prompts it reads; allowed values: 1\.\.64$",
     ),
     (
+        "seed too large",
+        "seed",
+        2**70,
+        r"^seed: 1180591620717411303424 is not allowed; allowed values: an integer >= 0 and <= 4294967295$",
+    ),
+    (
+        "unknown shard format",
+        "activations.format",
+        "zarr",
+        r"^activations\.format: 'zarr' is not allowed; allowed values: \['safetensors', 'hdf5'\]$",
+    ),
+    (
+        "compression without HDF5",
+        "activations.hdf5.compression",
+        "gzip",
+        r"^activations\.hdf5\.compression: gzip applies to HDF5 shards only, but activations\.format is "
+        r"safetensors; allowed values: none, or activations\.format: hdf5$",
+    ),
+    (
         "too many chunks",
         "activations.chunks.probe_test",
         10**6,

@@ -89,6 +89,7 @@ def _table_row(rule: str, *columns: str) -> str:
 STATEMENTS = (
     # README: the main job, the GPU positive control, the SLURM summary and its table.
     JobCount("README.md", r"Snakemake's (\d+) jobs"),
+    JobCount("README.md", r"no random-init model\): (\d+)\s+jobs", ("config/quick.yaml",)),
     JobCount("README.md", r"its dry run lists (\d+) jobs", ("config/positive-control-gpu.yaml",)),
     JobCount("README.md", r"the jobs: (\d+) for Llama-3\.2-3B", (LLAMA_3B,)),
     JobCount("README.md", r"\((\d+) stream_probes, two per\s+task", (LLAMA_3B,), ("stream_probes",)),
@@ -158,6 +159,7 @@ STATEMENTS = (
 #: text around the number) and why it is left out.
 NOT_A_DRY_RUN = {
     ("README.md", r"\(probes 20 jobs,"): "the jobs a second run added after a config change",
+    ("README.md", r"110\s+jobs, 14 min 21 s"): "the tests' own Qwen2 and Mistral DAG, not a shipped config",
     ("docs/PERFORMANCE.md", r"ran its 77 jobs in"): "the jobs of the run measured at cb3e7f5",
     ("docs/PERFORMANCE.md", r"The other 45 jobs \("): "the jobs of the run measured at cb3e7f5",
     ("docs/PERFORMANCE.md", r"model\): 36 jobs in"): "the jobs of the run measured at cb3e7f5",

@@ -36,6 +36,21 @@ def test_dequantized_model_predicts_like_the_gguf_original(smollm2_manifest, smo
         torch.testing.assert_close(model(ids).logits, original(ids).logits)
 
 
+def test_the_embedded_gguf_file_is_quantized_as_the_readme_says():
+    """README: 210 weight matrices in Q4_1, the tied token embedding in Q8_0 and 61 norm
+    vectors in float32, read with gguf, the library transformers dequantizes the file with."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    from minormech.models import gguf_package_file
+
+    tensors = GGUFReader(gguf_package_file(KNOWN_MODELS["smollm2-135m"])).tensors
+    assert Counter(t.tensor_type.name for t in tensors) == {"Q4_1": 210, "Q8_0": 1, "F32": 61}
+    assert next(t for t in tensors if t.name == "token_embd.weight").tensor_type.name == "Q8_0"
+    assert not any(t.name == "output.weight" for t in tensors)  # tied: the embedding is the output layer
+
+
 def test_unknown_id_and_missing_path_are_clear():
     with pytest.raises(KeyError, match="unknown model id 'nope'"):
         resolve_model_spec({"id": "nope"})

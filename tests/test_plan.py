@@ -4,6 +4,7 @@ what each is and which stages it gets, and that every path comes from one functi
 import copy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,7 +12,7 @@ from snakemake.utils import update_config
 
 from minormech import plan as paths
 from minormech.config import ConfigError, load_schema, validate_config
-from minormech.plan import RunPlan
+from minormech.plan import HEAD_FIGURES, RunPlan
 
 OVERLAYS = [
     "llama-3.2-3b.yaml",
@@ -19,6 +20,7 @@ OVERLAYS = [
     "positive-control.yaml",
     "positive-control-scratch.yaml",
     "positive-control-gpu.yaml",
+    "quick.yaml",
 ]
 
 
@@ -107,6 +109,15 @@ def test_shard_mode_probe_inputs_name_every_chunk_and_the_xi_map(default):
         plan.probe_inputs("smollm2-135m-random-init", "LR", "k", "filtered")
 
 
+def test_hdf5_shards_are_h5_files_read_by_the_same_probe_inputs(default):
+    config = {**default, "activations": {**default["activations"], "format": "hdf5"}}
+    plan = RunPlan.from_config(config)
+    assert plan.shard_suffix == ".h5" and plan.hdf5 == {"chunk_kb": 1024, "compression": "none"}
+    assert plan.probe_inputs("smollm2-135m", "MD", "v", "unfiltered")["test_shards"] == [
+        "results/smollm2-135m/activations/MD/probe_test/chunk000.h5"
+    ]
+
+
 def test_summary_reads_the_random_init_tables_and_nothing_twice(default):
     plan = RunPlan.from_config(default)
     files = plan.summary_input_list("smollm2-135m")
@@ -143,8 +154,15 @@ def test_path_functions_without_arguments_are_the_rules_patterns():
 def test_targets_follow_the_config(default):
     plan = RunPlan.from_config(default)
     assert plan.figure_targets(3) == ["results/smollm2-135m/figures/fig3_k.pdf"]
-    assert len(plan.head_targets()) == 4
     assert RunPlan.from_config({**default, "heads": {**default["heads"], "enabled": False}}).head_targets() == []
+
+
+def test_the_knockout_figure_is_made_only_where_heads_are_knocked_out(default):
+    """With heads.knockout off (the default) a knockout figure would be blank: none is made."""
+    names = {Path(path).stem for path in RunPlan.from_config(default).head_targets()}
+    assert names == {"heads_increase", "heads_attention", "heads_xi"}
+    knocked = RunPlan.from_config({**default, "heads": {**default["heads"], "knockout": True}})
+    assert {Path(path).stem for path in knocked.head_targets()} == set(HEAD_FIGURES)
 
 
 def test_list_of_rules_is_the_same_for_every_shipped_config(repo_root):

@@ -1,8 +1,11 @@
+import h5py
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from minormech.hdf5_shards import Hdf5Settings
 from minormech.hooks import hook_name
 from minormech.shards import (
     SHARD_FORMAT_VERSION,
@@ -33,15 +36,35 @@ def _header(**over):
     return ShardHeader(**fields)
 
 
-def _write(path, dtype=torch.bfloat16):
+#: Both shard formats: every reader check below holds for each.
+SUFFIXES = [".safetensors", ".h5"]
+
+
+def _write(path, dtype=torch.bfloat16, hdf5=Hdf5Settings()):
     lengths = [3, 5]
     acts = {(s, layer): torch.randn(8, 4 if s == "k" else 6).to(dtype) for s in ("k", "v") for layer in (0, 3)}
-    write_shard(path, _header(), acts, [10, 11], lengths)
+    write_shard(path, _header(), acts, [10, 11], lengths, hdf5=hdf5)
     return acts
 
 
-def test_round_trip_keeps_values_dtype_and_metadata(tmp_path):
-    path = tmp_path / "chunk000.safetensors"
+def _put_nan(path, name):
+    """Rewrite one value of a stored tensor as NaN, keeping the file otherwise as it was."""
+    if path.suffix == ".h5":
+        with h5py.File(path, "r+") as handle:
+            values = handle[name][()]
+            values[2, 1] = np.uint16(0x7FC0) if handle[name].attrs.get("dtype") == "bfloat16" else np.nan
+            handle[name][...] = values
+        return
+    tensors = load_file(str(path))
+    tensors[name][2, 1] = float("nan")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_round_trip_keeps_values_dtype_and_metadata(tmp_path, suffix):
+    path = tmp_path / f"chunk000{suffix}"
     acts = _write(path)
     shard = Shard(path)
     assert shard.header == _header()
@@ -53,33 +76,31 @@ def test_round_trip_keeps_values_dtype_and_metadata(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))  # written atomically
 
 
-def test_reader_refuses_other_runs_and_missing_sites(tmp_path):
-    path = tmp_path / "s.safetensors"
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_reader_refuses_other_runs_and_missing_sites(tmp_path, suffix):
+    path = tmp_path / f"s{suffix}"
     _write(path)
     with pytest.raises(ShardError, match="model_id='m' but this run expects 'other'"):
         Shard(path).expect(model_id="other")
     with pytest.raises(ShardError, match=r"has no blocks\.0\.attn\.hook_q \(it holds sites \['k', 'v'\]"):
         Shard(path).read("q", 0)
     with pytest.raises(ShardError, match="does not exist"):
-        Shard(tmp_path / "none.safetensors")
+        Shard(tmp_path / f"none{suffix}")
 
 
-def test_reader_checks_widths_against_the_model_and_refuses_non_finite_values(tmp_path):
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_reader_checks_widths_against_the_model_and_refuses_non_finite_values(tmp_path, suffix):
     """Shard.read with expect_widths: a tensor narrower than the model's site, or one with
     NaN, is a ShardError naming the file and the tensor; a reader without widths still
     checks finiteness."""
-    path = tmp_path / "s.safetensors"
+    path = tmp_path / f"s{suffix}"
     _write(path)
     assert Shard(path).expect_widths({"k": 4, "v": 6}).read("v", 3).shape == (8, 6)
     with pytest.raises(
-        ShardError, match=r"s\.safetensors: blocks\.3\.attn\.hook_v has shape \[8, 6\], but the model's site is 7 wide"
+        ShardError, match=rf"s\{suffix}: blocks\.3\.attn\.hook_v has shape \[8, 6\], but the model's site is 7 wide"
     ):
         Shard(path).expect_widths({"k": 4, "v": 7}).read("v", 3)
-    tensors = load_file(str(path))
-    tensors["blocks.0.attn.hook_k"][2, 1] = float("nan")
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata()
-    save_file(tensors, str(path), metadata=meta)
+    _put_nan(path, "blocks.0.attn.hook_k")
     with pytest.raises(ShardError, match=r"blocks\.0\.attn\.hook_k holds NaN or infinite values"):
         Shard(path).read("k", 0)
 
@@ -128,12 +149,13 @@ def test_shard_of_an_older_format_is_refused_in_one_line(tmp_path):
     assert SHARD_FORMAT_VERSION == "2"
 
 
-def test_truncated_shard_is_named(tmp_path):
-    path = tmp_path / "s.safetensors"
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_truncated_shard_is_named(tmp_path, suffix):
+    path = tmp_path / f"s{suffix}"
     _write(path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ShardError, match="s.safetensors: .*truncated or damaged"):
+    with pytest.raises(ShardError, match=rf"s\{suffix}: .*truncated or damaged"):
         shard = Shard(path)
         shard.read("v", 3)
 
@@ -164,3 +186,37 @@ def test_save_tensors_is_a_reproducible_safetensors_file(tmp_path):
     with safe_open(str(tmp_path / "one.safetensors"), framework="pt") as handle:
         assert handle.metadata() == {"a": "2", "z": "1"}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("compression", ["none", "lzf", "gzip"])
+def test_hdf5_shards_are_chunked_by_token_rows_and_read_back_bit_identical(tmp_path, compression):
+    """Each (site, layer) dataset is stored in chunks of whole token rows of about chunk_kb
+    KiB, compressed as asked; bfloat16 is stored as its 16-bit words and read back exactly
+    (every bit pattern of a random tensor, NaN-free)."""
+    path = tmp_path / "s.h5"
+    settings = Hdf5Settings(compression=compression, chunk_kb=1)
+    header = _header(sites=("k",), layers=(0,))
+    values = torch.randint(0, 0x7F80, (300, 64), dtype=torch.int16).view(torch.bfloat16)  # finite bfloat16 patterns
+    write_shard(path, header, {("k", 0): values}, [1, 2, 3], [100, 100, 100], hdf5=settings)
+    with h5py.File(path, "r") as handle:
+        dataset = handle[hook_name("k", 0)]
+        assert dataset.dtype == np.uint16 and dataset.attrs["dtype"] == "bfloat16"
+        assert dataset.chunks == (8, 64)  # 1 KiB / (64 values x 2 bytes) = 8 rows
+        assert dataset.compression == (None if compression == "none" else compression)
+    read = Shard(path).read("k", 0)
+    assert read.dtype == torch.bfloat16 and torch.equal(read.view(torch.int16), values.view(torch.int16))
+
+
+def test_hdf5_shards_are_reproducible_and_refuse_non_numeric_datasets(tmp_path):
+    """The same tensors give the same bytes (no modification times, sorted names); a dataset
+    that h5py would decode into Python objects is refused with the file named."""
+    torch.manual_seed(0)
+    acts = _write(tmp_path / "one.h5")
+    write_shard(tmp_path / "two.h5", _header(), dict(reversed(list(acts.items()))), [10, 11], [3, 5])
+    assert (tmp_path / "one.h5").read_bytes() == (tmp_path / "two.h5").read_bytes()
+    assert not list(tmp_path.glob("*.tmp"))
+    with h5py.File(tmp_path / "one.h5", "r+") as handle:
+        del handle["lengths"]
+        handle.create_dataset("lengths", data=np.array(["3", "5"], dtype=object), dtype=h5py.string_dtype())
+    with pytest.raises(ShardError, match=r"one\.h5: cannot read its prompt index .*not a number type"):
+        Shard(tmp_path / "one.h5")

@@ -7,8 +7,11 @@ profile are copied as a fresh clone would have them and slurm/config.yaml is use
 would use it; only settings of this particular cluster come from the command line:
 squeue as the status command (the test cluster has no accounting database, so no sacct),
 SLURM logs of successful jobs kept (to check them), and a short first status check (a
-speed-up). The profile's partitions are used as they are: the test cluster has a default
-partition `debug` and a partition `gpu`, where the profile sends the GPU rules.
+speed-up). The profile's partition file is used as it is: the test cluster's partitions are
+named as in slurm/partitions.yaml, `cpu` (the default) and `gpu`, and its node declares one
+GPU (a fake one, behind /dev/null), so that a job asking for a GPU can be placed. The tiny DAG
+computes on the CPU, so none of its jobs asks for a GPU and all of them must run in `cpu`; a
+two-rule workflow, one rule asking for a GPU, shows that such a job goes to `gpu`.
 Takes 9-16 minutes on 2 cores.
 """
 
@@ -26,21 +29,15 @@ from workflow_helpers import TINY
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = {
-    "activations",
-    "attribution",
-    "head_views",
-    "patching",
-    "probe",
-}  # the tiny config keeps shards; stream_probes goes to gpu too
-GPU_PARTITION_RULES = GPU_RULES | {"stream_probes", "model"}
+#: Rules that run a model (the tiny config keeps shards, so no stream_probes): never local.
+MODEL_RULES = {"activations", "attribution", "head_views", "patching", "probe"}
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     try:
-        started = slurm_cluster.start_cluster(tmp_path_factory.mktemp("slurm"))
+        started = slurm_cluster.start_cluster(tmp_path_factory.mktemp("slurm"), fake_gpus=1)
     except slurm_cluster.SlurmUnavailable as reason:
         pytest.skip(f"no local SLURM cluster: {reason}")
     yield started
@@ -53,10 +50,19 @@ def slurm_run(cluster, tmp_path_factory, repo_root):
     for name in ("Snakefile", "rules", "workflow", "config", "envs", "minormech", "slurm"):
         source = repo_root / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
-    # One site and no random-init control or patching controls: fewer and shorter SLURM jobs
-    # (the controls' rules are CPU or GPU rules like the others; tests/test_workflow.py runs them).
+    # One site, one shard per prompt set, one patched layer, no knockouts and no random-init
+    # control or patching controls: fewer and shorter SLURM jobs (the rules left out are CPU
+    # or GPU rules like the others; tests/test_workflow.py runs them).
     controls = {"least_squares": True, "control_task": True, "random_init": False, "patching": False}
-    (work / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "sites": ["k"], "controls": controls}))
+    small = {
+        **TINY,
+        "sites": ["k"],
+        "controls": controls,
+        "patching": {**TINY["patching"], "layers": [29]},
+        "heads": {**TINY["heads"], "knockout": False},
+        "activations": {**TINY["activations"], "chunks": {"probe_train": 1, "probe_test": 1, "probe_control": 1}},
+    }
+    (work / "tiny.yaml").write_text(yaml.safe_dump(small))
     # The jobs inherit this environment (the plugin submits with sbatch --export=ALL):
     # SLURM_CONF finds the test cluster, PATH the virtual environment's programs, and
     # PYTHONPATH makes the jobs' scripts import the copied minormech, not the editable install.
@@ -66,10 +72,16 @@ def slurm_run(cluster, tmp_path_factory, repo_root):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(work), os.environ.get("PYTHONPATH")])),
     }
+    output = run_with_profile(work, env, cluster, "--configfile", "tiny.yaml")
+    return work, output, env
+
+
+def run_with_profile(work: Path, env: dict, cluster, *args: str) -> str:
+    """`snakemake --profile slurm` in work, with only what this test cluster needs added."""
     command = [
         sys.executable, "-m", "snakemake",
         "--profile", "slurm",
-        "--configfile", "tiny.yaml",
+        *args,
         "--jobs", "2",
         "--slurm-status-command", "squeue",
         "--slurm-keep-successful-logs",
@@ -79,7 +91,7 @@ def slurm_run(cluster, tmp_path_factory, repo_root):
     output = result.stdout + result.stderr
     (work / "snakemake.out").write_text(output)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{output[-6000:]}\n{cluster.log_tail()}"
-    return work, output, env
+    return output
 
 
 def squeue(env, job_ids):
@@ -100,15 +112,15 @@ def test_every_job_with_work_ran_as_a_slurm_job(slurm_run):
     submitted = {jobid: (slurm_id, Path(log)) for jobid, slurm_id, log in SUBMITTED.findall(output)}
     assert remote_jobs, output[-3000:]
     assert {jobid for _, jobid in remote_jobs} == set(submitted), output[-3000:]
-    # which light rules run locally is the workflow's choice; the model and probe rules never do
-    assert GPU_RULES <= {rule for rule, _ in remote_jobs}, remote_jobs
+    # which light rules run locally is the workflow's choice; the model-running rules never do
+    assert MODEL_RULES <= {rule for rule, _ in remote_jobs}, remote_jobs
 
     states = squeue(env, [slurm_id for slurm_id, _ in submitted.values()])
     for rule, jobid in remote_jobs:
         slurm_id, log = submitted[jobid]
         assert states[slurm_id][0] == "COMPLETED", (rule, slurm_id, states[slurm_id])
-        # the profile sends the GPU rules to the partition `gpu`, the rest to the default
-        assert states[slurm_id][1] == ("gpu" if rule in GPU_PARTITION_RULES else "debug"), (rule, states[slurm_id])
+        # a CPU run asks for no GPU, so the partition file sends every job to `cpu`
+        assert states[slurm_id][1] == "cpu", (rule, states[slurm_id])
         # and the SLURM log goes to logs/slurm/rule_<rule>/<wildcards>/<slurm id>.log
         assert log.is_relative_to(work / "logs" / "slurm" / f"rule_{rule}") and log.name == f"{slurm_id}.log", log
         assert log.stat().st_size > 0
@@ -128,3 +140,37 @@ def test_figures_exist(slurm_run):
     figures = work / "results" / "smollm2-135m" / "figures"
     for number in range(1, 6):
         assert (figures / f"fig{number}_k.pdf").stat().st_size > 0
+
+
+#: A workflow of one rule that asks for a GPU and one that does not; each writes the GPUs
+#: SLURM gave it.
+ROUTING_SNAKEFILE = """
+rule all:
+    input: "gpu.txt", "cpu.txt"
+    localrule: True
+
+rule asks_for_a_gpu:
+    output: "gpu.txt"
+    resources: gpu=1, mem_mb=100, runtime=5
+    shell: "echo ${{CUDA_VISIBLE_DEVICES:-none}} > {output}"
+
+rule asks_for_none:
+    output: "cpu.txt"
+    resources: gpu=0, mem_mb=100, runtime=5
+    shell: "echo ${{CUDA_VISIBLE_DEVICES:-none}} > {output}"
+"""
+
+
+def test_the_partition_file_sends_a_job_that_asks_for_a_gpu_to_the_gpu_partition(
+    slurm_run, cluster, tmp_path, repo_root
+):
+    _, _, env = slurm_run
+    shutil.copytree(repo_root / "slurm", tmp_path / "slurm")
+    (tmp_path / "Snakefile").write_text(ROUTING_SNAKEFILE)
+    output = run_with_profile(tmp_path, env, cluster)
+    jobs = dict(re.findall(r"^rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)$", output, re.MULTILINE))
+    slurm_ids = {jobid: slurm_id for jobid, slurm_id, _ in SUBMITTED.findall(output)}
+    partitions = {rule: squeue(env, [slurm_ids[jobid]])[slurm_ids[jobid]][1] for rule, jobid in jobs.items()}
+    assert partitions == {"asks_for_a_gpu": "gpu", "asks_for_none": "cpu"}, (partitions, output[-3000:])
+    assert (tmp_path / "gpu.txt").read_text().strip() != "none"
+    assert (tmp_path / "cpu.txt").read_text().strip() == "none"

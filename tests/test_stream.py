@@ -1,5 +1,6 @@
 """Stream mode (minormech.stream) against shard mode on the real embedded model: the same
-probes, seeds and batch order must give the same test MSE per (site, layer, variant)."""
+probes, seeds and batch order must give the same test MSE per (site, layer, variant); and
+HDF5 shards against safetensors shards: identical batches and probes."""
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from minormech.probes import (
     train_probe_groups,
 )
 from minormech.prompts import generate_prompts, prompt_weight_ids, prompts_digest
+from minormech.ridge_probes import PoolingTap
 from minormech.runner import RunOptions
 from minormech.shards import Shard, ShardHeader, chunk_rows, write_shard
 from minormech.stream import StreamSource
@@ -35,7 +37,8 @@ def _prompts(tokenizer, prompt_set, n):
 
 
 def _shards(model, tokenizer, prompts, prompt_set, n_chunks, directory):
-    shards = []
+    """{suffix: the chunks' shards} in both formats, written from the same activations."""
+    shards = {".safetensors": [], ".h5": []}
     for c, rows in enumerate(chunk_rows(len(prompts), n_chunks)):
         part = [prompts[i] for i in rows]
         activations = extract_activations(
@@ -44,23 +47,24 @@ def _shards(model, tokenizer, prompts, prompt_set, n_chunks, directory):
         header = ShardHeader(
             "smollm2-135m", "LR", prompt_set, c, tuple(SITES), tuple(LAYERS), "float32", prompts_digest(part)
         )
-        path = directory / f"{prompt_set}{c}.safetensors"
-        write_shard(path, header, activations, [p.id for p in part], [p.length for p in part])
-        shards.append(Shard(path))
+        for suffix, written in shards.items():
+            path = directory / f"{prompt_set}{c}{suffix}"
+            write_shard(path, header, activations, [p.id for p in part], [p.length for p in part])
+            written.append(Shard(path))
     return shards
 
 
 @pytest.fixture(scope="module")
 def sets(smollm2, tmp_path_factory):
-    """48 training prompts in 2 chunks and 16 test prompts, as shards (float32) and as
-    stream sources over the same prompts."""
+    """48 training prompts in 2 chunks and 16 test prompts, as shards (float32; safetensors
+    and HDF5) and as stream sources over the same prompts."""
     model, tokenizer = smollm2
     directory = tmp_path_factory.mktemp("stream")
     train, test = _prompts(tokenizer, "probe_train", 48), _prompts(tokenizer, "probe_test", 16)
-    shards = {
-        "train": _shards(model, tokenizer, train, "probe_train", 2, directory),
-        "test": _shards(model, tokenizer, test, "probe_test", 1, directory),
-    }
+    train_shards = _shards(model, tokenizer, train, "probe_train", 2, directory)
+    test_shards = _shards(model, tokenizer, test, "probe_test", 1, directory)
+    shards = {"train": train_shards[".safetensors"], "test": test_shards[".safetensors"]}
+    hdf5 = {"train": train_shards[".h5"], "test": test_shards[".h5"]}
     widths = {"k": 192, "v": 192}
 
     def stream(prompts, n_chunks):
@@ -76,7 +80,7 @@ def sets(smollm2, tmp_path_factory):
         )
 
     masks = (torch.rand(4, len(LAYERS), 192, generator=torch.Generator().manual_seed(1)) < 0.5).float()
-    return {"train": train, "test": test, "shards": shards, "stream": stream, "masks": masks}
+    return {"train": train, "test": test, "shards": shards, "hdf5": hdf5, "stream": stream, "masks": masks}
 
 
 SETTINGS = {
@@ -122,9 +126,10 @@ def test_stream_and_shards_give_the_same_test_mse(sets, regime):
 def test_stream_batches_equal_shard_batches(sets):
     """The activations a probe sees are the same from both sources, batch by batch, for a
     shuffled order with batches larger and smaller than a forward batch (up to the
-    rounding of forwards over other batch shapes, as in tests/test_activations.py)."""
-    train_shards = ProbeData(sets["shards"]["train"], sets["train"], "k", LAYERS)
-    stream = sets["stream"](sets["train"], 2)
+    rounding of forwards over other batch shapes, as in tests/test_activations.py), and so
+    are the pooled vectors the ridge readouts take from them."""
+    train_shards = PoolingTap(ProbeData(sets["shards"]["train"], sets["train"], "k", LAYERS), ["k"]).record(None)
+    stream = PoolingTap(sets["stream"](sets["train"], 2), ["k"]).record(None)
     for batch_size in (1, 12):
         order = list(batch_order(train_shards.chunk_sizes, batch_size, rng=np.random.default_rng(3)))
         for from_shards, from_stream in zip(train_shards.read(order), stream.read(order), strict=True):
@@ -133,6 +138,9 @@ def test_stream_batches_equal_shard_batches(sets):
             torch.testing.assert_close(
                 from_stream.activations("k"), from_shards.activations("k"), rtol=1e-4, atol=1e-4
             )  # forwards of other batch shapes: rounding only
+    # the ridge readouts' pooled vectors, taken from those batches, agree the same way
+    for key, kept in train_shards.kept.items():
+        torch.testing.assert_close(stream.kept[key], kept, rtol=1e-4, atol=1e-4)
 
 
 def test_batch_order_keeps_batches_inside_chunks_and_covers_every_prompt():
@@ -145,3 +153,22 @@ def test_batch_order_keeps_batches_inside_chunks_and_covers_every_prompt():
     assert sorted(seen.tolist()) == [i for i in range(16) if select[i]]
     for rows in batches:
         assert len(set(np.searchsorted(starts, rows, side="right"))) == 1  # one chunk per batch
+
+
+def test_hdf5_shards_give_the_batches_and_probes_of_safetensors_shards(sets):
+    """The shard format changes nothing downstream: the same batches, bit for bit, and
+    probes trained from them with the same test MSE, exactly."""
+    settings = SETTINGS["improved"]
+    max_positions = max(p.length for p in [*sets["train"], *sets["test"]])
+    mse = {}
+    for source in ("shards", "hdf5"):
+        train = ProbeData(sets[source]["train"], sets["train"], "k", LAYERS)
+        test = ProbeData(sets[source]["test"], sets["test"], "k", LAYERS)
+        order = list(batch_order(train.chunk_sizes, 12, rng=np.random.default_rng(3)))
+        mse[source, "batches"] = [batch.activations("k") for batch in train.read(order)]
+        stacks, _ = train_probe_groups(train, [ProbeGroup("k", None)], settings, max_positions)
+        (predictions,), index = predict_stacks(stacks, test, 64)
+        mse[source] = per_probe_mse(predictions, test.targets[index])
+    for from_safetensors, from_hdf5 in zip(mse["shards", "batches"], mse["hdf5", "batches"], strict=True):
+        assert torch.equal(from_safetensors, from_hdf5)
+    assert torch.equal(mse["shards"], mse["hdf5"])

@@ -27,6 +27,12 @@ def test_dag_runs_to_every_figure(workdir, finished):
         assert sorted(table["layer"].unique()) == list(range(30))
         assert table["test_mse"].notna().all() and (table["test_mse"] > 0).all()
         assert (table["baseline_mse"] > 20).all()
+        # the ridge readouts, beside every unfiltered probe, with their intervals
+        for column in ("ridge_mean_mse", "ridge_last_mse"):
+            assert table[column].notna().all() and (table[column] > 0).all()
+            assert (table[f"{column}_ci_low"] <= table[column]).all()
+    summary = (workdir / "results" / "smollm2-135m" / "summary.md").read_text()
+    assert "ridge lowest (mean-pooled; last token)" in summary
     xi = pd.read_csv(figures / "fig2_k.csv")
     assert len(xi) == 30 * 192 and xi["xi"].abs().max() <= 191
     filtered = pd.read_csv(figures / "fig3_k.csv")
@@ -165,6 +171,13 @@ def test_report_renders_every_figure(workdir, finished):
         assert f"fig{number}_k.png" in html and f"fig{number}_v.png" in html
     for figure in ("heads_increase", "heads_knockout", "heads_attention", "heads_xi"):
         assert f"{figure}.png" in html
+    # The summary is inlined (its caption includes summary.rst), tables as HTML, headline first.
+    summary = (workdir / "results" / "smollm2-135m" / "summary.md").read_text()
+    lr_row = next(line for line in summary.splitlines() if line.startswith("| LR |"))
+    test_mse = lr_row.split(" | ")[2]
+    assert f"<td>{test_mse}</td>" in html, test_mse
+    assert "Task accuracy (greedy answers to the unpatched patching prompts)" in html
+    assert "minormech: minor mathematical mechanisms in large language models" in html  # the workflow description
 
 
 def test_truncated_shard_gives_one_clear_line(workdir, finished):
@@ -190,6 +203,7 @@ def test_truncated_shard_gives_one_clear_line(workdir, finished):
         run(workdir, target, "--cores", "2", "--configfile", "tiny.yaml")
 
 
+@pytest.mark.slow  # 161 s on 2 cores; tests/test_stream.py checks the same equality on the modules
 def test_stream_mode_matches_shard_mode_through_the_workflow(tmp_path, workdir, finished):
     """probe.source: stream on a copy of the finished tiny run (results hard-linked, probe
     results removed): only the stream jobs and the probe figures run, no activation shard
@@ -226,7 +240,7 @@ def test_stream_mode_matches_shard_mode_through_the_workflow(tmp_path, workdir, 
                 )
                 columns = ["test_mse", "gain"]
                 if kind == "unfiltered":
-                    columns += ["control_mse", "selectivity"]  # the control task too
+                    columns += ["control_mse", "selectivity", "ridge_mean_mse", "ridge_last_mse"]  # the controls too
                 scale = shards["baseline_mse"]  # differences can be near zero: compare on the MSE scale
                 difference = (stream[columns] - shards[columns]).abs().div(scale, axis=0).max().max()
                 assert difference <= 1e-3, f"{relative}: {difference:.2e}"

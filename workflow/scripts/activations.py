@@ -3,6 +3,7 @@
 import time
 
 from minormech.activations import Recording, extract_activations, pad_token_id
+from minormech.hdf5_shards import Hdf5Settings
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.prompts import prompts_digest, read_prompts
 from minormech.runlog import job_logger, progress
@@ -41,6 +42,7 @@ write_shard(
     [p.id for p in prompts],
     [p.length for p in prompts],
     made_from=f"{snakemake.input.prompts} (chunk {chunk}) on the model of {snakemake.input.model}",
+    hdf5=Hdf5Settings(**params.hdf5),
 )
 tokens = sum(p.length for p in prompts)
 log.info(

@@ -1,4 +1,6 @@
-"""Figure 2: heatmap of xi (layer x feature) for one (model, site)."""
+"""Figure 2: heatmap of xi (layer x feature) for one (model, site); where the model's head
+size is known (params.head_size, features per attention head), the head boundaries of q,
+k and v."""
 
 import numpy as np
 import pandas as pd
@@ -21,7 +23,9 @@ long = pd.DataFrame(
 )
 long.to_csv(snakemake.output.csv, index=False)
 save_figure(
-    xi_heatmap_figure(xi, params.layers, wildcards.model, wildcards.site, tuple(params.pair)),
+    xi_heatmap_figure(
+        xi, params.layers, wildcards.model, wildcards.site, tuple(params.pair), head_size=params.head_size
+    ),
     snakemake.output.pdf,
     snakemake.output.png,
 )

@@ -1,6 +1,6 @@
-"""results/<model>/summary.json and summary.md: what the figures show, with intervals
-(minormech.summary). params.files names every input by its role (minormech.plan
-RunPlan.summary_files)."""
+"""results/<model>/summary.json, summary.md and summary.rst: what the figures show, with
+intervals (minormech.summary), headline first (minormech.summary_report). params.files
+names every input by its role (minormech.plan RunPlan.summary_files)."""
 
 import json
 
@@ -14,8 +14,8 @@ from minormech.summary import (
     h3_summary,
     patching_summary,
     probe_summary,
-    summary_markdown,
 )
+from minormech.summary_report import headline, summary_document, to_markdown, to_rst
 from minormech.tasks import WeightTable
 from minormech.uncertainty import Bootstrap
 
@@ -27,7 +27,12 @@ filtered_variants = list(FILTER_VARIANT_NAMES)
 tables = {task: WeightTable.read_tsv(path, task) for task, path in files["datasets"].items()}
 train_mean = {task: table.weights[table.train_ids].mean(0) for task, table in tables.items()}
 uncertainty = {"bootstrap": bootstrap.n_boot, "level": bootstrap.level}
-summary = {"model": wildcards.model, "uncertainty": uncertainty, "pair": pair, "sites": {}}
+accuracy = pd.read_csv(files["accuracy"])
+accuracy = {
+    row.task: {"correct": int(row.correct), "n": int(row.n)}
+    for row in accuracy[accuracy["prompt_set"] == "reference"].itertuples()
+}
+summary = {"model": wildcards.model, "uncertainty": uncertainty, "pair": pair, "accuracy": accuracy, "sites": {}}
 
 
 def site_summary(site_files):
@@ -66,6 +71,10 @@ for site in params.sites:
     )
 with open(snakemake.output.json, "w") as handle:
     json.dump(summary, handle, indent=2)
-with open(snakemake.output.md, "w") as handle:
-    handle.write(summary_markdown(summary))
+document = summary_document(summary)
+for path, render in ((snakemake.output.md, to_markdown), (snakemake.output.rst, to_rst)):
+    with open(path, "w") as handle:
+        handle.write(render(document))
+for line in headline(summary):
+    log.info("%s", line)
 log.info("wrote %s", snakemake.output.md)
