@@ -25,7 +25,6 @@ Safety and reproducibility, as for safetensors shards:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,11 +64,11 @@ class Hdf5Settings:
 
 
 def write_hdf5(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], settings: Hdf5Settings) -> None:
-    """Write `tensors` (name -> tensor) and `metadata` (root attributes) to `path` through a
-    temporary name; 2-D tensors are chunked by rows and compressed as `settings` say."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write `tensors` (name -> tensor) and `metadata` (root attributes) to `path` (the
+    caller's temporary name: minormech.shards renames it when complete); 2-D tensors are
+    chunked by rows and compressed as `settings` say."""
     compression = None if settings.compression == "none" else settings.compression
-    with h5py.File(tmp, "w", locking=False) as handle:
+    with h5py.File(path, "w", locking=False) as handle:
         for key in sorted(metadata):
             handle.attrs[key] = metadata[key]
         for name in sorted(tensors):
@@ -83,10 +82,6 @@ def write_hdf5(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str,
             dataset = handle.create_dataset(name, data=values, track_times=False, **options)
             if tensor.dtype == torch.bfloat16:
                 dataset.attrs["dtype"] = "bfloat16"
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
 
 
 class Hdf5File:

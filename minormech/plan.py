@@ -636,7 +636,8 @@ class RunPlan:
         0 when they are off, a model trains no unfiltered probes, or its shape is unknown
         (its job then asks for the 8 GB of an unknown shape)."""
         ridge = self.config["probe"]["ridge"]
-        spec, row = self.model(model_id).spec, self.model(model_id)
+        row = self.model(model_id)
+        spec = row.spec
         if not ridge["enabled"] or "unfiltered" not in row.probe_kinds:
             return 0
         if not all(site in spec.site_widths for site in self.sites):

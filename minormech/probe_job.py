@@ -20,6 +20,7 @@ import torch
 
 from minormech.controls import least_squares_predictions
 from minormech.probe_results import (
+    POOLINGS,
     ControlScores,
     ProbeIdentity,
     ProbeOutputs,
@@ -40,7 +41,7 @@ from minormech.probes import (
     validation_mask,
 )
 from minormech.prompts import Prompt
-from minormech.ridge_probes import POOLINGS, PoolingTap, RidgeSettings
+from minormech.ridge_probes import PoolingTap, RidgeSettings
 from minormech.tasks import WeightTable, get_task
 from minormech.uncertainty import Bootstrap
 
@@ -183,12 +184,11 @@ def run_probe_job(job: ProbeJob, entries: Sequence[ProbeEntry], sources: ProbeSo
     stacks, summaries = train_probe_groups(
         train, groups, job.settings, run.max_positions, device, run.progress, eval_batch_size=run.eval_batch_size
     )
-    ridge_alphas = {}
+    readouts = {}
     if ridge_sites:
         start = time.perf_counter()
         train.fill_missing(run.eval_batch_size)
         readouts = train.fit(job.ridge)
-        ridge_alphas = {key: readout.alphas for key, readout in readouts.items()}
         test.predict_with(readouts)
         log.info("ridge readouts of %s fitted in %.1f s", ridge_sites, time.perf_counter() - start)
     predictions, index = predict_stacks(stacks[: len(entries)], test, run.predict_batch_size)
@@ -206,7 +206,7 @@ def run_probe_job(job: ProbeJob, entries: Sequence[ProbeEntry], sources: ProbeSo
         ridge = {}
         if entry.kind == "unfiltered" and ridge_sites:
             ridge = {pooling: test.predictions[entry.site, pooling][:, index] for pooling in POOLINGS}
-            summary["ridge_alphas"] = {pooling: ridge_alphas[entry.site, pooling] for pooling in POOLINGS}
+            summary["ridge_alphas"] = {pooling: readouts[entry.site, pooling].alphas for pooling in POOLINGS}
         write_probe_results(
             entry.outputs,
             ProbeIdentity(job.model_id, job.task, entry.site, job.layers, entry.variants),

@@ -28,6 +28,14 @@ from minormech.uncertainty import Bootstrap
 log = logging.getLogger(__name__)
 
 PROBE_KINDS = ("unfiltered", "filtered")
+#: How the ridge readouts beside the unfiltered probes (minormech.ridge_probes) turn a
+#: prompt's token activations into one vector: their mean, or the last token's.
+POOLINGS = ("mean", "last")
+
+
+def ridge_column(pooling: str) -> str:
+    """The probe-table column of one pooling's readout test MSE (with _ci_low, _ci_high)."""
+    return f"ridge_{pooling}_mse"
 
 
 @dataclass
@@ -219,7 +227,7 @@ def write_probe_results(
         least_squares = report.least_squares[index]
         references["ceiling_mse"] = report.interval(squared_errors(least_squares, targets), groups)
     ridge_columns = {
-        f"ridge_{pooling}_mse": report.interval(squared_errors(values, targets), groups)
+        ridge_column(pooling): report.interval(squared_errors(values, targets), groups)
         for pooling, values in result.ridge.items()
     }
     control_columns = control_intervals(control, report.interval) if control is not None else {}

@@ -35,9 +35,6 @@ from threadpoolctl import threadpool_limits
 
 from minormech.probes import ActivationSource, ProbeBatch, batch_order
 
-#: How a prompt's token activations become one vector: their mean, or the last token's.
-POOLINGS = ("mean", "last")
-
 
 @dataclass(frozen=True)
 class RidgeSettings:

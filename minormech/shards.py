@@ -167,7 +167,7 @@ def save_tensors(
     header = {"__metadata__": dict(sorted((metadata or {}).items())), **entries} if metadata else entries
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_name(path)
     with open(tmp, "wb") as handle:
         handle.write(struct.pack("<Q", len(encoded)))
         handle.write(encoded)
@@ -175,9 +175,21 @@ def save_tensors(
             tensor = tensors[name].detach().to("cpu").contiguous()
             if tensor.numel():
                 handle.write(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+    publish(tmp, path)
+
+
+def temporary_name(path: Path) -> Path:
+    """Where a file is written before publish renames it into place."""
+    return path.with_name(path.name + ".tmp")
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Rename a completely written temporary file to `path`, with the permissions of any
+    output (the temporary file is private), so a killed job never leaves a file that
+    looks complete."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # the temporary file is private; the result is shared like any output
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
@@ -203,9 +215,10 @@ def write_shard(
         if values.shape[0] != total:
             raise ValueError(f"{hook_name(site, layer)} has {values.shape[0]} rows, expected {total}")
         tensors[hook_name(site, layer)] = values.contiguous()
-    if path.suffix == SHARD_SUFFIXES["hdf5"]:
+    if is_hdf5(path):
         refuse_non_finite(path, tensors, made_from)
-        write_hdf5(path, tensors, header.to_metadata(), hdf5)
+        write_hdf5(temporary_name(path), tensors, header.to_metadata(), hdf5)
+        publish(temporary_name(path), path)
     else:
         save_tensors(tensors, path, header.to_metadata(), made_from)
 
@@ -238,7 +251,12 @@ class _SafetensorsFile:
 
 def open_tensor_file(path: Path) -> _SafetensorsFile | Hdf5File:
     """The shard at `path` opened by the reader its suffix names."""
-    return Hdf5File(path) if path.suffix == SHARD_SUFFIXES["hdf5"] else _SafetensorsFile(path)
+    return Hdf5File(path) if is_hdf5(path) else _SafetensorsFile(path)
+
+
+def is_hdf5(path: Path) -> bool:
+    """Whether a shard's suffix names the HDF5 format (else it is safetensors)."""
+    return path.suffix == SHARD_SUFFIXES["hdf5"]
 
 
 class Shard:
@@ -248,7 +266,7 @@ class Shard:
         self.path = Path(path)
         if not self.path.exists():
             raise ShardError(f"{self.path}: shard does not exist; rerun snakemake, which remakes it (rule activations)")
-        kind = "HDF5" if self.path.suffix == SHARD_SUFFIXES["hdf5"] else "safetensors"
+        kind = "HDF5" if is_hdf5(self.path) else "safetensors"
         try:
             self._file = open_tensor_file(self.path)
             meta = self._file.metadata()

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from minormech.probe_results import squared_errors
+from minormech.probe_results import POOLINGS, ridge_column, squared_errors
 from minormech.ranking import HALVES
-from minormech.ridge_probes import POOLINGS
 from minormech.shards import load_tensors
 from minormech.uncertainty import Bootstrap, Interval
 
@@ -93,7 +92,7 @@ def probe_summary(
     }
     ridge = {}
     for pooling in POOLINGS:
-        column = f"ridge_{pooling}_mse"
+        column = ridge_column(pooling)
         if column in unfiltered and unfiltered[column].notna().any():
             lowest = unfiltered.loc[unfiltered[column].idxmin()]
             ridge[pooling] = {"layer": int(lowest["layer"]), "test_mse": interval(lowest, column)}

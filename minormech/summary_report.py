@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from minormech.probe_results import POOLINGS
+
 
 @dataclass(frozen=True)
 class Heading:
@@ -145,7 +147,7 @@ def ridge_text(ridge: dict | None) -> str:
         return "n/a"
     return "; ".join(
         f"{interval_text(ridge[pooling]['test_mse'])} (layer {ridge[pooling]['layer']})"
-        for pooling in ("mean", "last")
+        for pooling in POOLINGS
         if pooling in ridge
     )
 
