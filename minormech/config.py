@@ -309,6 +309,39 @@ def config_warnings(config: dict[str, Any], cores: int | None) -> list[str]:
     return []
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last
+    value silently, so a repeated key hides an earlier setting)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_config_file(path: str | Path) -> None:
+    """ConfigError naming `path` for a config file this workflow refuses: a repeated key, or
+    ``__use_yte__: true``, with which Snakemake evaluates the file's ``?...`` expressions as
+    Python code when it reads it. (Snakemake reads a --configfile before the workflow's code
+    runs, so the expressions have run by then; the refusal keeps any such config from
+    planning a job. README, "Safety".)"""
+    try:
+        raw = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}; allowed values: each key once per mapping") from None
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: not a readable YAML or JSON file ({str(error).splitlines()[0]})") from None
+    if isinstance(raw, dict) and raw.get("__use_yte__"):
+        raise ConfigError(
+            f"{path}: __use_yte__: true makes Snakemake evaluate the file's expressions as Python code; "
+            "this workflow refuses such configs: write plain values"
+        )
+
+
 def validate_config(config: dict[str, Any], schema: dict) -> None:
     """Raise ConfigError for the first problem found, schema problems first."""
     validator = STRICT_VALIDATOR(schema)

@@ -25,6 +25,7 @@ Safety and reproducibility, as for safetensors shards:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,14 @@ def write_hdf5(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str,
     """Write `tensors` (name -> tensor) and `metadata` (root attributes) to `path` (the
     caller's temporary name: minormech.shards renames it when complete); 2-D tensors are
     chunked by rows and compressed as `settings` say."""
+    try:
+        _write(path, tensors, metadata, settings)
+    except (OSError, RuntimeError) as error:  # HDF5 reports a failed write (a full disk) on flush or close
+        reason = re.search(r"error message = '([^']*)'", str(error))
+        raise OSError(f"{path}: HDF5 write failed: {reason[1] if reason else str(error).splitlines()[0]}") from None
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], settings: Hdf5Settings) -> None:
     compression = None if settings.compression == "none" else settings.compression
     with h5py.File(path, "w", locking=False) as handle:
         for key in sorted(metadata):

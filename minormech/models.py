@@ -32,6 +32,7 @@ its config.json names.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -272,6 +273,7 @@ class ModelManifest:
     num_layers: int
     site_widths: dict[str, int]
     commit: str | None = None  # hub models: the commit of the snapshot loaded (revision pinned or newest)
+    weights_fingerprint: str | None = None  # path models: weights_fingerprint of load_from when prepared
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -305,6 +307,26 @@ class ModelManifest:
 #: (as large as the model) that transformers does not read. Pickle checkpoints are never
 #: downloaded or loaded: weights come from safetensors (or the embedded GGUF) only.
 HUB_IGNORE = ["original/*", "*.pth", "*.pt", "*.bin", "*.ckpt", "*.pkl", "*.gguf"]
+
+
+def weights_fingerprint(directory: str | Path) -> str:
+    """SHA-256 over what identifies a local model directory's weights without reading them:
+    config.json's bytes and, per ``*.safetensors`` file, its name, size, modification time
+    and header (tensor names, dtypes, shapes and offsets). Weights replaced in place change
+    it, so the run plan, which puts it in the model job's params, remakes the model's
+    manifest and everything computed from it; a copy of the directory (new times) does too,
+    which costs a rerun but never a stale result."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    config = directory / "config.json"
+    digest.update(config.read_bytes() if config.is_file() else b"")
+    for weights in sorted(directory.glob("*.safetensors")):
+        stat = weights.stat()
+        digest.update(f"{weights.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        with open(weights, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            digest.update(handle.read(min(header_size, stat.st_size)))
+    return digest.hexdigest()
 
 
 def require_safetensors(model_id: str, directory: str | Path) -> None:
@@ -402,7 +424,8 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path, downloaded: str | None =
     require_supported(spec.id, load_from, config.to_dict())
     num_layers, widths = _facts_from_config(config.to_dict())
     commit = snapshot_commit(load_from) if spec.source == "hub" else None
-    return ModelManifest(spec.id, spec.source, load_from, num_layers, widths, commit)
+    fingerprint = weights_fingerprint(load_from) if spec.source == "path" else None
+    return ModelManifest(spec.id, spec.source, load_from, num_layers, widths, commit, fingerprint)
 
 
 def load_model(manifest: ModelManifest, device: str = "cpu", dtype: str = "auto"):
@@ -421,6 +444,11 @@ def load_model(manifest: ModelManifest, device: str = "cpu", dtype: str = "auto"
             f"delete its manifest (results/{manifest.id}/model/manifest.json) and rerun"
         )
     require_safetensors(manifest.id, manifest.load_from)
+    if manifest.weights_fingerprint and manifest.weights_fingerprint != weights_fingerprint(manifest.load_from):
+        raise FileNotFoundError(
+            f"model {manifest.id}: the weights in {manifest.load_from} changed after its manifest was written "
+            f"(results/{manifest.id}/model/manifest.json); rerun snakemake, which remakes the model's results"
+        )
     tokenizer = AutoTokenizer.from_pretrained(manifest.load_from)
     model = AutoModelForCausalLM.from_pretrained(manifest.load_from, dtype=torch_dtype, use_safetensors=True).to(
         torch_device

@@ -37,6 +37,7 @@ from minormech.models import (
     architecture_parameters,
     architectures,
     resolve_model_spec,
+    weights_fingerprint,
 )
 from minormech.probe_results import PROBE_KINDS
 from minormech.random_init import random_init_id, random_init_spec
@@ -432,7 +433,8 @@ class RunPlan:
         """What making a model depends on, by how it is made (the model job's params, so
         that only a change of these remakes it): a random-init control its base and the
         seed, a trained model its training settings, the tasks, the prompt budget and the
-        compute settings, any other its `models:` entry."""
+        compute settings, a local-path model its entry and its weights' fingerprint, any
+        other its `models:` entry."""
         row = self.model(model_id)
         recipe: dict[str, Any] = {"made_by": row.made_by}
         if row.made_by == "random_init":
@@ -448,6 +450,8 @@ class RunPlan:
                 "max_prompt_tokens": prompts,
                 "compute": self.compute,
             }
+        if row.made_by == "path":  # weights replaced in place remake the manifest and all after it
+            return {**recipe, "entry": row.entry, "weights": weights_fingerprint(row.spec.location)}
         return {**recipe, "entry": row.entry}
 
     def probe_inputs(self, model_id: str, task: str, site: str, kind: str) -> dict[str, Any]:

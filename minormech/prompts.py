@@ -35,7 +35,8 @@ from minormech.tasks import Task, WeightTable, examples_for, stable_seed
 PROMPT_SETS = ("probe_train", "probe_test", "probe_control", "attribution", "patching", "patching_ref")
 #: The first line of a prompt file; version 2 added each prompt's examples.
 PROMPT_FORMAT = "minormech prompts"
-PROMPT_FORMAT_VERSION = 2
+#: 3: the header holds the SHA-256 of the records (2 had none; 1 had no header and no examples).
+PROMPT_FORMAT_VERSION = 3
 
 
 class Tokenizer(Protocol):
@@ -232,15 +233,25 @@ def generate_prompts(
 
 
 def write_prompts(path: str | Path, prompts: Sequence[Prompt]) -> None:
-    """JSON lines: the format header, then one prompt each; written to a temporary name and
-    renamed, so an interrupted job never leaves a half-written prompt file behind."""
+    """JSON lines: the format header (with the SHA-256 of the record lines, so that a
+    reader refuses a file edited by hand, whatever its timestamp), then one prompt each;
+    written to a temporary name and renamed, so an interrupted job never leaves a
+    half-written prompt file behind."""
     path = Path(path)
+    records = [json.dumps(asdict(prompt)) + "\n" for prompt in prompts]
+    header = {"format": PROMPT_FORMAT, "version": PROMPT_FORMAT_VERSION, "records_sha256": _records_sha256(records)}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as handle:
-        handle.write(json.dumps({"format": PROMPT_FORMAT, "version": PROMPT_FORMAT_VERSION}) + "\n")
-        for prompt in prompts:
-            handle.write(json.dumps(asdict(prompt)) + "\n")
+        handle.write(json.dumps(header) + "\n")
+        handle.writelines(records)
     os.replace(tmp, path)
+
+
+def _records_sha256(lines: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode())
+    return digest.hexdigest()
 
 
 def read_prompts(path: str | Path, expected_count: int | None = None) -> list[Prompt]:
@@ -254,10 +265,11 @@ def read_prompts(path: str | Path, expected_count: int | None = None) -> list[Pr
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: prompt file does not exist; rerun snakemake, which remakes it (rule prompts)")
-    prompts = []
+    prompts, lines = [], []
     with open(path) as handle:
-        _check_header(path, handle.readline())
+        header = _check_header(path, handle.readline())
         for line_no, line in enumerate(handle, 2):
+            lines.append(line)
             try:
                 prompt = Prompt(**json.loads(line))
             except (json.JSONDecodeError, TypeError) as error:
@@ -277,11 +289,16 @@ def read_prompts(path: str | Path, expected_count: int | None = None) -> list[Pr
             f"{path}: {len(prompts)} prompts but the config asks for {expected_count}; "
             "the file is incomplete or stale: delete it and rerun"
         )
+    if header.get("records_sha256") != _records_sha256(lines):
+        raise ValueError(
+            f"{path}: its prompts do not match the checksum in its header (the file was edited after it was "
+            "written); delete it and rerun, which makes it again from the config and seed"
+        )
     return prompts
 
 
-def _check_header(path: Path, line: str) -> None:
-    """Refuse a prompt file whose first line is not the current format's header."""
+def _check_header(path: Path, line: str) -> dict:
+    """The header of a prompt file; refused unless it is the current format's."""
     if not line:
         raise ValueError(f"{path}: prompt file is empty; delete it and rerun")
     try:
@@ -299,6 +316,7 @@ def _check_header(path: Path, line: str) -> None:
         raise ValueError(
             f"{path}: prompt format {header.get('version')!r}, expected {PROMPT_FORMAT_VERSION!r}; delete it and rerun"
         )
+    return header
 
 
 def prompts_digest(prompts: Sequence[Prompt]) -> str:

@@ -15,20 +15,26 @@ Layout of a shard:
 - ``prompt_ids`` and ``lengths``: [prompts], int64;
 - metadata: format version, model id, task, prompt set, chunk, sites, layers, store
   dtype and the SHA-256 of the prompts it was made from, so that a reader can refuse a
-  shard that belongs to another run.
+  shard that belongs to another run; and the SHA-256 of every tensor's bytes
+  (``tensor_sha256``), so that a reader refuses values changed under an intact header
+  (zeroed by a failing disk, rewritten by hand) instead of computing a plausible wrong
+  result from them. ``python -m minormech.verify`` checks whole shards against it.
 
 A shard is written whole from memory (``save_tensors`` streams each tensor's bytes instead
 of building the file in memory as safetensors' ``save_file`` does) to a temporary name and
-renamed: a killed job leaves no file that looks complete. The same config and seed give
+renamed: a killed job leaves no file that looks complete, and a failed write (a full disk)
+removes its temporary file. The same config and seed give
 byte-identical files (tensor names and metadata sorted).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +46,11 @@ from safetensors.torch import load_file
 from minormech.hdf5_shards import Hdf5File, Hdf5Settings, write_hdf5
 from minormech.hooks import hook_name
 
-#: 2: tensors keyed by the site table's TransformerLens-style hook names (1 had
+#: 3: every tensor's SHA-256 in the metadata (2 had none; 1 keyed tensors by
 #: ``blocks.{layer}.hook_{site}`` for every site); readers refuse any other version.
-SHARD_FORMAT_VERSION = "2"
+SHARD_FORMAT_VERSION = "3"
+#: The metadata key of the {tensor name: SHA-256 of its bytes} table.
+CHECKSUMS_KEY = "tensor_sha256"
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 #: activations.format -> the suffix of its shard files.
 SHARD_SUFFIXES = {"safetensors": ".safetensors", "hdf5": ".h5"}
@@ -59,6 +67,13 @@ class NonFiniteError(ValueError):
 def is_finite(tensor: torch.Tensor) -> bool:
     """Whether every value of a tensor is finite (integer and bool tensors always are)."""
     return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes in memory order: what a shard's header records per
+    tensor, the same for both formats (HDF5 keeps bfloat16 as its raw 16-bit words)."""
+    flat = tensor.detach().to("cpu").contiguous().view(-1)
+    return hashlib.sha256(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"").hexdigest()
 
 
 def hook_widths(site_widths: dict[str, int], sites: Sequence[str], layers: Sequence[int]) -> dict[str, int]:
@@ -167,20 +182,32 @@ def save_tensors(
     header = {"__metadata__": dict(sorted((metadata or {}).items())), **entries} if metadata else entries
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
-    tmp = temporary_name(path)
-    with open(tmp, "wb") as handle:
+    with written_in_place_of(path) as tmp, open(tmp, "wb") as handle:
         handle.write(struct.pack("<Q", len(encoded)))
         handle.write(encoded)
         for name in names:
             tensor = tensors[name].detach().to("cpu").contiguous()
             if tensor.numel():
                 handle.write(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
-    publish(tmp, path)
 
 
 def temporary_name(path: Path) -> Path:
     """Where a file is written before publish renames it into place."""
     return path.with_name(path.name + ".tmp")
+
+
+@contextmanager
+def written_in_place_of(path: Path) -> Iterator[Path]:
+    """The temporary name to write `path` under; published (renamed into place) when the
+    block ends normally, removed when it raises (a full disk, a refused value), so a failed
+    write leaves neither a file that looks complete nor a stray temporary one."""
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    publish(tmp, path)
 
 
 def publish(tmp: Path, path: Path) -> None:
@@ -215,12 +242,14 @@ def write_shard(
         if values.shape[0] != total:
             raise ValueError(f"{hook_name(site, layer)} has {values.shape[0]} rows, expected {total}")
         tensors[hook_name(site, layer)] = values.contiguous()
+    refuse_non_finite(path, tensors, made_from)
+    checksums = {name: tensor_sha256(tensor) for name, tensor in sorted(tensors.items())}
+    metadata = {**header.to_metadata(), CHECKSUMS_KEY: json.dumps(checksums, separators=(",", ":"))}
     if is_hdf5(path):
-        refuse_non_finite(path, tensors, made_from)
-        write_hdf5(temporary_name(path), tensors, header.to_metadata(), hdf5)
-        publish(temporary_name(path), path)
+        with written_in_place_of(path) as tmp:
+            write_hdf5(tmp, tensors, metadata, hdf5)
     else:
-        save_tensors(tensors, path, header.to_metadata(), made_from)
+        save_tensors(tensors, path, metadata, made_from)
 
 
 def refuse_non_finite(path: Path, tensors: dict[str, torch.Tensor], made_from: str) -> None:
@@ -280,12 +309,15 @@ class Shard:
                 f"{SHARD_FORMAT_VERSION!r}; delete it and rerun"
             )
         self.header = ShardHeader.from_metadata(meta)
+        self.checksums: dict[str, str] = json.loads(meta.get(CHECKSUMS_KEY, "{}"))
         self.site_widths: dict[str, int] = {}
         try:
             self.prompt_ids = self._file.get_tensor("prompt_ids")
             self.lengths = self._file.get_tensor("lengths")
         except Exception as error:
             raise ShardError(f"{self.path}: cannot read its prompt index ({error}); delete it and rerun") from None
+        for name in ("prompt_ids", "lengths"):
+            self._check_sum(name, getattr(self, name))
         self.offsets = packed_offsets(self.lengths)
 
     def expect(self, **fields) -> Shard:
@@ -327,7 +359,29 @@ class Shard:
                 "the shard is damaged: delete it and rerun"
             )
         check_tensor(self.path, name, values, self.site_widths.get(site))
+        if values.dtype != STORE_DTYPES.get(self.header.store_dtype):
+            raise ShardError(
+                f"{self.path}: {name} is stored as {str(values.dtype).removeprefix('torch.')}, but its header "
+                f"says store_dtype {self.header.store_dtype}; the file is damaged: delete it and rerun"
+            )
+        self._check_sum(name, values)
         return values
+
+    def verify(self) -> int:
+        """Read every (site, layer) of the header and check it (rows, finite values, dtype,
+        checksum); returns how many tensors were checked. ShardError on the first bad one."""
+        for site in self.header.sites:
+            for layer in self.header.layers:
+                self.read(site, layer)
+        return len(self.header.sites) * len(self.header.layers) + 2
+
+    def _check_sum(self, name: str, values: torch.Tensor) -> None:
+        """ShardError unless the tensor's bytes have the SHA-256 its header records."""
+        if self.checksums.get(name) != tensor_sha256(values):
+            raise ShardError(
+                f"{self.path}: {name} does not match the checksum in its header (its values were changed "
+                "after it was written); the file is damaged: delete it and rerun"
+            )
 
 
 def load_tensors(

@@ -120,6 +120,23 @@ def plan_storage(config: dict, models: dict[str, ModelSpec]) -> list[ModelPlan]:
     return plans
 
 
+def size_text(n_bytes: float) -> str:
+    """A size for a message: GB from 1 GB up, MB below (a small config's shards are a few
+    hundred MB, which "0 GB" would hide)."""
+    return f"{n_bytes / 1e9:,.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:,.0f} MB"
+
+
+def free_disk_problem(still_to_write: int, free: int) -> str | None:
+    """The one-line storage error of a run whose shards still to write exceed the free
+    space under results/ (checked when a real run starts), or None when they fit."""
+    if still_to_write <= free:
+        return None
+    return (
+        f"storage error: about {size_text(still_to_write)} of shards still to write but only "
+        f"{size_text(free)} free under results/; free space or set storage.check_free_disk: false"
+    )
+
+
 def _gb(n_bytes: int | None) -> str:
     return "unknown" if n_bytes is None else f"{n_bytes / 1e9:,.1f} GB"
 

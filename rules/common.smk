@@ -24,12 +24,12 @@ os.environ.update(
 )
 
 from minormech import plan as paths
-from minormech.config import ConfigError, config_warnings, load_schema, validate_config
+from minormech.config import ConfigError, check_config_file, config_warnings, load_schema, validate_config
 from minormech.plan import HEAD_FIGURES, RunPlan
 from minormech.probe_results import PROBE_KINDS
 from minormech.prompts import PROMPT_SETS
 from minormech.ranking import FIGURE_VARIANTS
-from minormech.storage import format_plan, planned_bytes
+from minormech.storage import format_plan, free_disk_problem, planned_bytes
 from minormech.summary_report import findings_on_screen
 
 
@@ -46,6 +46,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 try:
+    for config_file in workflow.configfiles:  # the default's and every --configfile, as written
+        check_config_file(config_file)
     validate_config(config, load_schema(workflow.source_path("../config/config.schema.yaml")))
     PLAN = RunPlan.from_config(config)
 except ConfigError as error:
@@ -84,12 +86,9 @@ onstart:
             path.stat().st_size for path in Path(paths.RESULTS).glob(f"*/activations/**/*{PLAN.shard_suffix}")
         )
         Path(paths.RESULTS).mkdir(exist_ok=True)
-        free = shutil.disk_usage(paths.RESULTS).free
-        if PLANNED_BYTES - existing > free:
-            sys.exit(
-                f"storage error: about {(PLANNED_BYTES - existing) / 1e9:,.0f} GB of shards still to write but only "
-                f"{free / 1e9:,.0f} GB free under results/; free space or set storage.check_free_disk: false"
-            )
+        problem = free_disk_problem(PLANNED_BYTES - existing, shutil.disk_usage(paths.RESULTS).free)
+        if problem:
+            sys.exit(problem)
 
 
 ENV = "../envs/minormech.yaml"

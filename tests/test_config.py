@@ -5,7 +5,7 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from minormech.config import ConfigError, config_warnings, load_schema, validate_config
+from minormech.config import ConfigError, check_config_file, config_warnings, load_schema, validate_config
 
 
 @pytest.fixture(scope="module")
@@ -394,3 +394,18 @@ def test_more_threads_than_cores_is_a_warning_not_an_error(default, schema):
         "config warning: compute.threads: 64 is more than the 2 cores of this machine"
     ]
     assert config_warnings(default, cores=2) == []
+
+
+def test_config_files_are_read_as_written_repeated_keys_and_yte_refused(tmp_path, repo_root):
+    """Every shipped config passes; a key repeated at any depth (PyYAML would keep the last
+    value silently) and a file that turns on YTE are refused with one line naming the file."""
+    for shipped in sorted((repo_root / "config").glob("*.yaml")):
+        check_config_file(shipped)
+    repeated = tmp_path / "repeated.yaml"
+    repeated.write_text("patching:\n  layers: [0]\n  h: 0.5\n  layers: [29]\n")
+    with pytest.raises(ConfigError, match=r"repeated\.yaml: key 'layers' appears twice \(line 4\)"):
+        check_config_file(repeated)
+    yte = tmp_path / "yte.yaml"
+    yte.write_text("__use_yte__: true\nseed: ?1 + 1\n")
+    with pytest.raises(ConfigError, match=r"yte\.yaml: __use_yte__: true makes Snakemake evaluate"):
+        check_config_file(yte)

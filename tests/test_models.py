@@ -9,7 +9,16 @@ import sys
 import pytest
 import torch
 
-from minormech.models import KNOWN_MODELS, load_model, prepare_model, resolve_model_spec
+from minormech.models import (
+    KNOWN_MODELS,
+    architecture_config,
+    architecture_parameters,
+    architectures,
+    load_model,
+    prepare_model,
+    resolve_model_spec,
+    shaped_spec,
+)
 
 
 def test_registry_facts_match_the_real_model(smollm2_manifest, smollm2):
@@ -89,3 +98,41 @@ def test_hub_model_prepared_from_a_cache_and_loaded_offline(smollm2_manifest, tm
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [str(snapshot), "30", "30", "torch.float32"]
+
+
+#: The paper's models by id with the packaged architecture that has their shape.
+PAPER_ARCHITECTURES = {"llama-3.2-3b": "llama-3.2-3b", "llama-3.1-8b": "llama-3.1-8b"}
+
+
+@pytest.mark.parametrize("architecture", architectures())
+def test_plan_facts_equal_the_model_transformers_builds_from_the_architecture(architecture):
+    """The parameter count the storage and memory plans use (architecture_parameters) and
+    every site's width from the site table equal those of the model transformers builds
+    from the packaged config.json, at the paper's own sizes (8B included): built on the
+    meta device with accelerate, so no weight is allocated. (init_empty_weights leaves a
+    tied lm_head untied, counted twice, until tie_weights() runs, as accelerate's docs say;
+    a model built on a real device is tied by its constructor.)"""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = architecture_config(architecture)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    model.tie_weights()
+    assert next(model.parameters()).device.type == "meta"
+    assert sum(p.numel() for p in model.parameters()) == architecture_parameters(config)
+    layer = model.model.layers[0]
+    modules = {"q": layer.self_attn.q_proj, "k": layer.self_attn.k_proj, "v": layer.self_attn.v_proj}
+    widths = {site: module.out_features for site, module in modules.items()}
+    widths |= {"o": layer.self_attn.o_proj.out_features, "mlp": layer.mlp.down_proj.out_features}
+    spec = shaped_spec("m", architecture, "llama-3")
+    assert spec.num_layers == len(model.model.layers)
+    assert {site: spec.site_widths[site] for site in widths} == widths
+    for model_id, name in PAPER_ARCHITECTURES.items():
+        if name == architecture:  # the registry's typed-in facts of the paper's models agree too
+            known = KNOWN_MODELS[model_id]
+            assert (known.num_layers, known.site_widths, known.query_heads) == (
+                spec.num_layers,
+                spec.site_widths,
+                config["num_attention_heads"],
+            )

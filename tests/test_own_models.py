@@ -22,7 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from workflow_helpers import TINY, copy_workflow, job_counts, run
 
 from minormech.config import ConfigError, load_schema, validate_config
-from minormech.models import ModelManifest, prepare_model, resolve_model_spec
+from minormech.models import ModelManifest, load_model, prepare_model, resolve_model_spec
 from minormech.plan import RunPlan
 from minormech.sites import SUPPORTED_ARCHITECTURES
 from minormech.storage import format_plan
@@ -289,3 +289,34 @@ def test_a_known_hub_id_takes_a_revision_and_keeps_its_facts(default, schema):
     validate_config(config, schema)
     spec = resolve_model_spec(config["models"][0])
     assert (spec.revision, spec.num_layers, spec.location) == (COMMIT, 28, "meta-llama/Llama-3.2-3B")
+
+
+def test_weights_replaced_in_place_remake_the_model_and_what_was_computed_from_it(tmp_path, repo_root):
+    """A local-path model whose weights are overwritten where they are (a fine-tune saved
+    over its checkpoint): the next run remakes its manifest (reason: params changed, the
+    weights' fingerprint) and the shard computed from the old weights, instead of saying
+    "Nothing to be done"; a job that loads the model after a change under a finished
+    manifest stops with one line."""
+    directory = save_tiny("llama", tmp_path / "mine", **DAG_SIZES)
+    own = {**copy.deepcopy(TINY), "models": [{"id": "mine", "path": str(directory)}], "sites": ["k"]}
+    own["patching"]["layers"], own["heads"]["knockout_layers"] = [1], [1]  # the model has 2 layers
+    work = copy_workflow(repo_root, tmp_path / "work")
+    (work / "own.yaml").write_text(yaml.safe_dump(own))
+    shard = "results/mine/activations/LR/probe_test/chunk000.safetensors"
+    run(work, shard, "--cores", "2", "--configfile", "own.yaml")
+    assert "Nothing to be done" in run(work, shard, "-n", "--configfile", "own.yaml").stdout
+    manifest = ModelManifest.read(work / "results/mine/model/manifest.json")
+
+    fine_tuned = tiny_causal_lm("llama", **DAG_SIZES)
+    fine_tuned.model.layers[0].self_attn.k_proj.weight.add_(0.01)  # the same shapes: the header alone is unchanged
+    fine_tuned.save_pretrained(directory, safe_serialization=True)
+    with pytest.raises(FileNotFoundError, match=r"^model mine: the weights in .*mine changed after its manifest"):
+        load_model(manifest)
+    plan = run(work, shard, "-n", "--configfile", "own.yaml")
+    counts = job_counts(plan.stdout)
+    assert counts["model"] == 1 and counts["activations"] == 1, plan.stdout
+    assert "reason: Params have changed since last execution" in plan.stdout
+    run(work, shard, "--cores", "2", "--configfile", "own.yaml")
+    assert ModelManifest.read(work / "results/mine/model/manifest.json").weights_fingerprint != (
+        manifest.weights_fingerprint
+    )

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 from dataclasses import asdict
 
@@ -158,3 +159,25 @@ def test_attribution_prompts_draw_from_all_weights():
     ids = prompt_weight_ids("attribution", table, 0, 2000)
     assert len(ids) == 2000 and set(ids) & set(table.test_ids) and set(ids) & set(table.train_ids)
     assert np.array_equal(ids, prompt_weight_ids("attribution", table, 0, 2000))
+
+
+def test_a_prompt_file_edited_by_hand_is_refused_whatever_its_timestamp(smollm2_tokenizer, tmp_path):
+    """One prompt's weight changed, the record still valid and the file's old timestamp
+    restored: Snakemake sees nothing, so the reader must; the header's checksum of the
+    records tells. The file as written reads back."""
+    _, _, prompts = _make(smollm2_tokenizer, "LR", n=3)
+    path = tmp_path / "p.jsonl"
+    write_prompts(path, prompts)
+    assert read_prompts(path, expected_count=3) == prompts
+    stamp = path.stat().st_mtime_ns
+    header, first, *rest = path.read_text().splitlines(keepends=True)
+    record = json.loads(first)
+    record["weight"][0] += 1
+    path.write_text("".join([header, json.dumps(record) + "\n", *rest]))
+    os.utime(path, ns=(stamp, stamp))
+    with pytest.raises(ValueError) as error:
+        read_prompts(path, expected_count=3)
+    assert str(error.value) == (
+        f"{path}: its prompts do not match the checksum in its header (the file was edited after it was "
+        "written); delete it and rerun, which makes it again from the config and seed"
+    )

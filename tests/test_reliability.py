@@ -5,12 +5,16 @@ config and seed give identical outputs; nothing is loaded through pickle and not
 written outside the working directory.
 
 The uninterrupted reference is the tiny config's whole DAG (the session fixture `finished`,
-also used by tests/test_workflow.py). The interrupted run uses the same config in another
-directory, so every file it writes comes from processes independent of the reference's:
-comparing the two checks resuming and determinism at once. README, "Interrupted runs and
+also used by tests/test_workflow.py), with safetensors shards. The interrupted run uses the
+same config with HDF5 shards (activations.format: hdf5) in another directory, so every file
+it writes comes from processes independent of the reference's: comparing the two checks
+resuming, determinism and that both shard formats give the same results at once; the
+damaged-input tests below then run on HDF5 shards (tests/test_shards.py runs every reader
+check on both formats). README, "Interrupted runs and
 errors", lists what the user sees in each case.
 """
 
+import json
 import os
 import re
 import signal
@@ -18,6 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import h5py
 import psutil
 import pytest
 import torch
@@ -29,23 +34,26 @@ from workflow_helpers import SNAKEMAKE, TINY, copy_workflow, error_lines, isolat
 
 from minormech.models import ModelManifest, load_model, prepare_model, resolve_model_spec
 from minormech.prompts import read_prompts
+from minormech.shards import open_tensor_file
 
 MODEL = "results/smollm2-135m"
-#: What the interrupted run asks for: the probe tables of site k (both tasks), figure 2 (xi,
-#: from the attribution of both tasks) and the patching counts of site k. Every activation
-#: shard of the model is needed and none of its random-init control's (figure 1 would need
-#: those too).
+#: The interrupted run's config: the reference's, with HDF5 shards.
+KILLED = {**TINY, "activations": {**TINY["activations"], "format": "hdf5"}}
+#: What the interrupted run asks for: the probe tables of site k (both tasks) and figure 2
+#: (xi, from the attribution of both tasks). Every activation shard of the model is needed
+#: and none of its random-init control's (figure 1 would need those too). Patching reads
+#: neither shards nor anything a kill interrupts (xi and prompts, compared below), so it is
+#: left to the reference run.
 TARGETS = [
     f"{MODEL}/probes/LR/k/unfiltered.csv",
     f"{MODEL}/probes/MD/k/unfiltered.csv",
     f"{MODEL}/figures/fig2_k.csv",
-    f"{MODEL}/patching/k.csv",
 ]
 N_SHARDS = 2 * sum(TINY["activations"]["chunks"].values())  # both tasks, every probe prompt set
 
 
 def shards(work: Path) -> list[Path]:
-    return sorted(work.glob(f"{MODEL}/activations/*/*/chunk*.safetensors"))
+    return sorted(work.glob(f"{MODEL}/activations/*/*/chunk*.h5"))
 
 
 def shards_in_progress(work: Path) -> list[Path]:
@@ -59,7 +67,7 @@ def shards_in_progress(work: Path) -> list[Path]:
             work
             / MODEL
             / "activations"
-            / log.relative_to(work / "logs" / "activations" / "smollm2-135m").with_suffix(".safetensors")
+            / log.relative_to(work / "logs" / "activations" / "smollm2-135m").with_suffix(".h5")
         ).exists()
         and "forward passes" in log.read_text(errors="replace")
     ]
@@ -89,7 +97,7 @@ def resumed(tmp_path_factory, repo_root, workdir, finished):
     """
     root = tmp_path_factory.mktemp("resume")
     work = copy_workflow(repo_root, root / "work")
-    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (work / "tiny.yaml").write_text(yaml.safe_dump(KILLED))
     (work / MODEL / "model").mkdir(parents=True)
     (work / MODEL / "model" / "manifest.json").write_bytes((workdir / MODEL / "model" / "manifest.json").read_bytes())
     env = isolated_env(root / "outside_killed")
@@ -152,7 +160,7 @@ def test_killed_run_resumes_to_the_results_of_an_uninterrupted_run(resumed, work
     assert 1 <= len(resumed["at_kill"]) < N_SHARDS, "the kill came outside the activation stage"
     assert resumed["in_progress"], "no activation job was computing its shard when the run was killed"
     assert resumed["locks"], "SIGKILL leaves Snakemake's lock behind"
-    assert not [name for name in resumed["leftovers"] if not name.endswith(".safetensors.tmp")]
+    assert not [name for name in resumed["leftovers"] if not name.endswith(".h5.tmp")]
     # Without --unlock Snakemake refuses and says what to do.
     assert (
         resumed["not_unlocked"].returncode != 0
@@ -164,10 +172,9 @@ def test_killed_run_resumes_to_the_results_of_an_uninterrupted_run(resumed, work
         resumed["at_kill"]
     ), log[-3000:]
     assert not list(work.glob(f"{MODEL}/activations/*/*/*.tmp")), "a killed job's temporary shard was left behind"
-    # Final tables: identical bytes, so identical probe MSEs and patching counts (CPU,
-    # fixed seeds, the same thread count in both runs).
+    # Final tables: identical bytes, so identical probe MSEs (CPU, fixed seeds, the same
+    # thread count in both runs) from HDF5 shards as from safetensors ones.
     identical_files(work, workdir, f"{MODEL}/probes/*/k/unfiltered.csv")
-    identical_files(work, workdir, f"{MODEL}/patching/k*.csv")
     identical_files(work, workdir, f"{MODEL}/figures/fig2_k.csv")
     identical_files(work, workdir, f"{MODEL}/xi/*.safetensors")
 
@@ -175,13 +182,34 @@ def test_killed_run_resumes_to_the_results_of_an_uninterrupted_run(resumed, work
 # ----------------------------------------------------------------------------- determinism
 
 
+def identical_shards(work: Path, reference: Path) -> int:
+    """How many shards the two runs hold; asserts that each HDF5 shard of `work` has the
+    metadata (tensor checksums included) and the bit-identical tensors of the reference's
+    safetensors shard of the same name."""
+
+    def stems(root: Path, suffix: str) -> list[Path]:
+        return sorted(p.relative_to(root).with_suffix("") for p in root.glob(f"{MODEL}/activations/*/*/*{suffix}"))
+
+    names = stems(reference, ".safetensors")
+    assert names == stems(work, ".h5")
+    for name in names:
+        with safe_open(str(reference / f"{name}.safetensors"), framework="pt") as expected:
+            hdf5 = open_tensor_file(work / f"{name}.h5")
+            assert hdf5.metadata() == expected.metadata(), name
+            for key in expected.keys():
+                same = hdf5.get_tensor(key).view(torch.uint8).equal(expected.get_tensor(key).view(torch.uint8))
+                assert same, f"{name}: {key} differs between the formats"
+    return len(names)
+
+
 def test_same_config_and_seed_give_identical_outputs(resumed, workdir):
-    """Datasets, prompts, activation shards, attribution maps and xi of two runs of the same
-    config and seed, in different directories and processes, are bitwise identical."""
+    """Datasets, prompts, attribution maps and xi of two runs of the same config and seed,
+    in different directories and processes, are bitwise identical; so are the activations,
+    stored as HDF5 in one run and as safetensors in the other."""
     work = resumed["work"]
     identical_files(work, workdir, "results/datasets/*.tsv")
     assert len(identical_files(work, workdir, f"{MODEL}/prompts/*/*.jsonl")) == 2 * 6  # tasks x prompt sets
-    assert len(identical_files(work, workdir, f"{MODEL}/activations/*/*/chunk*.safetensors")) == N_SHARDS
+    assert identical_shards(work, workdir) == N_SHARDS
     identical_files(work, workdir, f"{MODEL}/attribution/*.safetensors")
     identical_files(work, workdir, f"{MODEL}/xi/*.safetensors")
 
@@ -264,6 +292,15 @@ def test_pickle_checkpoint_is_refused(tmp_path, tiny):
 
 def rewrite_shard(path: Path, model_id: str | None = None, keep_site: str | None = None) -> None:
     """Turn a shard into one from another model (header) or another site (tensors and header)."""
+    if path.suffix == ".h5":
+        with h5py.File(path, "r+") as handle:
+            if model_id:
+                handle.attrs["model_id"] = model_id
+            if keep_site:
+                for name in [n for n in handle if n.startswith("blocks.") and not n.endswith(f"hook_{keep_site}")]:
+                    del handle[name]
+                handle.attrs["sites"] = f'["{keep_site}"]'
+        return
     with safe_open(str(path), framework="pt") as handle:
         meta = dict(handle.metadata())
     tensors = load_file(str(path))
@@ -309,63 +346,86 @@ def run_on_damaged_files(work: Path, damages: dict, targets: list[str], forcerun
 
 @pytest.fixture(scope="module")
 def corrupted(resumed):
-    """One run of three jobs (--keep-going), each reading one damaged input: LR's first
+    """One run of four jobs (--keep-going), each reading one damaged input: LR's first
     training shard taken from another model, MD's from another site (v only), LR's
-    attribution prompts cut at a line boundary. The inputs are restored afterwards."""
+    attribution prompts cut at a line boundary, MD's with one prompt's weight edited (a
+    valid record, the file's old timestamp restored, so Snakemake sees no change). The
+    inputs are restored afterwards."""
     work = resumed["work"]
 
     def cut_short(path: Path) -> None:
         path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
 
+    def edit_a_weight(path: Path) -> None:
+        stamp = path.stat().st_mtime_ns
+        header, first, *rest = path.read_text().splitlines(keepends=True)
+        record = json.loads(first)
+        record["weight"][0] += 1
+        path.write_text("".join([header, json.dumps(record) + "\n", *rest]))
+        os.utime(path, ns=(stamp, stamp))
+
     damages = {
         "model": (
-            work / MODEL / "activations/LR/probe_train/chunk000.safetensors",
+            work / MODEL / "activations/LR/probe_train/chunk000.h5",
             lambda path: rewrite_shard(path, model_id="llama-3.2-3b"),
         ),
         "site": (
-            work / MODEL / "activations/MD/probe_train/chunk001.safetensors",
+            work / MODEL / "activations/MD/probe_train/chunk001.h5",
             lambda path: rewrite_shard(path, keep_site="v"),
         ),
         "prompts": (work / MODEL / "prompts/LR/attribution.jsonl", cut_short),
+        "edited_prompts": (work / MODEL / "prompts/MD/attribution.jsonl", edit_a_weight),
     }
     targets = [
         f"{MODEL}/probes/LR/k/unfiltered.csv",
         f"{MODEL}/probes/MD/k/unfiltered.csv",
         f"{MODEL}/attribution/LR.safetensors",
+        f"{MODEL}/attribution/MD.safetensors",
     ]
     return run_on_damaged_files(work, damages, targets, ["probe", "attribution"])
 
 
 #: What the user sees for each damaged input of the `corrupted` fixture (one line each).
 CORRUPT_INPUT_LINES = {
-    "model": r"error: results/smollm2-135m/activations/LR/probe_train/chunk000\.safetensors: "
+    "model": r"error: results/smollm2-135m/activations/LR/probe_train/chunk000\.h5: "
     r"shard has model_id='llama-3\.2-3b' but this run "
     r"expects 'smollm2-135m'; it was made by another configuration: delete it and rerun "
     r"\(details: logs/probe/smollm2-135m/LR/k/unfiltered\.log\)",
-    "site": r"error: results/smollm2-135m/activations/MD/probe_train/chunk001\.safetensors: "
+    "site": r"error: results/smollm2-135m/activations/MD/probe_train/chunk001\.h5: "
     r"has no blocks\.0\.attn\.hook_k \(it holds sites \['v'\], "
     r"layers \[0, .*, 29\]\); it was made by another configuration: delete it and rerun "
     r"\(details: logs/probe/smollm2-135m/MD/k/unfiltered\.log\)",
     "prompts": r"error: results/smollm2-135m/prompts/LR/attribution\.jsonl: "
     r"7 prompts but the config asks for 8; the file is incomplete or "
     r"stale: delete it and rerun \(details: logs/attribution/smollm2-135m/LR\.log\)",
+    "edited_prompts": r"error: results/smollm2-135m/prompts/MD/attribution\.jsonl: its prompts do not match the "
+    r"checksum in its header \(the file was edited after it was written\); delete it and rerun, which makes it "
+    r"again from the config and seed \(details: logs/attribution/smollm2-135m/MD\.log\)",
 }
 
 
 @pytest.mark.parametrize(
     "damage",
     sorted(CORRUPT_INPUT_LINES),
-    ids=["shard_from_another_model", "prompt_file_cut_short", "shard_from_another_site"],
+    ids=["prompt_file_edited", "shard_from_another_model", "prompt_file_cut_short", "shard_from_another_site"],
 )
 def test_corrupt_input_gives_one_clear_line(corrupted, damage):
-    """A shard from another model, a shard from another site, a prompt file cut short."""
+    """A shard from another model, a shard from another site, a prompt file cut short, a
+    prompt file edited by hand under its old timestamp."""
     assert corrupted[damage] and re.fullmatch(CORRUPT_INPUT_LINES[damage], corrupted[damage]), corrupted[damage]
 
 
 def replace_tensor(path: Path, name: str, damage) -> None:
-    """Rewrite one tensor of a safetensors file, header and the other tensors intact, and
-    keep the file's modification time, so that only a reader can notice."""
+    """Rewrite one tensor of a safetensors or HDF5 file, header and the other tensors
+    intact, and keep the file's modification time, so that only a reader can notice."""
     stamp = path.stat().st_mtime_ns
+    if path.suffix == ".h5":  # the tiny config stores float16, which HDF5 keeps as it is
+        with h5py.File(path, "r+") as handle:
+            values = damage(torch.from_numpy(handle[name][()])).contiguous()
+            del handle[name]
+            handle.create_dataset(name, data=values.numpy())
+        os.utime(path, ns=(stamp, stamp))
+        return
     with safe_open(str(path), framework="pt") as handle:
         meta = dict(handle.metadata() or {})
     tensors = load_file(str(path))
@@ -376,11 +436,13 @@ def replace_tensor(path: Path, name: str, damage) -> None:
 
 @pytest.fixture(scope="module")
 def damaged_values(resumed):
-    """One run of three jobs (--keep-going), each reading a file whose values are damaged
+    """One run of five jobs (--keep-going), each reading a file whose values are damaged
     but whose header is intact: a shard with NaN in one tensor (MD's first test shard, v of
     layer 5), a shard with one tensor narrower than the model's site (LR's second training
-    shard, v of layer 3), an attribution map with NaN (MD's, k of layer 2). The files are
-    restored afterwards."""
+    shard, v of layer 3), a shard with one tensor zeroed (LR's control shard, k of layer 4:
+    finite and of the right shape, so only its checksum tells), a shard with one tensor in
+    another dtype than its header's (MD's first training shard, k of layer 1), an
+    attribution map with NaN (MD's, k of layer 2). The files are restored afterwards."""
     work = resumed["work"]
 
     def nan(t):
@@ -388,12 +450,20 @@ def damaged_values(resumed):
 
     damages = {
         "nan_shard": (
-            work / MODEL / "activations/MD/probe_test/chunk000.safetensors",
+            work / MODEL / "activations/MD/probe_test/chunk000.h5",
             lambda path: replace_tensor(path, "blocks.5.attn.hook_v", nan),
         ),
         "narrow_shard": (
-            work / MODEL / "activations/LR/probe_train/chunk001.safetensors",
+            work / MODEL / "activations/LR/probe_train/chunk001.h5",
             lambda path: replace_tensor(path, "blocks.3.attn.hook_v", lambda t: t[:, :-8]),
+        ),
+        "zeroed_shard": (
+            work / MODEL / "activations/LR/probe_control/chunk000.h5",
+            lambda path: replace_tensor(path, "blocks.4.attn.hook_k", torch.zeros_like),
+        ),
+        "dtype_shard": (
+            work / MODEL / "activations/MD/probe_train/chunk000.h5",
+            lambda path: replace_tensor(path, "blocks.1.attn.hook_k", lambda t: t.float()),
         ),
         "nan_attribution": (
             work / MODEL / "attribution/MD.safetensors",
@@ -403,6 +473,8 @@ def damaged_values(resumed):
     targets = [
         f"{MODEL}/probes/MD/v/unfiltered.csv",
         f"{MODEL}/probes/LR/v/unfiltered.csv",
+        f"{MODEL}/probes/LR/k/unfiltered.csv",
+        f"{MODEL}/probes/MD/k/unfiltered.csv",
         f"{MODEL}/xi/LR-MD.safetensors",
     ]
     return run_on_damaged_files(work, damages, targets, ["probe", "rank_difference"])
@@ -410,13 +482,20 @@ def damaged_values(resumed):
 
 #: What the user sees for each file of the `damaged_values` fixture (one line each).
 DAMAGED_VALUE_LINES = {
-    "nan_shard": r"error: results/smollm2-135m/activations/MD/probe_test/chunk000\.safetensors: "
+    "nan_shard": r"error: results/smollm2-135m/activations/MD/probe_test/chunk000\.h5: "
     r"blocks\.5\.attn\.hook_v holds NaN or infinite values; the file is damaged: delete it and rerun "
     r"\(details: logs/probe/smollm2-135m/MD/v/unfiltered\.log\)",
-    "narrow_shard": r"error: results/smollm2-135m/activations/LR/probe_train/chunk001\.safetensors: "
+    "narrow_shard": r"error: results/smollm2-135m/activations/LR/probe_train/chunk001\.h5: "
     r"blocks\.3\.attn\.hook_v has shape \[\d+, 184\], but the model's site is 192 wide; "
     r"the file is damaged or from another model: delete it and rerun "
     r"\(details: logs/probe/smollm2-135m/LR/v/unfiltered\.log\)",
+    "zeroed_shard": r"error: results/smollm2-135m/activations/LR/probe_control/chunk000\.h5: "
+    r"blocks\.4\.attn\.hook_k does not match the checksum in its header \(its values were changed after it "
+    r"was written\); the file is damaged: delete it and rerun "
+    r"\(details: logs/probe/smollm2-135m/LR/k/unfiltered\.log\)",
+    "dtype_shard": r"error: results/smollm2-135m/activations/MD/probe_train/chunk000\.h5: "
+    r"blocks\.1\.attn\.hook_k is stored as float32, but its header says store_dtype float16; "
+    r"the file is damaged: delete it and rerun \(details: logs/probe/smollm2-135m/MD/k/unfiltered\.log\)",
     "nan_attribution": r"error: results/smollm2-135m/attribution/MD\.safetensors: "
     r"blocks\.2\.attn\.hook_k holds NaN or infinite values; the file is damaged: delete it and rerun "
     r"\(details: logs/rank_difference/smollm2-135m/LR-MD\.log\)",
@@ -425,8 +504,9 @@ DAMAGED_VALUE_LINES = {
 
 @pytest.mark.parametrize("damage", sorted(DAMAGED_VALUE_LINES))
 def test_damaged_values_give_one_clear_line(damaged_values, damage):
-    """A NaN shard, a narrow shard and a NaN attribution map stop the first job that reads
-    them, naming the file, before anything is computed from them."""
+    """A NaN shard, a narrow shard, a zeroed shard, a shard of another dtype than its
+    header's and a NaN attribution map stop the first job that reads them, naming the
+    file, before anything is computed from them."""
     line = damaged_values[damage]
     assert line and re.fullmatch(DAMAGED_VALUE_LINES[damage], line), line
 
@@ -462,7 +542,7 @@ def test_model_directory_gone(resumed):
     work = resumed["work"]
     manifest, shard = (
         work / MODEL / "model/manifest.json",
-        work / MODEL / "activations/MD/probe_test/chunk000.safetensors",
+        work / MODEL / "activations/MD/probe_test/chunk000.h5",
     )
     intact = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (manifest, shard)}
     try:
@@ -543,4 +623,38 @@ def test_bad_config_stops_before_any_job(pristine, kind, key, value, message):
         and lines[0].startswith("config error: ")
         and re.match(message, lines[0].removeprefix("config error: "))
     ), result.stderr
+    assert not (pristine / "results").exists() and not (pristine / "logs").exists()
+
+
+#: Config files Snakemake reads without complaint that the workflow refuses before planning,
+#: and the line it prints (the file's absolute path first).
+REFUSED_FILES = {
+    "yte": (
+        '__use_yte__: true\nseed: ?__import__("pathlib").Path("yte_ran").touch() or 1\n',
+        r"bad\.yaml: __use_yte__: true makes Snakemake evaluate the file's expressions as Python code; "
+        r"this workflow refuses such configs: write plain values",
+    ),
+    "repeated key": (
+        "probe:\n  d_proj: 32\n  seed: 1\n  d_proj: 64\n",
+        r"bad\.yaml: key 'd_proj' appears twice \(line 4\); allowed values: each key once per mapping",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_FILES))
+def test_a_config_file_with_yte_or_a_repeated_key_is_refused_before_planning(pristine, case):
+    """A YTE config's expressions are run by Snakemake itself when it reads the file, before
+    this workflow's code (README, "Safety": the marker file appears); the workflow then
+    refuses the file, so no job is planned from the values they computed."""
+    text, message = REFUSED_FILES[case]
+    (pristine / "bad.yaml").write_text(text)
+    (pristine / "yte_ran").unlink(missing_ok=True)
+    result = run(pristine, "-n", "--configfile", "bad.yaml", check=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("config error: ")]
+    assert len(lines) == 1 and re.fullmatch(rf"config error: {re.escape(str(pristine))}/{message}", lines[0]), (
+        result.stderr
+    )
+    assert "Job stats" not in result.stdout + result.stderr
+    assert (pristine / "yte_ran").exists() == (case == "yte")
     assert not (pristine / "results").exists() and not (pristine / "logs").exists()

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -5,6 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from minormech import verify
 from minormech.hdf5_shards import Hdf5Settings
 from minormech.hooks import hook_name
 from minormech.shards import (
@@ -134,10 +138,10 @@ def test_tensors_are_stored_under_the_site_tables_hook_names(tmp_path):
 
 
 def test_shard_of_an_older_format_is_refused_in_one_line(tmp_path):
-    """Format 1 keyed every site as blocks.{layer}.hook_{site}; a reader of format 2 (the
-    site table's hook names) refuses it rather than missing its tensors."""
+    """Format 2 had no tensor checksums (1 also keyed every site as blocks.{layer}.hook_{site});
+    a reader of format 3 refuses it rather than reading values it cannot check."""
     path = tmp_path / "old.safetensors"
-    old_meta = {**_header().to_metadata(), "format_version": "1"}
+    old_meta = {**_header().to_metadata(), "format_version": "2"}
     save_tensors(
         {"prompt_ids": torch.tensor([10]), "lengths": torch.tensor([8]), "blocks.0.hook_k": torch.zeros(8, 4)},
         path,
@@ -145,8 +149,8 @@ def test_shard_of_an_older_format_is_refused_in_one_line(tmp_path):
     )
     with pytest.raises(ShardError) as error:
         Shard(path)
-    assert str(error.value) == f"{path}: shard format '1', expected '{SHARD_FORMAT_VERSION}'; delete it and rerun"
-    assert SHARD_FORMAT_VERSION == "2"
+    assert str(error.value) == f"{path}: shard format '2', expected '{SHARD_FORMAT_VERSION}'; delete it and rerun"
+    assert SHARD_FORMAT_VERSION == "3"
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
@@ -158,6 +162,96 @@ def test_truncated_shard_is_named(tmp_path, suffix):
     with pytest.raises(ShardError, match=rf"s\{suffix}: .*truncated or damaged"):
         shard = Shard(path)
         shard.read("v", 3)
+
+
+def _rewrite(path, name, change):
+    """Replace one stored tensor by change(tensor), header (checksums included) and the other
+    tensors as they were: what a failing disk or a hand edit does."""
+    if path.suffix == ".h5":
+        with h5py.File(path, "r+") as handle:
+            stored = torch.from_numpy(handle[name][()])
+            was_bf16 = handle[name].attrs.get("dtype") == "bfloat16"
+            new = change(stored.view(torch.bfloat16) if was_bf16 else stored)
+            del handle[name]
+            handle.create_dataset(name, data=(new.view(torch.uint16) if new.dtype == torch.bfloat16 else new).numpy())
+            if new.dtype == torch.bfloat16:
+                handle[name].attrs["dtype"] = "bfloat16"
+        return
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    tensors = load_file(str(path))
+    tensors[name] = change(tensors[name]).contiguous()
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_values_changed_under_an_intact_header_are_refused(tmp_path, suffix):
+    """Zeroed values keep a plausible shape and finite values, so only the header's
+    checksum tells them from the real ones; a dtype other than the header's store_dtype is
+    refused by name. Untouched tensors of the same shard still read."""
+    path = tmp_path / f"s{suffix}"
+    _write(path)
+    name = hook_name("k", 3)
+    _rewrite(path, name, torch.zeros_like)
+    shard = Shard(path)
+    assert torch.equal(shard.read("v", 3), shard.read("v", 3))  # the others are intact
+    with pytest.raises(ShardError) as error:
+        shard.read("k", 3)
+    assert str(error.value) == (
+        f"{path}: {name} does not match the checksum in its header (its values were changed after it "
+        "was written); the file is damaged: delete it and rerun"
+    )
+    _write(path)
+    _rewrite(path, name, lambda t: t.to(torch.float16))
+    with pytest.raises(ShardError) as error:
+        Shard(path).read("k", 3)
+    assert str(error.value) == (
+        f"{path}: {name} is stored as float16, but its header says store_dtype bfloat16; "
+        "the file is damaged: delete it and rerun"
+    )
+
+
+def test_verify_checks_every_tensor_of_every_shard_in_a_folder(tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    for suffix in SUFFIXES:
+        _write(tmp_path / "a" / f"intact{suffix}")
+    damaged = tmp_path / "b" / "zeroed.h5"
+    _write(damaged)
+    _rewrite(damaged, hook_name("v", 0), torch.zeros_like)
+    assert verify.main([str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 of 2 shards intact"
+    assert verify.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("error:")] == [
+        f"error: {damaged}: {hook_name('v', 0)} does not match the checksum in its header (its values were changed "
+        "after it was written); the file is damaged: delete it and rerun"
+    ]
+    assert out[-1] == "2 of 3 shards intact"
+
+
+FULL_DISK = """
+import resource, signal, sys, torch
+from minormech.shards import ShardHeader, write_shard
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+header = ShardHeader("m", "LR", "probe_train", 0, ("k",), (0,), "float32", "abc")
+try:
+    write_shard(sys.argv[1], header, {("k", 0): torch.ones(1024, 1024)}, [0], [1024])
+except OSError as error:
+    print("failed:", error.strerror or str(error).rsplit(": ", 1)[-1])
+"""
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_a_write_that_fails_on_a_full_disk_leaves_no_file_behind(tmp_path, suffix):
+    """A 4 MB shard written under a 1 MB file-size limit (the kernel refuses the write, as a
+    full disk does): the writer raises and removes its temporary file, so neither a
+    complete-looking shard nor a stray .tmp is left."""
+    path = tmp_path / f"s{suffix}"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True)
+    assert result.stdout.strip() == "failed: File too large", result.stdout + result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_shard_bytes():

@@ -7,7 +7,7 @@ import yaml
 from workflow_helpers import copy_workflow, job_counts, run
 
 from minormech.config import model_specs
-from minormech.storage import format_plan, plan_storage, planned_bytes
+from minormech.storage import format_plan, free_disk_problem, plan_storage, planned_bytes
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,16 @@ def test_a_model_of_unknown_size_is_planned_as_unknown_never_as_zero(configs):
     )
     assert "mine             site k         unknown in shard mode" in printed
     assert f"total written {known.written_bytes(False) / 1e9:,.1f} GB plus unknown for mine" in printed
+
+
+def test_the_free_disk_check_says_small_sizes_in_megabytes():
+    """What a real run prints when its shards do not fit the free space: sizes below 1 GB
+    in MB, never "about 0 GB ... only 0 GB free"."""
+    assert free_disk_problem(300_000_000, 400_000_000) is None
+    assert free_disk_problem(312_400_000, 48_000_000) == (
+        "storage error: about 312 MB of shards still to write but only 48 MB free under results/; "
+        "free space or set storage.check_free_disk: false"
+    )
+    assert free_disk_problem(1_908_400_000_000, 250_000_000_000).startswith(
+        "storage error: about 1,908.4 GB of shards still to write but only 250.0 GB free"
+    )
