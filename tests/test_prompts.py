@@ -1,10 +1,10 @@
 import json
-import os
 import re
 from dataclasses import asdict
 
 import numpy as np
 import pytest
+from workflow_helpers import edit_first_prompt_weight
 
 from minormech.prompts import (
     PROMPT_FORMAT,
@@ -169,12 +169,7 @@ def test_a_prompt_file_edited_by_hand_is_refused_whatever_its_timestamp(smollm2_
     path = tmp_path / "p.jsonl"
     write_prompts(path, prompts)
     assert read_prompts(path, expected_count=3) == prompts
-    stamp = path.stat().st_mtime_ns
-    header, first, *rest = path.read_text().splitlines(keepends=True)
-    record = json.loads(first)
-    record["weight"][0] += 1
-    path.write_text("".join([header, json.dumps(record) + "\n", *rest]))
-    os.utime(path, ns=(stamp, stamp))
+    edit_first_prompt_weight(path)
     with pytest.raises(ValueError) as error:
         read_prompts(path, expected_count=3)
     assert str(error.value) == (

@@ -2,6 +2,7 @@
 Python API has no stable reference in 9.x): the tiny config, a fresh copy of the workflow
 as a clone would have it, and a runner that reports Snakemake's output when it fails."""
 
+import json
 import os
 import re
 import shutil
@@ -94,3 +95,14 @@ def isolated_env(root: Path) -> dict[str, str]:
         (root / name).mkdir(parents=True, exist_ok=True)
         env[key] = str(root / name)
     return env
+
+
+def edit_first_prompt_weight(path: Path) -> None:
+    """Change the first prompt's weight in a prompt file, the record still valid, and keep
+    the file's modification time: a hand edit that Snakemake cannot see."""
+    stamp = path.stat().st_mtime_ns
+    header, first, *rest = path.read_text().splitlines(keepends=True)
+    record = json.loads(first)
+    record["weight"][0] += 1
+    path.write_text("".join([header, json.dumps(record) + "\n", *rest]))
+    os.utime(path, ns=(stamp, stamp))
