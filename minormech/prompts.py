@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
+from minormech.atomic_files import written_in_place_of
 from minormech.tasks import Task, WeightTable, examples_for, stable_seed
 
 #: Prompt sets made per (model, task); `prompt_weight_ids` says which weights each draws.
@@ -240,11 +240,9 @@ def write_prompts(path: str | Path, prompts: Sequence[Prompt]) -> None:
     path = Path(path)
     records = [json.dumps(asdict(prompt)) + "\n" for prompt in prompts]
     header = {"format": PROMPT_FORMAT, "version": PROMPT_FORMAT_VERSION, "records_sha256": _records_sha256(records)}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
+    with written_in_place_of(path) as tmp, open(tmp, "w") as handle:
         handle.write(json.dumps(header) + "\n")
         handle.writelines(records)
-    os.replace(tmp, path)
 
 
 def _records_sha256(lines: Iterable[str]) -> str:

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +41,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from minormech.atomic_files import written_in_place_of
 from minormech.hdf5_shards import Hdf5File, Hdf5Settings, write_hdf5
 from minormech.hooks import hook_name
 
@@ -191,35 +190,6 @@ def save_tensors(
                 handle.write(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
 
 
-def temporary_name(path: Path) -> Path:
-    """Where a file is written before publish renames it into place."""
-    return path.with_name(path.name + ".tmp")
-
-
-@contextmanager
-def written_in_place_of(path: Path) -> Iterator[Path]:
-    """The temporary name to write `path` under; published (renamed into place) when the
-    block ends normally, removed when it raises (a full disk, a refused value), so a failed
-    write leaves neither a file that looks complete nor a stray temporary one."""
-    tmp = temporary_name(path)
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    publish(tmp, path)
-
-
-def publish(tmp: Path, path: Path) -> None:
-    """Rename a completely written temporary file to `path`, with the permissions of any
-    output (the temporary file is private), so a killed job never leaves a file that
-    looks complete."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def write_shard(
     path: str | Path,
     header: ShardHeader,
@@ -242,10 +212,10 @@ def write_shard(
         if values.shape[0] != total:
             raise ValueError(f"{hook_name(site, layer)} has {values.shape[0]} rows, expected {total}")
         tensors[hook_name(site, layer)] = values.contiguous()
-    refuse_non_finite(path, tensors, made_from)
     checksums = {name: tensor_sha256(tensor) for name, tensor in sorted(tensors.items())}
     metadata = {**header.to_metadata(), CHECKSUMS_KEY: json.dumps(checksums, separators=(",", ":"))}
     if is_hdf5(path):
+        refuse_non_finite(path, tensors, made_from)  # save_tensors checks it itself
         with written_in_place_of(path) as tmp:
             write_hdf5(tmp, tensors, metadata, hdf5)
     else:
