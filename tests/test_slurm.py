@@ -7,12 +7,14 @@ profile are copied as a fresh clone would have them and slurm/config.yaml is use
 would use it; only settings of this particular cluster come from the command line:
 squeue as the status command (the test cluster has no accounting database, so no sacct),
 SLURM logs of successful jobs kept (to check them), and a short first status check (a
-speed-up). The profile's partition file is used as it is: the test cluster's partitions are
+speed-up), and 8 jobs at a time (the node runs one 2-core job at once; the others wait in
+SLURM's queue, which starts the next as soon as one ends, not at Snakemake's next status
+check). The profile's partition file is used as it is: the test cluster's partitions are
 named as in slurm/partitions.yaml, `cpu` (the default) and `gpu`, and its node declares one
 GPU (a fake one, behind /dev/null), so that a job asking for a GPU can be placed. The tiny DAG
 computes on the CPU, so none of its jobs asks for a GPU and all of them must run in `cpu`; a
 two-rule workflow, one rule asking for a GPU, shows that such a job goes to `gpu`.
-Takes 9-16 minutes on 2 cores.
+Takes 6-8 minutes on 2 cores.
 """
 
 import os
@@ -29,6 +31,7 @@ from workflow_helpers import TINY
 
 pytestmark = pytest.mark.slurm
 
+MODEL = "results/smollm2-135m"
 #: Rules that run a model (the tiny config keeps shards, so no stream_probes): never local.
 MODEL_RULES = {"activations", "attribution", "head_views", "patching", "probe"}
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
@@ -45,11 +48,16 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def slurm_run(cluster, tmp_path_factory, repo_root):
+def slurm_run(cluster, tmp_path_factory, repo_root, smollm2_manifest):
     work = tmp_path_factory.mktemp("slurm_workflow")
     for name in ("Snakefile", "rules", "workflow", "config", "envs", "minormech", "slurm"):
         source = repo_root / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
+    # The model's manifest is the session's prepared model (the GGUF conversion the model
+    # rule does, tests/test_workflow.py runs it): it spares a ~40 s job and the status-check
+    # wait after it, on the critical path of every other job.
+    (work / MODEL / "model").mkdir(parents=True)
+    smollm2_manifest.write(work / MODEL / "model" / "manifest.json")
     # One site, one shard per prompt set, one patched layer, no knockouts and no random-init
     # control or patching controls: fewer and shorter SLURM jobs (the rules left out are CPU
     # or GPU rules like the others; tests/test_workflow.py runs them).
@@ -82,7 +90,7 @@ def run_with_profile(work: Path, env: dict, cluster, *args: str) -> str:
         sys.executable, "-m", "snakemake",
         "--profile", "slurm",
         *args,
-        "--jobs", "2",
+        "--jobs", "8",
         "--slurm-status-command", "squeue",
         "--slurm-keep-successful-logs",
         "--slurm-init-seconds-before-status-checks", "5",
@@ -137,7 +145,7 @@ def test_jobs_run_the_virtual_environments_python(slurm_run, cluster):
 
 def test_figures_exist(slurm_run):
     work, _, _ = slurm_run
-    figures = work / "results" / "smollm2-135m" / "figures"
+    figures = work / MODEL / "figures"
     for number in range(1, 6):
         assert (figures / f"fig{number}_k.pdf").stat().st_size > 0
 
