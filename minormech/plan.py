@@ -127,9 +127,11 @@ def xi_map(model: str = "{model}", pair: str = "{pair}") -> str:
     return f"{RESULTS}/{model}/xi/{pair}.safetensors"
 
 
-def patching_file(model: str = "{model}", site: str = "{site}", table: str = "") -> str:
-    """Patching counts (table ``""``), per-pair outcomes (``"_pairs"``) or accuracy (``"_accuracy"``)."""
-    return f"{RESULTS}/{model}/patching/{site}{table}.csv"
+def patching_file(model: str = "{model}", site: str = "{site}", table: str = "", suffix: str = ".csv") -> str:
+    """Patching counts (table ``""``), per-pair outcomes (``"_pairs"``), accuracy
+    (``"_accuracy"``), or, with suffix ``".json"``, the prompt files they were computed from
+    (``"_inputs"``, minormech.provenance)."""
+    return f"{RESULTS}/{model}/patching/{site}{table}{suffix}"
 
 
 def head_table(model: str = "{model}", task: str = "{task}", table: str = "") -> str:
@@ -383,8 +385,17 @@ class RunPlan:
     def prompt_count(self, prompt_set: str) -> int:
         return prompt_count(self.config, prompt_set)
 
-    def prompt_counts(self, *prompt_sets: str) -> dict[str, int]:
-        return {prompt_set: self.prompt_count(prompt_set) for prompt_set in prompt_sets}
+    def prompt_recipe(self, prompt_set: str) -> dict[str, int]:
+        """What a prompt set's file is made with (minormech.prompts.PromptRecipe, as a
+        job's params): its writer records it and its readers expect it."""
+        return {
+            "seed": self.config["seed"],
+            "max_prompt_tokens": self.config["prompts"]["max_prompt_tokens"],
+            "count": self.prompt_count(prompt_set),
+        }
+
+    def prompt_recipes(self, *prompt_sets: str) -> dict[str, dict[str, int]]:
+        return {prompt_set: self.prompt_recipe(prompt_set) for prompt_set in prompt_sets}
 
     def control_train_count(self, prompt_set: str) -> int | None:
         """What the prompts of a set depend on besides their own count: the control-task
@@ -527,12 +538,22 @@ class RunPlan:
         return {
             "tables": [probe_file(model_id, task, site, "unfiltered") for task in self.tasks],
             "random_init": [probe_file(control, task, site, "unfiltered") for task in self.tasks] if control else [],
+            "summaries": [
+                probe_file(model, task, site, "unfiltered", PROBE_SUFFIXES["summary"])
+                for model in filter(None, (model_id, control))
+                for task in self.tasks
+            ],
         }
 
     def filtered_figure_inputs(self, model_id: str, site: str) -> dict[str, list[str]]:
+        kinds = ("filtered", "unfiltered")
         return {
-            kind: [probe_file(model_id, task, site, kind) for task in self.filter_pair]
-            for kind in ("filtered", "unfiltered")
+            **{kind: [probe_file(model_id, task, site, kind) for task in self.filter_pair] for kind in kinds},
+            "summaries": [
+                probe_file(model_id, task, site, kind, PROBE_SUFFIXES["summary"])
+                for kind in kinds
+                for task in self.filter_pair
+            ],
         }
 
     def summary_files(self, model_id: str) -> dict[str, Any]:
@@ -564,6 +585,7 @@ class RunPlan:
                 },
                 "patching": patching_file(model_id, site),
                 "patching_pairs": patching_file(model_id, site, "_pairs"),
+                "patching_inputs": patching_file(model_id, site, "_inputs", ".json"),
             }
         return {
             "datasets": {task: dataset(task) for task in self.tasks},

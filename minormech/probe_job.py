@@ -41,6 +41,7 @@ from minormech.probes import (
     validation_mask,
 )
 from minormech.prompts import Prompt
+from minormech.provenance import PromptDigests
 from minormech.ridge_probes import PoolingTap, RidgeSettings
 from minormech.tasks import WeightTable, get_task
 from minormech.uncertainty import Bootstrap
@@ -69,12 +70,14 @@ class ReportSettings:
 
 @dataclass(frozen=True)
 class ProbeEntry:
-    """One (site, probe kind) of a job and where its three files go."""
+    """One (site, probe kind) of a job, where its three files go, and the prompt files its
+    probes are computed from (minormech.provenance; a filtered kind's include xi's)."""
 
     site: str
     kind: str
     variants: ProbeVariants
     outputs: ProbeOutputs
+    prompts: PromptDigests
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ def run_probe_job(job: ProbeJob, entries: Sequence[ProbeEntry], sources: ProbeSo
             summary["ridge_alphas"] = {pooling: readouts[entry.site, pooling].alphas for pooling in POOLINGS}
         write_probe_results(
             entry.outputs,
-            ProbeIdentity(job.model_id, job.task, entry.site, job.layers, entry.variants),
+            ProbeIdentity(job.model_id, job.task, entry.site, job.layers, entry.variants, entry.prompts),
             ProbePredictions(predictions[i], index, control, ridge),
             TestPrompts(test.prompts, test.targets, len(train.prompts)),
             report,

@@ -21,6 +21,7 @@ import torch
 from minormech.controls import control_targets
 from minormech.probes import ProbeTraining
 from minormech.prompts import Prompt
+from minormech.provenance import PROMPTS_KEY, PromptDigests, to_text
 from minormech.ranking import FILTER_VARIANT_NAMES, FILTER_VARIANTS, HALVES, QUARTERS, site_keep_masks
 from minormech.shards import save_tensors
 from minormech.uncertainty import Bootstrap
@@ -86,13 +87,15 @@ class ProbeReport:
 
 @dataclass(frozen=True)
 class ProbeIdentity:
-    """Which probes a table describes: model, task, site, layers and variants."""
+    """Which probes a table describes: model, task, site, layers and variants, and the
+    prompt files they were computed from (minormech.provenance)."""
 
     model_id: str
     task: str
     site: str
     layers: Sequence[int]
     variants: ProbeVariants
+    prompts: PromptDigests
 
 
 @dataclass(frozen=True)
@@ -277,12 +280,21 @@ def write_probe_results(
     save_tensors(
         tensors,
         outputs.predictions,
-        metadata={"layers": json.dumps(list(layers)), "variants": json.dumps(variants.names), "seeds": str(seeds)},
+        metadata={
+            "layers": json.dumps(list(layers)),
+            "variants": json.dumps(variants.names),
+            "seeds": str(seeds),
+            PROMPTS_KEY: to_text(identity.prompts),
+        },
         made_from=f"the {identity.model_id} {identity.task} {identity.site} probes' training (diverged, or "
         "non-finite activations from the model)",
     )
     with open(outputs.summary, "w") as handle:
-        json.dump({**summary, "settings": asdict(settings), "variants": variants.names}, handle, indent=2)
+        json.dump(
+            {**summary, "settings": asdict(settings), "variants": variants.names, PROMPTS_KEY: identity.prompts},
+            handle,
+            indent=2,
+        )
     baseline = references["baseline_mse"].mean
     for v, name in enumerate(variants.names):
         log.info(

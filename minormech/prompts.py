@@ -14,7 +14,8 @@ earlier prompts used: two models see the same examples, truncated at their own b
 A prompt record keeps its examples' values (x and y of each, the query last), so code
 that needs them (least-squares ceiling, head views, the control model's loss) reads them
 rather than parsing the text back. A prompt file is JSON lines: a header record with the
-format version, then one prompt per line.
+format version, the recipe the file was made with (seed, token budget, count) and the
+SHA-256 of the records, then one prompt per line.
 """
 
 from __future__ import annotations
@@ -35,12 +36,28 @@ from minormech.tasks import Task, WeightTable, examples_for, stable_seed
 PROMPT_SETS = ("probe_train", "probe_test", "probe_control", "attribution", "patching", "patching_ref")
 #: The first line of a prompt file; version 2 added each prompt's examples.
 PROMPT_FORMAT = "minormech prompts"
-#: 3: the header holds the SHA-256 of the records (2 had none; 1 had no header and no examples).
-PROMPT_FORMAT_VERSION = 3
+#: 4: the header holds the recipe; 3 added the SHA-256 of the records; 1 had no header and no examples.
+PROMPT_FORMAT_VERSION = 4
 
 
 class Tokenizer(Protocol):
     def __call__(self, text: str, add_special_tokens: bool = ...) -> dict: ...
+
+
+@dataclass(frozen=True)
+class PromptRecipe:
+    """What a prompt file is made with besides the weight table and the tokenizer (inputs
+    whose changes Snakemake sees): the master seed, the token budget per prompt and the
+    number of prompts. The header records it, so that a reader given the config's recipe
+    refuses a file made with another config, such as one copied from another run."""
+
+    seed: int
+    max_prompt_tokens: int
+    count: int
+
+    def differences(self, other: PromptRecipe) -> str:
+        """'seed 1, count 8' for each field where self differs from other ('' if none)."""
+        return ", ".join(f"{name} {value}" for name, value in asdict(self).items() if value != getattr(other, name))
 
 
 @dataclass(frozen=True)
@@ -232,14 +249,19 @@ def generate_prompts(
     return prompts
 
 
-def write_prompts(path: str | Path, prompts: Sequence[Prompt]) -> None:
-    """JSON lines: the format header (with the SHA-256 of the record lines, so that a
-    reader refuses a file edited by hand, whatever its timestamp), then one prompt each;
-    written to a temporary name and renamed, so an interrupted job never leaves a
-    half-written prompt file behind."""
+def write_prompts(path: str | Path, prompts: Sequence[Prompt], recipe: PromptRecipe) -> None:
+    """JSON lines: the format header (with the recipe and the SHA-256 of the record lines,
+    so that a reader refuses a file of another config or one edited by hand, whatever its
+    timestamp), then one prompt each; written to a temporary name and renamed, so an
+    interrupted job never leaves a half-written prompt file behind."""
     path = Path(path)
     records = [json.dumps(asdict(prompt)) + "\n" for prompt in prompts]
-    header = {"format": PROMPT_FORMAT, "version": PROMPT_FORMAT_VERSION, "records_sha256": _records_sha256(records)}
+    header = {
+        "format": PROMPT_FORMAT,
+        "version": PROMPT_FORMAT_VERSION,
+        "recipe": asdict(recipe),
+        "records_sha256": _records_sha256(records),
+    }
     with written_in_place_of(path) as tmp, open(tmp, "w") as handle:
         handle.write(json.dumps(header) + "\n")
         handle.writelines(records)
@@ -252,13 +274,15 @@ def _records_sha256(lines: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def read_prompts(path: str | Path, expected_count: int | None = None) -> list[Prompt]:
-    """Read a prompt file; a missing, damaged or incomplete file raises ValueError naming it.
+def read_prompts(path: str | Path, expected: PromptRecipe | None = None) -> list[Prompt]:
+    """Read a prompt file; a missing, damaged, incomplete, foreign or edited file raises
+    ValueError naming it.
 
     The first line must be the header of the current format version: a file of an older
-    format (no header: its prompts lack their examples) is refused. Prompt ids must run
-    0..n-1 in order, and with `expected_count` n must equal it, so a file cut at a line
-    boundary is refused rather than read as a smaller prompt set.
+    format is refused. Prompt ids must run 0..n-1 in order; with `expected` (the config's
+    recipe) n must equal its count, so that a file cut at a line boundary is refused rather
+    than read as a smaller prompt set, and the header's recipe must equal it. Last, the
+    records must match the header's checksum.
     """
     path = Path(path)
     if not path.exists():
@@ -282,17 +306,42 @@ def read_prompts(path: str | Path, expected_count: int | None = None) -> list[Pr
             prompts.append(prompt)
     if not prompts:
         raise ValueError(f"{path}: prompt file is empty; delete it and rerun")
-    if expected_count is not None and len(prompts) != expected_count:
-        raise ValueError(
-            f"{path}: {len(prompts)} prompts but the config asks for {expected_count}; "
-            "the file is incomplete or stale: delete it and rerun"
-        )
+    if expected is not None:
+        _check_recipe(path, header, len(prompts), expected)
     if header.get("records_sha256") != _records_sha256(lines):
         raise ValueError(
             f"{path}: its prompts do not match the checksum in its header (the file was edited after it was "
             "written); delete it and rerun, which makes it again from the config and seed"
         )
     return prompts
+
+
+def _check_recipe(path: Path, header: dict, n_prompts: int, expected: PromptRecipe) -> None:
+    if n_prompts != expected.count:
+        raise ValueError(
+            f"{path}: {n_prompts} prompts but the config asks for {expected.count}; "
+            "the file is incomplete or stale: delete it and rerun"
+        )
+    try:
+        made = PromptRecipe(**header["recipe"])
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"{path}:1: the header has no valid recipe; the file is damaged: delete it and rerun"
+        ) from None
+    if made != expected:
+        raise ValueError(
+            f"{path}: made with {made.differences(expected)}, but the config asks for "
+            f"{expected.differences(made)}; the file comes from another run or config: delete it and rerun"
+        )
+
+
+def recorded_digest(path: str | Path) -> str:
+    """The records' SHA-256 in a prompt file's header (its records are checked when the
+    file itself is read): what results computed from the file record, see
+    minormech.provenance."""
+    path = Path(path)
+    with open(path) as handle:
+        return _check_header(path, handle.readline())["records_sha256"]
 
 
 def _check_header(path: Path, line: str) -> dict:

@@ -44,6 +44,7 @@ from safetensors.torch import load_file
 from minormech.atomic_files import written_in_place_of
 from minormech.hdf5_shards import Hdf5File, Hdf5Settings, write_hdf5
 from minormech.hooks import hook_name
+from minormech.provenance import PROMPTS_KEY, PromptDigests, check_current, from_text
 
 #: 3: every tensor's SHA-256 in the metadata (2 had none; 1 keyed tensors by
 #: ``blocks.{layer}.hook_{site}`` for every site); readers refuse any other version.
@@ -357,10 +358,10 @@ class Shard:
 def load_tensors(
     path: str | Path, needed: Sequence[str] = (), widths: dict[str, int] | None = None
 ) -> dict[str, torch.Tensor]:
-    """A whole small safetensors file (attribution map, xi) with the same kind of one-line
-    error as shards: missing, damaged, without a tensor this run needs, a tensor whose last
-    dimension is not its `widths` entry (hook_widths of the model's manifest), or a value
-    that is not finite."""
+    """A whole small safetensors file (attribution map, xi, probe predictions) with the same
+    kind of one-line error as shards: missing, damaged, without a tensor this run needs, a
+    tensor whose last dimension is not its `widths` entry (hook_widths of the model's
+    manifest), or a value that is not finite."""
     path = Path(path)
     if not path.exists():
         raise ShardError(f"{path}: does not exist; rerun snakemake, which remakes it")
@@ -379,6 +380,23 @@ def load_tensors(
     for name, tensor in tensors.items():
         check_tensor(path, name, tensor, (widths or {}).get(name))
     return tensors
+
+
+def load_current_tensors(
+    path: str | Path, needed: Sequence[str] = (), widths: dict[str, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """load_tensors for a job: also refuses a result computed from other prompts than its
+    prompt files hold now (minormech.provenance; the recorded paths are relative to the
+    working directory, where jobs run)."""
+    tensors = load_tensors(path, needed, widths)
+    check_current(path, recorded_prompts(path))
+    return tensors
+
+
+def recorded_prompts(path: str | Path) -> PromptDigests:
+    """The prompt files a small safetensors result was computed from ({} if it records
+    none), for the results made from it to record in turn."""
+    return from_text(_SafetensorsFile(Path(path)).metadata().get(PROMPTS_KEY))
 
 
 def packed_offsets(lengths: torch.Tensor) -> torch.Tensor:

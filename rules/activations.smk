@@ -16,7 +16,7 @@ rule activations:
     params:
         sites=PLAN.sites,
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
-        n_prompts=lambda wildcards: PLAN.prompt_count(wildcards.prompt_set),
+        prompt_recipe=lambda wildcards: PLAN.prompt_recipe(wildcards.prompt_set),
         n_chunks=lambda wildcards: len(PLAN.chunk_names(wildcards.prompt_set)),
         batch_size=config["activations"]["batch_size"],
         store_dtype=config["activations"]["store_dtype"],

@@ -18,7 +18,7 @@ rule attribution:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         attribution=canonical(config["attribution"]),
         baseline_shards=lambda wildcards: PLAN.baseline_shards(wildcards.model),
-        n_prompts=PLAN.prompt_count("attribution"),
+        prompt_recipe=PLAN.prompt_recipe("attribution"),
         seed=config["seed"],
         compute=PLAN.compute,
     script:

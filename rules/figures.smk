@@ -76,6 +76,7 @@ rule plot_fig5:
     input:
         counts=paths.patching_file(),
         accuracy=paths.patching_file(table="_accuracy"),
+        inputs=paths.patching_file(table="_inputs", suffix=".json"),
     output:
         **figure_outputs("fig5_{site}", "fig5", "Figure 5: activation patching", {"site": "{site}"}),
     log:

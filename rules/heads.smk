@@ -22,7 +22,7 @@ rule head_views:
         knockout_layers=lambda wildcards: PLAN.model(wildcards.model).knockout_layers,
         heads=canonical(config["heads"]),
         bootstrap=PLAN.bootstrap,
-        n_prompts=PLAN.prompt_count("attribution"),
+        prompt_recipe=PLAN.prompt_recipe("attribution"),
         compute=PLAN.compute,
     script:
         "../workflow/scripts/head_views.py"

@@ -10,6 +10,7 @@ rule patching:
         counts=paths.patching_file(),
         accuracy=paths.patching_file(table="_accuracy"),
         pairs=paths.patching_file(table="_pairs"),
+        inputs=paths.patching_file(table="_inputs", suffix=".json"),
     log:
         paths.log("patching", "{model}", "{site}"),
     benchmark:
@@ -25,7 +26,7 @@ rule patching:
         patching=canonical(config["patching"]),
         controls=config["controls"]["patching"],
         bootstrap=PLAN.bootstrap,
-        n_prompts=PLAN.prompt_counts("patching_ref", "patching"),
+        prompt_recipes=PLAN.prompt_recipes("patching_ref", "patching"),
         seed=config["seed"],
         compute=PLAN.compute,
     script:

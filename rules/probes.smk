@@ -26,7 +26,7 @@ rule probe:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         probe=canonical(PLAN.probe_settings()),
         report=PLAN.probe_report,
-        n_prompts=PLAN.prompt_counts(*PLAN.probe_sets),
+        prompt_recipes=PLAN.prompt_recipes(*PLAN.probe_sets),
         device=config["compute"]["device"],
     script:
         "../workflow/scripts/probe.py"
@@ -52,7 +52,7 @@ rule stream_probes:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         probe=canonical(PLAN.probe_settings("keep_in_memory")),
         report=PLAN.probe_report,
-        n_prompts=PLAN.prompt_counts(*PLAN.probe_sets),
+        prompt_recipes=PLAN.prompt_recipes(*PLAN.probe_sets),
         chunks=canonical(config["activations"]["chunks"]),
         forward_batch_size=config["activations"]["batch_size"],
         compute=PLAN.compute,

@@ -17,9 +17,7 @@ rule prompts:
         mem_mb=2000,
         runtime=30,
     params:
-        seed=config["seed"],
-        max_prompt_tokens=config["prompts"]["max_prompt_tokens"],
-        n_prompts=lambda wildcards: PLAN.prompt_count(wildcards.prompt_set),
+        recipe=lambda wildcards: PLAN.prompt_recipe(wildcards.prompt_set),
         train_count=lambda wildcards: PLAN.control_train_count(wildcards.prompt_set),
     script:
         "../workflow/scripts/prompts.py"

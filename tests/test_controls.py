@@ -166,7 +166,7 @@ def test_control_task_can_fail_and_can_find_a_linear_w(tmp_path):
     report = ReportSettings(False, True, {"n_boot": 500, "level": 0.95, "seed": 0}, 0)
     job = ProbeJob("m", "LR", [0, 1, 2], table, settings, report)
     outputs = ProbeOutputs(tmp_path / "table.csv", tmp_path / "predictions.safetensors", tmp_path / "summary.json")
-    entry = ProbeEntry("k", "unfiltered", ProbeVariants.of_kind("unfiltered", "k", [0, 1, 2], None), outputs)
+    entry = ProbeEntry("k", "unfiltered", ProbeVariants.of_kind("unfiltered", "k", [0, 1, 2], None), outputs, {})
     run_probe_job(job, [entry], sources, torch.device("cpu"), JobRun(10, 64, 64, lambda it, n: it, dict))
     rows = pd.read_csv(outputs.table).set_index("layer")
     assert (rows["n_control"] < 90).all() and (rows["n_control"] > 60).all()  # validation weights left out

@@ -9,6 +9,7 @@ from workflow_helpers import edit_first_prompt_weight
 from minormech.prompts import (
     PROMPT_FORMAT,
     PROMPT_FORMAT_VERSION,
+    PromptRecipe,
     format_example,
     generate_prompts,
     output_spans,
@@ -78,8 +79,8 @@ def test_determinism_and_round_trip(smollm2_tokenizer, tmp_path):
     assert first == second
     assert prompts_digest(first) == prompts_digest(second) != prompts_digest(other)
     path = tmp_path / "p.jsonl"
-    write_prompts(path, first)
-    assert read_prompts(path) == first
+    write_prompts(path, first, PromptRecipe(3, 120, 12))
+    assert read_prompts(path) == read_prompts(path, PromptRecipe(3, 120, 12)) == first
 
 
 def test_test_set_uses_each_test_weight_equally():
@@ -125,7 +126,7 @@ def test_prompt_file_of_an_old_format_is_refused(smollm2_tokenizer, tmp_path):
     ):
         read_prompts(old)
     other = tmp_path / "other.jsonl"
-    write_prompts(other, prompts)
+    write_prompts(other, prompts, PromptRecipe(0, 120, 2))
     lines = other.read_text().splitlines(keepends=True)
     other.write_text(
         json.dumps({"format": PROMPT_FORMAT, "version": PROMPT_FORMAT_VERSION + 1}) + "\n" + "".join(lines[1:])
@@ -161,18 +162,57 @@ def test_attribution_prompts_draw_from_all_weights():
     assert np.array_equal(ids, prompt_weight_ids("attribution", table, 0, 2000))
 
 
+#: The recipe of _make(tokenizer, "LR", n=3).
+RECIPE = PromptRecipe(seed=0, max_prompt_tokens=120, count=3)
+
+
 def test_a_prompt_file_edited_by_hand_is_refused_whatever_its_timestamp(smollm2_tokenizer, tmp_path):
     """One prompt's weight changed, the record still valid and the file's old timestamp
     restored: Snakemake sees nothing, so the reader must; the header's checksum of the
     records tells. The file as written reads back."""
     _, _, prompts = _make(smollm2_tokenizer, "LR", n=3)
     path = tmp_path / "p.jsonl"
-    write_prompts(path, prompts)
-    assert read_prompts(path, expected_count=3) == prompts
+    write_prompts(path, prompts, RECIPE)
+    assert read_prompts(path, RECIPE) == prompts
     edit_first_prompt_weight(path)
     with pytest.raises(ValueError) as error:
-        read_prompts(path, expected_count=3)
+        read_prompts(path, RECIPE)
     assert str(error.value) == (
         f"{path}: its prompts do not match the checksum in its header (the file was edited after it was "
         "written); delete it and rerun, which makes it again from the config and seed"
+    )
+
+
+@pytest.mark.parametrize(
+    ("asked", "message"),
+    [
+        (PromptRecipe(1, 120, 3), "made with seed 0, but the config asks for seed 1"),
+        (PromptRecipe(0, 60, 3), "made with max_prompt_tokens 120, but the config asks for max_prompt_tokens 60"),
+        (
+            PromptRecipe(5, 60, 3),
+            "made with seed 0, max_prompt_tokens 120, but the config asks for seed 5, max_prompt_tokens 60",
+        ),
+    ],
+)
+def test_a_prompt_file_of_another_config_is_refused(smollm2_tokenizer, tmp_path, asked, message):
+    """A valid, unedited file made with another seed or token budget (copied from another
+    run, say) is refused by a reader given the config's recipe, with one line naming the
+    file and each setting that differs."""
+    _, _, prompts = _make(smollm2_tokenizer, "LR", n=3)
+    path = tmp_path / "p.jsonl"
+    write_prompts(path, prompts, RECIPE)
+    with pytest.raises(ValueError) as error:
+        read_prompts(path, asked)
+    assert str(error.value) == (f"{path}: {message}; the file comes from another run or config: delete it and rerun")
+
+
+def test_a_prompt_file_cut_at_a_line_boundary_is_refused_by_its_count(smollm2_tokenizer, tmp_path):
+    _, _, prompts = _make(smollm2_tokenizer, "LR", n=3)
+    path = tmp_path / "p.jsonl"
+    write_prompts(path, prompts, RECIPE)
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(ValueError) as error:
+        read_prompts(path, RECIPE)
+    assert str(error.value) == (
+        f"{path}: 2 prompts but the config asks for 3; the file is incomplete or stale: delete it and rerun"
     )

@@ -37,6 +37,7 @@ from workflow_helpers import (
     error_lines,
     isolated_env,
     job_counts,
+    rewrite_first_prompt_weight,
     run,
 )
 
@@ -136,6 +137,7 @@ def resumed(tmp_path_factory, repo_root, workdir, finished):
     not_unlocked = run(work, *TARGETS, "--cores", "2", "--configfile", "tiny.yaml", check=False, env=env)
     # The README's two commands, with the killed run's targets and config.
     run(work, "--unlock", env=env)
+    without_rerun_incomplete = run(work, *TARGETS, "-n", "--configfile", "tiny.yaml", env=env)
     resumed_run = run(work, *TARGETS, "--cores", "2", "--rerun-incomplete", "--configfile", "tiny.yaml", env=env)
     return {
         "work": work,
@@ -146,6 +148,7 @@ def resumed(tmp_path_factory, repo_root, workdir, finished):
         "leftovers": leftovers,
         "locks": locks,
         "not_unlocked": not_unlocked,
+        "without_rerun_incomplete": without_rerun_incomplete,
         "resumed": resumed_run,
     }
 
@@ -174,6 +177,10 @@ def test_killed_run_resumes_to_the_results_of_an_uninterrupted_run(resumed, work
         resumed["not_unlocked"].returncode != 0
         and "--unlock" in resumed["not_unlocked"].stdout + resumed["not_unlocked"].stderr
     )
+    # The killed job had written no output (a shard appears only complete), so nothing is
+    # incomplete: even without --rerun-incomplete the next run plans just the missing shards.
+    planned = job_counts(resumed["without_rerun_incomplete"].stdout)
+    assert planned["activations"] == N_SHARDS - len(resumed["at_kill"]), planned
     # The resumed run makes only the shards the killed run had not finished.
     log = resumed["resumed"].stdout + resumed["resumed"].stderr
     assert len(re.findall(r"^rule activations:$|^localrule activations:$", log, re.MULTILINE)) == N_SHARDS - len(
@@ -515,6 +522,59 @@ def test_damaged_values_give_one_clear_line(damaged_values, damage):
     assert line and re.fullmatch(DAMAGED_VALUE_LINES[damage], line), line
 
 
+def test_results_of_other_prompts_than_the_prompt_file_holds_are_refused(resumed):
+    """LR's attribution prompts replaced by a valid file of the same recipe with other
+    prompts, under the old timestamp: nothing reruns the attribution map or xi, so xi now
+    describes other prompts than the file holds. The next job that reads xi (figure 2,
+    forced) stops with one line naming xi and the prompt file. The file is restored
+    afterwards."""
+    work = resumed["work"]
+    # The damaged-values run's failed rank_difference job took xi with it; make it again.
+    run(work, f"{MODEL}/figures/fig2_k.pdf", "--cores", "2", "--configfile", "tiny.yaml")
+    damages = {"replaced_prompts": (work / MODEL / "prompts/LR/attribution.jsonl", rewrite_first_prompt_weight)}
+    lines = run_on_damaged_files(work, damages, [f"{MODEL}/figures/fig2_k.pdf"], ["plot_fig2"])
+    assert lines["replaced_prompts"] == (
+        f"error: {MODEL}/xi/LR-MD.safetensors: computed from other prompts than {MODEL}/prompts/LR/attribution.jsonl "
+        "holds now (the prompt file was remade or replaced after the result was written); delete "
+        f"{MODEL}/xi/LR-MD.safetensors and rerun (details: logs/plot_fig2/smollm2-135m/k.log)"
+    ), lines
+    # With the file restored, figure 2 is drawn again from the same xi.
+    run(work, f"{MODEL}/figures/fig2_k.pdf", "--cores", "1", "--configfile", "tiny.yaml")
+
+
+#: A job that writes its output, then works on (as a probe job writes its table before its
+#: predictions): killed in between, its output exists but is incomplete. The marker file
+#: `resume` shortens the second attempt.
+WRITES_THEN_WORKS = """
+rule table:
+    output: "table.csv"
+    shell: "echo 1 > {output} && if [ ! -e resume ]; then sleep 120; fi"
+"""
+
+
+def test_a_job_killed_after_writing_an_output_is_rerun_only_with_rerun_incomplete(tmp_path):
+    """What the README says of a job killed after it wrote one of its outputs: after
+    --unlock, Snakemake refuses the output (IncompleteFilesException) until the run is
+    repeated with --rerun-incomplete, which reruns the job."""
+    (tmp_path / "Snakefile").write_text(WRITES_THEN_WORKS)
+    with open(tmp_path / "killed.out", "w") as out:
+        process = subprocess.Popen(
+            [*SNAKEMAKE, "--cores", "1"], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "table.csv").exists():
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.out").read_text()
+            time.sleep(0.05)
+        kill_tree(process)
+    run(tmp_path, "--unlock")
+    refused = run(tmp_path, "--cores", "1", check=False)
+    assert refused.returncode != 0
+    assert "IncompleteFilesException:\nThe files below seem to be incomplete." in refused.stderr, refused.stderr
+    (tmp_path / "resume").touch()
+    rerun = run(tmp_path, "--cores", "1", "--rerun-incomplete")
+    assert "Finished jobid: 0 (Rule: table)" in rerun.stderr, rerun.stderr
+
+
 def test_deleted_prompt_file_is_made_again_identically(resumed):
     """A deleted prompt file is an output Snakemake can make: the next run plans its job
     (reason 'Missing output files') and everything that reads it, and the file comes back
@@ -523,6 +583,9 @@ def test_deleted_prompt_file_is_made_again_identically(resumed):
     path = work / MODEL / "prompts/LR/probe_test.jsonl"
     intact = path.read_bytes()
     path.unlink()
+    # A plain run (every target) plans it, as does a run of one table that reads it.
+    plain = run(work, "-n", "--configfile", "tiny.yaml")
+    assert f"reason: Missing output files: {MODEL}/prompts/LR/probe_test.jsonl" in plain.stdout
     plan = run(work, f"{MODEL}/probes/LR/k/unfiltered.csv", "-n", "--configfile", "tiny.yaml")
     assert f"reason: Missing output files: {MODEL}/prompts/LR/probe_test.jsonl" in plan.stdout
     counts = job_counts(plan.stdout)

@@ -2,6 +2,7 @@
 Python API has no stable reference in 9.x): the tiny config, a fresh copy of the workflow
 as a clone would have it, and a runner that reports Snakemake's output when it fails."""
 
+import dataclasses
 import json
 import os
 import re
@@ -9,6 +10,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from minormech.prompts import PromptRecipe, read_prompts, write_prompts
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -105,4 +108,17 @@ def edit_first_prompt_weight(path: Path) -> None:
     record = json.loads(first)
     record["weight"][0] += 1
     path.write_text("".join([header, json.dumps(record) + "\n", *rest]))
+    os.utime(path, ns=(stamp, stamp))
+
+
+def rewrite_first_prompt_weight(path: Path) -> None:
+    """Write a prompt file again, valid and with its own recipe and checksum, with the first
+    prompt's weight changed, and keep the file's modification time: a prompt file that
+    passes every check of its own but holds other prompts than the results made from it
+    were computed from (one copied in from another run, say), which Snakemake cannot see."""
+    stamp = path.stat().st_mtime_ns
+    header = json.loads(path.read_text().splitlines()[0])
+    prompts = read_prompts(path)
+    first = dataclasses.replace(prompts[0], weight=[prompts[0].weight[0] + 1, *prompts[0].weight[1:]])
+    write_prompts(path, [first, *prompts[1:]], PromptRecipe(**header["recipe"]))
     os.utime(path, ns=(stamp, stamp))

@@ -5,7 +5,7 @@ import time
 from minormech.activations import Recording, extract_activations, pad_token_id
 from minormech.hdf5_shards import Hdf5Settings
 from minormech.models import ModelManifest, load_model, set_threads
-from minormech.prompts import prompts_digest, read_prompts
+from minormech.prompts import PromptRecipe, prompts_digest, read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.runner import RunOptions
 from minormech.shards import STORE_DTYPES, ShardHeader, chunk_rows, write_shard
@@ -14,7 +14,7 @@ log = job_logger(snakemake.log[0])
 params, wildcards = snakemake.params, snakemake.wildcards
 set_threads(snakemake.threads)
 chunk = int(wildcards.chunk)
-all_prompts = read_prompts(snakemake.input.prompts, params.n_prompts)
+all_prompts = read_prompts(snakemake.input.prompts, PromptRecipe(**params.prompt_recipe))
 prompts = [all_prompts[i] for i in chunk_rows(len(all_prompts), params.n_chunks)[chunk]]
 manifest = ModelManifest.read(snakemake.input.model)
 model, tokenizer = load_model(manifest, params.compute["device"], params.compute["dtype"])

@@ -11,7 +11,8 @@ from minormech.activations import pad_token_id
 from minormech.attribution import AttributionSettings, attribute_prompts, baseline_pool
 from minormech.hooks import hook_name
 from minormech.models import ModelManifest, load_model, set_threads
-from minormech.prompts import read_prompts
+from minormech.prompts import PromptRecipe, read_prompts
+from minormech.provenance import PROMPTS_KEY, prompt_digests, to_text
 from minormech.runlog import job_logger, progress
 from minormech.shards import Shard, save_tensors
 
@@ -23,7 +24,7 @@ n_baselines = options.pop("baseline_prompts")
 settings = AttributionSettings(**options, seed=params.seed)
 manifest = ModelManifest.read(inputs.model)
 model, tokenizer = load_model(manifest, params.compute["device"], params.compute["dtype"])
-prompts = read_prompts(inputs.prompts, params.n_prompts)
+prompts = read_prompts(inputs.prompts, PromptRecipe(**params.prompt_recipe))
 
 
 # expected_gradients (captum GradientShap) draws from the global generators of torch, numpy
@@ -61,6 +62,7 @@ save_tensors(
         "task": wildcards.task,
         "settings": json.dumps(asdict(settings)),
         "n_prompts": str(len(prompts)),
+        PROMPTS_KEY: to_text(prompt_digests([inputs.prompts])),
     },
     made_from=f"{inputs.prompts} on the model of {inputs.model}",
 )

@@ -8,7 +8,7 @@ import pandas as pd
 from minormech.activations import pad_token_id
 from minormech.heads import HeadSettings, head_results, head_table
 from minormech.models import ModelManifest, load_model, set_threads
-from minormech.prompts import read_prompts
+from minormech.prompts import PromptRecipe, read_prompts
 from minormech.runlog import job_logger, progress
 from minormech.runner import RunOptions
 from minormech.uncertainty import Bootstrap
@@ -19,7 +19,7 @@ set_threads(snakemake.threads)
 settings = params.heads
 manifest = ModelManifest.read(inputs.model)
 model, tokenizer = load_model(manifest, params.compute["device"], params.compute["dtype"])
-prompts = read_prompts(inputs.prompts, params.n_prompts)[: settings["prompts"]]
+prompts = read_prompts(inputs.prompts, PromptRecipe(**params.prompt_recipe))[: settings["prompts"]]
 start = time.perf_counter()
 results = head_results(
     model,

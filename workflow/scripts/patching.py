@@ -1,6 +1,7 @@
 """Patching counts rho, dlogp and dlogit of the eight settings for the xi patch and its controls
 (random, noop), every patched layer of one (model, site)."""
 
+import json
 import time
 
 import pandas as pd
@@ -8,11 +9,12 @@ import pandas as pd
 from minormech.activations import pad_token_id
 from minormech.models import ModelManifest, load_model, set_threads
 from minormech.patching import PatchingSettings, filter_op, patching_counts
-from minormech.prompts import read_prompts
+from minormech.prompts import PromptRecipe, read_prompts
+from minormech.provenance import PROMPTS_KEY, merged, prompt_digests
 from minormech.ranking import site_keep_masks
 from minormech.runlog import job_logger, progress
 from minormech.runner import RunOptions
-from minormech.shards import hook_widths, load_tensors
+from minormech.shards import hook_widths, load_current_tensors, recorded_prompts
 from minormech.uncertainty import Bootstrap
 
 log = job_logger(snakemake.log[0])
@@ -21,10 +23,11 @@ set_threads(snakemake.threads)
 manifest = ModelManifest.read(inputs.model)
 model, tokenizer = load_model(manifest, params.compute["device"], params.compute["dtype"])
 pair, site = list(params.pair), wildcards.site
-reference = {task: read_prompts(path, params.n_prompts["patching_ref"]) for task, path in zip(pair, inputs.reference)}
-others = {task: read_prompts(path, params.n_prompts["patching"]) for task, path in zip(pair, inputs.others)}
+recipes = {prompt_set: PromptRecipe(**recipe) for prompt_set, recipe in params.prompt_recipes.items()}
+reference = {task: read_prompts(path, recipes["patching_ref"]) for task, path in zip(pair, inputs.reference)}
+others = {task: read_prompts(path, recipes["patching"]) for task, path in zip(pair, inputs.others)}
 widths = hook_widths(manifest.site_widths, [site], params.layers)
-xi = load_tensors(inputs.xi, list(widths), widths)
+xi = load_current_tensors(inputs.xi, list(widths), widths)
 keep = {}
 for tau1 in pair:
     for layer, mask in zip(
@@ -59,6 +62,9 @@ pd.DataFrame(
         for (prompt_set, task), value in result.accuracy.items()
     ]
 ).to_csv(snakemake.output.accuracy, index=False)
+prompts = merged(recorded_prompts(inputs.xi), prompt_digests([*inputs.reference, *inputs.others]))
+with open(snakemake.output.inputs, "w") as handle:
+    json.dump({PROMPTS_KEY: prompts}, handle, indent=2)
 patched = {kind: count for kind, count in result.runs.items() if kind != "unpatched"}
 log.info(
     "%d unpatched and %d patched batched prompt passes %s over %d pairs in %.1f s; unpatched accuracy %s",

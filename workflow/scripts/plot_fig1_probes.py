@@ -6,9 +6,12 @@ intervals."""
 import pandas as pd
 
 from minormech.figures import probe_curves_figure, save_figure
+from minormech.provenance import check_summary
 from minormech.runlog import job_logger
 
 log = job_logger(snakemake.log[0])
+for summary in snakemake.input.summaries:
+    check_summary(summary)
 table = pd.concat([pd.read_csv(path) for path in snakemake.input.tables], ignore_index=True)
 random_init = None
 if snakemake.input.get("random_init"):

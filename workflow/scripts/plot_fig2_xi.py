@@ -8,11 +8,11 @@ import pandas as pd
 from minormech.figures import save_figure, xi_heatmap_figure
 from minormech.hooks import hook_name
 from minormech.runlog import job_logger
-from minormech.shards import load_tensors
+from minormech.shards import load_current_tensors
 
 log = job_logger(snakemake.log[0])
 wildcards, params = snakemake.wildcards, snakemake.params
-xi_all = load_tensors(snakemake.input.xi, [hook_name(wildcards.site, layer) for layer in params.layers])
+xi_all = load_current_tensors(snakemake.input.xi, [hook_name(wildcards.site, layer) for layer in params.layers])
 xi = np.stack([xi_all[hook_name(wildcards.site, layer)].numpy() for layer in params.layers])
 long = pd.DataFrame(
     {

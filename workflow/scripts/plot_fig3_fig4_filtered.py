@@ -4,10 +4,13 @@ eq. 41 table of layers where each task is probed better on its own important hal
 import pandas as pd
 
 from minormech.figures import eq41_table, filtered_probe_figure, save_figure
+from minormech.provenance import check_summary
 from minormech.runlog import job_logger
 
 log = job_logger(snakemake.log[0])
 wildcards, params = snakemake.wildcards, snakemake.params
+for summary in snakemake.input.summaries:
+    check_summary(summary)
 filtered = pd.concat([pd.read_csv(path) for path in snakemake.input.filtered], ignore_index=True)
 unfiltered = pd.concat([pd.read_csv(path) for path in snakemake.input.unfiltered], ignore_index=True)
 shown = filtered[filtered["variant"].isin(params.variants)]

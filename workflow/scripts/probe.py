@@ -10,9 +10,10 @@ from minormech.models import ModelManifest, resolve_device, set_threads
 from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ProbeSources, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants
 from minormech.probes import ProbeData
-from minormech.prompts import read_prompts
+from minormech.prompts import PromptRecipe, read_prompts
+from minormech.provenance import merged, prompt_digests
 from minormech.runlog import job_logger, progress
-from minormech.shards import Shard, hook_widths, load_tensors
+from minormech.shards import Shard, hook_widths, load_current_tensors, recorded_prompts
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards, output = snakemake.input, snakemake.params, snakemake.wildcards, snakemake.output
@@ -26,7 +27,7 @@ def site_data(prompt_file, shard_files, prompt_set, site_widths):
         .expect_widths(site_widths)
         for path in shard_files
     ]
-    prompts = read_prompts(prompt_file, params.n_prompts[prompt_set])
+    prompts = read_prompts(prompt_file, PromptRecipe(**params.prompt_recipes[prompt_set]))
     return ProbeData(shards, prompts, site, params.layers, params.probe["keep_in_memory"])
 
 
@@ -40,12 +41,15 @@ else:
     site_widths = ModelManifest.read(inputs.model).site_widths
     train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train", site_widths)
     test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test", site_widths)
-    control = None
+    control, prompt_files = None, [inputs.train_prompts, inputs.test_prompts]
     if "control_shards" in inputs.keys():
         control = site_data(inputs.control_prompts, inputs.control_shards, "probe_control", site_widths)
+        prompt_files.append(inputs.control_prompts)
     widths = hook_widths(site_widths, [site], params.layers)
-    xi = load_tensors(inputs.xi, list(widths), widths) if kind == "filtered" else None
-    entry = ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), ProbeOutputs(**output))
+    xi = load_current_tensors(inputs.xi, list(widths), widths) if kind == "filtered" else None
+    prompts = merged(prompt_digests(prompt_files), recorded_prompts(inputs.xi) if xi is not None else {})
+    variants = ProbeVariants.of_kind(kind, site, params.layers, xi)
+    entry = ProbeEntry(site, kind, variants, ProbeOutputs(**output), prompts)
     job = ProbeJob.of_rule(wildcards.model, wildcards.task, inputs.dataset, params)
     label = f"{wildcards.task} {site} {kind} probes ({job.settings.regime}, {job.settings.seeds} seeds)"
     max_positions = max(source.max_length for source in (train, test, control) if source is not None)

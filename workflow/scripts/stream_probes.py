@@ -11,9 +11,10 @@ from minormech.models import ModelManifest, load_model, set_threads
 from minormech.plan import PROBE_SUFFIXES, probe_input
 from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ProbeSources, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants
-from minormech.prompts import read_prompts
+from minormech.prompts import PromptRecipe, read_prompts
+from minormech.provenance import merged, prompt_digests
 from minormech.runlog import job_logger, progress
-from minormech.shards import chunk_rows, hook_widths, load_tensors
+from minormech.shards import chunk_rows, hook_widths, load_current_tensors, recorded_prompts
 from minormech.stream import StreamSource, reuse_freed_memory
 
 log = job_logger(snakemake.log[0])
@@ -26,7 +27,8 @@ device = next(model.parameters()).device
 
 
 def source(prompt_set):
-    prompts = read_prompts(inputs[probe_input(prompt_set, "prompts")], params.n_prompts[prompt_set])
+    recipe = PromptRecipe(**params.prompt_recipes[prompt_set])
+    prompts = read_prompts(inputs[probe_input(prompt_set, "prompts")], recipe)
     chunks = chunk_rows(len(prompts), params.chunks[prompt_set])  # the shards shard mode would read
     widths = manifest.site_widths
     batch = params.forward_batch_size
@@ -39,13 +41,15 @@ def entry(site, kind, xi):
     folder = Path(snakemake.output[0], site)
     folder.mkdir(parents=True, exist_ok=True)
     outputs = ProbeOutputs(**{name: folder / f"{kind}{suffix}" for name, suffix in PROBE_SUFFIXES.items()})
-    return ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), outputs)
+    prompts = merged(source_prompts, recorded_prompts(inputs.xi) if kind == "filtered" else {})
+    return ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), outputs, prompts)
 
 
-control = source("probe_control") if "probe_control" in params.n_prompts else None
+control = source("probe_control") if "probe_control" in params.prompt_recipes else None
+source_prompts = prompt_digests(inputs[probe_input(prompt_set, "prompts")] for prompt_set in params.prompt_recipes)
 sources = ProbeSources(source("probe_train"), source("probe_test"), control)
 widths = hook_widths(manifest.site_widths, params.sites, params.layers)
-xi = load_tensors(inputs.xi, list(widths), widths) if "filtered" in params.kinds else None
+xi = load_current_tensors(inputs.xi, list(widths), widths) if "filtered" in params.kinds else None
 entries = [entry(site, kind, xi) for site in params.sites for kind in params.kinds]
 job = ProbeJob.of_rule(wildcards.model, wildcards.task, inputs.dataset, params)
 settings = job.settings

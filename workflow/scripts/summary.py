@@ -6,8 +6,10 @@ import json
 
 import pandas as pd
 
+from minormech.provenance import check_current, check_summary
 from minormech.ranking import FILTER_VARIANT_NAMES, HALVES, QUARTERS
 from minormech.runlog import job_logger
+from minormech.shards import recorded_prompts
 from minormech.summary import (
     ProbeErrors,
     eq41_summary,
@@ -36,6 +38,9 @@ summary = {"model": wildcards.model, "uncertainty": uncertainty, "pair": pair, "
 
 
 def site_summary(site_files):
+    for role in ("unfiltered_predictions", "random_init_predictions", "filtered_predictions"):
+        for path in site_files[role].values():
+            check_current(path, recorded_prompts(path))
     entry = {"probes": {}}
     for task, path in site_files["unfiltered"].items():
         errors = ProbeErrors.read(site_files["unfiltered_predictions"][task], train_mean[task], ["unfiltered"])
@@ -53,6 +58,7 @@ def site_summary(site_files):
         task: h3_summary(e, half, quarter, params.layers, bootstrap)
         for task, e, half, quarter in zip(pair, errors, HALVES, QUARTERS)
     }
+    check_summary(site_files["patching_inputs"])
     counts, pairs = pd.read_csv(site_files["patching"]), pd.read_csv(site_files["patching_pairs"])
     entry["patching"] = patching_summary(counts, pairs, bootstrap)
     return entry

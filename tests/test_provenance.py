@@ -1,0 +1,89 @@
+"""Results record the prompt files they were computed from, and readers refuse a result
+whose prompt file holds other prompts now (minormech.provenance)."""
+
+import json
+import os
+
+import pytest
+import torch
+from workflow_helpers import rewrite_first_prompt_weight
+
+from minormech.prompts import Prompt, PromptRecipe, write_prompts
+from minormech.provenance import (
+    PROMPTS_KEY,
+    StaleResultError,
+    check_current,
+    check_summary,
+    merged,
+    prompt_digests,
+    to_text,
+)
+from minormech.shards import load_current_tensors, load_tensors, recorded_prompts, save_tensors
+
+RECIPE = PromptRecipe(seed=0, max_prompt_tokens=60, count=2)
+
+
+def prompts(offset: int = 0) -> list[Prompt]:
+    return [
+        Prompt(i, i, [i + offset, 2], 1, f"text {i}", "7", [1, 2 + i], [7], [[1, 2]], [7]) for i in range(RECIPE.count)
+    ]
+
+
+@pytest.fixture
+def in_workdir(tmp_path):
+    """A working directory holding one prompt file, as jobs see it (relative paths)."""
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    os.makedirs("prompts")
+    write_prompts("prompts/LR.jsonl", prompts(), RECIPE)
+    yield tmp_path
+    os.chdir(cwd)
+
+
+def test_a_result_of_the_prompt_file_on_disk_reads(in_workdir):
+    record = prompt_digests(["prompts/LR.jsonl"])
+    save_tensors({"x": torch.ones(2)}, "map.safetensors", metadata={PROMPTS_KEY: to_text(record)})
+    assert recorded_prompts("map.safetensors") == record
+    assert load_current_tensors("map.safetensors", ["x"])["x"].tolist() == [1.0, 1.0]
+
+
+def test_a_result_of_other_prompts_than_its_prompt_file_holds_now_is_refused(in_workdir):
+    """The prompt file replaced by a valid one of the same recipe under its old timestamp:
+    the result still reads as a file (load_tensors), but a job's reader refuses it."""
+    record = prompt_digests(["prompts/LR.jsonl"])
+    save_tensors({"x": torch.ones(2)}, "map.safetensors", metadata={PROMPTS_KEY: to_text(record)})
+    rewrite_first_prompt_weight(in_workdir / "prompts/LR.jsonl")
+    load_tensors("map.safetensors")
+    with pytest.raises(StaleResultError) as error:
+        load_current_tensors("map.safetensors")
+    assert str(error.value) == (
+        "map.safetensors: computed from other prompts than prompts/LR.jsonl holds now (the prompt file was "
+        "remade or replaced after the result was written); delete map.safetensors and rerun"
+    )
+
+
+def test_a_result_whose_prompt_file_is_gone_is_refused(in_workdir):
+    record = prompt_digests(["prompts/LR.jsonl"])
+    os.remove("prompts/LR.jsonl")
+    with pytest.raises(StaleResultError, match=r"^table\.json: computed from prompts/LR\.jsonl, which no longer"):
+        check_current("table.json", record)
+
+
+def test_a_summary_records_its_prompts_and_one_without_is_refused(in_workdir):
+    with open("table.json", "w") as handle:
+        json.dump({PROMPTS_KEY: prompt_digests(["prompts/LR.jsonl"])}, handle)
+    check_summary("table.json")
+    with open("old.json", "w") as handle:
+        json.dump({"settings": {}}, handle)
+    with pytest.raises(StaleResultError, match=r"^old\.json: records no prompt files it was computed from"):
+        check_summary("old.json")
+
+
+def test_merged_records_are_the_union_and_refuse_two_versions_of_one_file(in_workdir):
+    first = prompt_digests(["prompts/LR.jsonl"])
+    write_prompts("prompts/MD.jsonl", prompts(offset=5), RECIPE)
+    second = prompt_digests(["prompts/MD.jsonl"])
+    assert merged(first, second) == {**first, **second}
+    assert list(merged(second, first)) == ["prompts/LR.jsonl", "prompts/MD.jsonl"]
+    with pytest.raises(StaleResultError, match=r"^prompts/LR\.jsonl: the results read here were computed from"):
+        merged(first, {"prompts/LR.jsonl": second["prompts/MD.jsonl"]})
