@@ -8,6 +8,7 @@ import pytest
 import torch
 from workflow_helpers import rewrite_first_prompt_weight
 
+from minormech import verify
 from minormech.prompts import Prompt, PromptRecipe, write_prompts
 from minormech.provenance import (
     PROMPTS_KEY,
@@ -87,3 +88,27 @@ def test_merged_records_are_the_union_and_refuse_two_versions_of_one_file(in_wor
     assert list(merged(second, first)) == ["prompts/LR.jsonl", "prompts/MD.jsonl"]
     with pytest.raises(StaleResultError, match=r"^prompts/LR\.jsonl: the results read here were computed from"):
         merged(first, {"prompts/LR.jsonl": second["prompts/MD.jsonl"]})
+
+
+def test_verify_finds_every_result_of_other_prompts_and_skips_files_it_cannot_check(in_workdir, capsys):
+    """`python -m minormech.verify results/` after a prompt file was put back with an old
+    timestamp: Snakemake sees nothing to do, verify names each result made from the other
+    prompts. Weights and manifests (no record, no shard header) are not counted."""
+    os.makedirs("results/model")
+    record = {PROMPTS_KEY: to_text(prompt_digests(["prompts/LR.jsonl"]))}
+    save_tensors({"x": torch.ones(2)}, "results/map.safetensors", metadata=record)
+    with open("results/table.json", "w") as handle:
+        json.dump({PROMPTS_KEY: prompt_digests(["prompts/LR.jsonl"])}, handle)
+    save_tensors({"w": torch.ones(2)}, "results/model/model.safetensors", metadata={"format": "pt"})
+    with open("results/model/manifest.json", "w") as handle:
+        json.dump({"id": "m"}, handle)
+    assert verify.main(["results"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 of 2 files intact (0 shards, 2 results)"
+    rewrite_first_prompt_weight(in_workdir / "prompts/LR.jsonl")
+    assert verify.main(["results"]) == 1
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: results/{name}: computed from other prompts than prompts/LR.jsonl holds now (the prompt file "
+        f"was remade or replaced after the result was written); delete results/{name} and rerun"
+        for name in ("map.safetensors", "table.json")
+    ]
