@@ -385,16 +385,17 @@ class RunPlan:
     def prompt_count(self, prompt_set: str) -> int:
         return prompt_count(self.config, prompt_set)
 
-    def prompt_recipe(self, prompt_set: str) -> dict[str, int]:
+    def prompt_recipe(self, prompt_set: str) -> dict[str, int | None]:
         """What a prompt set's file is made with (minormech.prompts.PromptRecipe, as a
         job's params): its writer records it and its readers expect it."""
         return {
             "seed": self.config["seed"],
             "max_prompt_tokens": self.config["prompts"]["max_prompt_tokens"],
             "count": self.prompt_count(prompt_set),
+            "train_count": self.control_train_count(prompt_set),
         }
 
-    def prompt_recipes(self, *prompt_sets: str) -> dict[str, dict[str, int]]:
+    def prompt_recipes(self, *prompt_sets: str) -> dict[str, dict[str, int | None]]:
         return {prompt_set: self.prompt_recipe(prompt_set) for prompt_set in prompt_sets}
 
     def control_train_count(self, prompt_set: str) -> int | None:
@@ -506,10 +507,12 @@ class RunPlan:
 
     def attribution_inputs(self, model_id: str, task: str) -> dict[str, Any]:
         """Attribution prompts; expected gradients also read the probe-test shards of every
-        task (its baseline activations)."""
+        task (its baseline activations) and their prompt files (which the shards are checked
+        against and the map records)."""
         inputs: dict[str, Any] = {"prompts": self.prompts(model_id, task, "attribution"), "model": manifest(model_id)}
         if self.test_shards_needed:
             inputs["baseline_shards"] = [f for files in self.baseline_shards(model_id).values() for f in files]
+            inputs["baseline_prompts"] = list(self.baseline_prompts(model_id).values())
         return inputs
 
     def rank_difference_inputs(self, model_id: str, pair: str) -> dict[str, str]:
@@ -524,6 +527,10 @@ class RunPlan:
         if not self.test_shards_needed:
             return {}
         return {task: self.shards(model_id, task, "probe_test") for task in self.tasks}
+
+    def baseline_prompts(self, model_id: str) -> dict[str, str]:
+        """The prompt file of each task's baseline shards (empty for other methods)."""
+        return {task: self.prompts(model_id, task, "probe_test") for task in self.baseline_shards(model_id)}
 
     def head_figure_inputs(self, model_id: str, name: str) -> list[str]:
         """What one head figure reads: the filter pair's per-head tables, their attention

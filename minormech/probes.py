@@ -229,6 +229,24 @@ class ActivationSource(Protocol):
         """Batches of `order` with the activations of `sites` (default: every site held)."""
 
 
+def shard_prompts(shard: Shard, by_id: dict[int, Prompt]) -> list[Prompt]:
+    """The prompts a shard holds activations of, in its order; ValueError naming the shard
+    when the prompt file (`by_id`: its prompts by id) does not hold exactly the prompts the
+    shard was made from."""
+    missing = [int(i) for i in shard.prompt_ids if int(i) not in by_id]
+    if missing:
+        raise ValueError(
+            f"{shard.path}: prompt ids {missing[:5]} are not in the prompt file; "
+            "the shard is stale: delete it and rerun"
+        )
+    prompts = [by_id[int(i)] for i in shard.prompt_ids]
+    if prompts_digest(prompts) != shard.header.prompts_sha256:
+        raise ValueError(
+            f"{shard.path}: made from other prompts than the prompt file holds; the shard is stale: delete it and rerun"
+        )
+    return prompts
+
+
 class ProbeData:
     """The activations of one site (all layers) for a prompt set, read from its shards.
 
@@ -251,19 +269,7 @@ class ProbeData:
         self._cache: dict[int, PackedActivations] = {}
         self.chunk_prompts: list[list[Prompt]] = []
         for shard in self.shards:
-            missing = [int(i) for i in shard.prompt_ids if int(i) not in by_id]
-            if missing:
-                raise ValueError(
-                    f"{shard.path}: prompt ids {missing[:5]} are not in the prompt file; "
-                    "the shard is stale: delete it and rerun"
-                )
-            chunk_prompts = [by_id[int(i)] for i in shard.prompt_ids]
-            if prompts_digest(chunk_prompts) != shard.header.prompts_sha256:
-                raise ValueError(
-                    f"{shard.path}: made from other prompts than the prompt file holds; "
-                    "the shard is stale: delete it and rerun"
-                )
-            self.chunk_prompts.append(chunk_prompts)
+            self.chunk_prompts.append(shard_prompts(shard, by_id))
         self.prompts = [p for chunk in self.chunk_prompts for p in chunk]
         self.targets = torch.tensor([p.weight for p in self.prompts], dtype=torch.float32)
         self.weight_ids = torch.tensor([p.weight_id for p in self.prompts])

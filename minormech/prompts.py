@@ -47,13 +47,16 @@ class Tokenizer(Protocol):
 @dataclass(frozen=True)
 class PromptRecipe:
     """What a prompt file is made with besides the weight table and the tokenizer (inputs
-    whose changes Snakemake sees): the master seed, the token budget per prompt and the
-    number of prompts. The header records it, so that a reader given the config's recipe
-    refuses a file made with another config, such as one copied from another run."""
+    whose changes Snakemake sees): the master seed, the token budget per prompt, the number
+    of prompts and, for the control-task evaluation prompts (which draw from the weights of
+    the probe-training prompts), the number of probe-training prompts. The header records
+    it, so that a reader given the config's recipe refuses a file made with another config,
+    such as one copied from another run."""
 
     seed: int
     max_prompt_tokens: int
     count: int
+    train_count: int | None = None
 
     def differences(self, other: PromptRecipe) -> str:
         """'seed 1, count 8' for each field where self differs from other ('' if none)."""
@@ -308,12 +311,18 @@ def read_prompts(path: str | Path, expected: PromptRecipe | None = None) -> list
         raise ValueError(f"{path}: prompt file is empty; delete it and rerun")
     if expected is not None:
         _check_recipe(path, header, len(prompts), expected)
+    _check_records(path, header, lines)
+    return prompts
+
+
+def _check_records(path: Path, header: dict, lines: Iterable[str]) -> str:
+    """The header's records checksum, refused unless the record lines match it."""
     if header.get("records_sha256") != _records_sha256(lines):
         raise ValueError(
             f"{path}: its prompts do not match the checksum in its header (the file was edited after it was "
             "written); delete it and rerun, which makes it again from the config and seed"
         )
-    return prompts
+    return header["records_sha256"]
 
 
 def _check_recipe(path: Path, header: dict, n_prompts: int, expected: PromptRecipe) -> None:
@@ -336,12 +345,15 @@ def _check_recipe(path: Path, header: dict, n_prompts: int, expected: PromptReci
 
 
 def recorded_digest(path: str | Path) -> str:
-    """The records' SHA-256 in a prompt file's header (its records are checked when the
-    file itself is read): what results computed from the file record, see
-    minormech.provenance."""
+    """The records' SHA-256 in a prompt file's header, checked against the records (one pass
+    over the file, no parsing): what results computed from the file record, see
+    minormech.provenance. A reader of such a result opens no other view of the prompt file,
+    so an edit under an intact header is refused here too."""
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: prompt file does not exist; rerun snakemake, which remakes it (rule prompts)")
     with open(path) as handle:
-        return _check_header(path, handle.readline())["records_sha256"]
+        return _check_records(path, _check_header(path, handle.readline()), handle)
 
 
 def _check_header(path: Path, line: str) -> dict:

@@ -57,14 +57,25 @@ def to_text(record: Mapping[str, str]) -> str:
     return json.dumps(dict(sorted(record.items())))
 
 
-def from_text(text: str | None) -> PromptDigests:
-    """The stored map ({} for a result that records none: one made from no prompt file)."""
-    return json.loads(text) if text else {}
+def from_text(result: str | Path, text: str | None) -> PromptDigests:
+    """The map stored in `result`'s metadata; a result without one is refused (every result
+    made from prompts records its map, so one without was written by an older version)."""
+    if text is None:
+        raise _unrecorded(result)
+    return json.loads(text)
+
+
+def _unrecorded(result: str | Path) -> StaleResultError:
+    return StaleResultError(
+        f"{result}: records no prompt files it was computed from (written by an older version); delete it and rerun"
+    )
 
 
 def check_current(result: str | Path, record: Mapping[str, str]) -> None:
     """Stop with one line if a prompt file `result` was computed from is gone or holds
-    other prompts now."""
+    other prompts now. The remedy it names is touching the prompt file: Snakemake then
+    reruns every job downstream of it. (Deleting the result would not do: Snakemake does
+    not remake a missing file whose consumers are present and newer than their inputs.)"""
     for prompt_file, digest in sorted(record.items()):
         if not Path(prompt_file).exists():
             raise StaleResultError(
@@ -73,16 +84,18 @@ def check_current(result: str | Path, record: Mapping[str, str]) -> None:
         if recorded_digest(prompt_file) != digest:
             raise StaleResultError(
                 f"{result}: computed from other prompts than {prompt_file} holds now (the prompt file was "
-                f"remade or replaced after the result was written); delete {result} and rerun"
+                f"remade or replaced after the result was written); touch {prompt_file} and rerun snakemake, "
+                "which remakes everything computed from it"
             )
 
 
 def check_summary(path: str | Path) -> None:
     """check_current for a result whose record is the PROMPTS_KEY entry of a JSON file (the
     summary of a probe table, the inputs file of a patching table), refusing one without."""
-    record = json.loads(Path(path).read_text()).get(PROMPTS_KEY)
-    if record is None:
-        raise StaleResultError(
-            f"{path}: records no prompt files it was computed from (written by an older version); delete it and rerun"
-        )
-    check_current(path, record)
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise StaleResultError(f"{path}: not a readable JSON file ({error}); delete it and rerun") from None
+    if not isinstance(content, dict) or PROMPTS_KEY not in content:
+        raise _unrecorded(path)
+    check_current(path, content[PROMPTS_KEY])

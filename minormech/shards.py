@@ -389,14 +389,24 @@ def load_current_tensors(
     prompt files hold now (minormech.provenance; the recorded paths are relative to the
     working directory, where jobs run)."""
     tensors = load_tensors(path, needed, widths)
-    check_current(path, recorded_prompts(path))
+    check_result(path)
     return tensors
 
 
+def check_result(path: str | Path) -> None:
+    """Refuse a small safetensors result computed from other prompts than its prompt files
+    hold now, or one that records none (minormech.provenance.check_current)."""
+    check_current(path, recorded_prompts(path))
+
+
 def recorded_prompts(path: str | Path) -> PromptDigests:
-    """The prompt files a small safetensors result was computed from ({} if it records
-    none), for the results made from it to record in turn."""
-    return from_text(_SafetensorsFile(Path(path)).metadata().get(PROMPTS_KEY))
+    """The prompt files a small safetensors result was computed from, for the results made
+    from it to record in turn; ShardError naming the file when it cannot be read."""
+    try:
+        metadata = _SafetensorsFile(Path(path)).metadata()
+    except Exception as error:  # safetensors raises its own error types for a damaged file
+        raise ShardError(f"{path}: not a readable safetensors file ({error}); delete it and rerun") from None
+    return from_text(path, metadata.get(PROMPTS_KEY))
 
 
 def packed_offsets(lengths: torch.Tensor) -> torch.Tensor:

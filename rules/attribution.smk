@@ -18,6 +18,8 @@ rule attribution:
         layers=lambda wildcards: PLAN.model(wildcards.model).layers,
         attribution=canonical(config["attribution"]),
         baseline_shards=lambda wildcards: PLAN.baseline_shards(wildcards.model),
+        baseline_prompts=lambda wildcards: PLAN.baseline_prompts(wildcards.model),
+        baseline_recipe=PLAN.prompt_recipe("probe_test"),
         prompt_recipe=PLAN.prompt_recipe("attribution"),
         seed=config["seed"],
         compute=PLAN.compute,

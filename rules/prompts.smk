@@ -18,6 +18,5 @@ rule prompts:
         runtime=30,
     params:
         recipe=lambda wildcards: PLAN.prompt_recipe(wildcards.prompt_set),
-        train_count=lambda wildcards: PLAN.control_train_count(wildcards.prompt_set),
     script:
         "../workflow/scripts/prompts.py"

@@ -192,12 +192,17 @@ def test_a_prompt_file_edited_by_hand_is_refused_whatever_its_timestamp(smollm2_
             PromptRecipe(5, 60, 3),
             "made with seed 0, max_prompt_tokens 120, but the config asks for seed 5, max_prompt_tokens 60",
         ),
+        (
+            PromptRecipe(0, 120, 3, train_count=96),
+            "made with train_count None, but the config asks for train_count 96",
+        ),
     ],
+    ids=["seed", "token budget", "both", "probe-training count of control prompts"],
 )
 def test_a_prompt_file_of_another_config_is_refused(smollm2_tokenizer, tmp_path, asked, message):
-    """A valid, unedited file made with another seed or token budget (copied from another
-    run, say) is refused by a reader given the config's recipe, with one line naming the
-    file and each setting that differs."""
+    """A valid, unedited file made with another seed, token budget or (control-task
+    prompts) probe-training count (copied from another run, say) is refused by a reader
+    given the config's recipe, with one line naming the file and each setting that differs."""
     _, _, prompts = _make(smollm2_tokenizer, "LR", n=3)
     path = tmp_path / "p.jsonl"
     write_prompts(path, prompts, RECIPE)

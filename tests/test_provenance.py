@@ -59,7 +59,8 @@ def test_a_result_of_other_prompts_than_its_prompt_file_holds_now_is_refused(in_
         load_current_tensors("map.safetensors")
     assert str(error.value) == (
         "map.safetensors: computed from other prompts than prompts/LR.jsonl holds now (the prompt file was "
-        "remade or replaced after the result was written); delete map.safetensors and rerun"
+        "remade or replaced after the result was written); touch prompts/LR.jsonl and rerun snakemake, which "
+        "remakes everything computed from it"
     )
 
 
@@ -103,12 +104,53 @@ def test_verify_finds_every_result_of_other_prompts_and_skips_files_it_cannot_ch
     with open("results/model/manifest.json", "w") as handle:
         json.dump({"id": "m"}, handle)
     assert verify.main(["results"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "2 of 2 files intact (0 shards, 2 results)"
+    assert capsys.readouterr().out.splitlines()[-1] == "2 of 2 files intact"
     rewrite_first_prompt_weight(in_workdir / "prompts/LR.jsonl")
     assert verify.main(["results"]) == 1
     errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error:")]
     assert errors == [
         f"error: results/{name}: computed from other prompts than prompts/LR.jsonl holds now (the prompt file "
-        f"was remade or replaced after the result was written); delete results/{name} and rerun"
+        "was remade or replaced after the result was written); touch prompts/LR.jsonl and rerun snakemake, which "
+        "remakes everything computed from it"
         for name in ("map.safetensors", "table.json")
+    ]
+
+
+def test_a_result_that_records_no_prompt_files_is_refused(in_workdir):
+    """A map, xi or predictions file written before results recorded their prompt files
+    cannot be checked, so it is refused rather than passed."""
+    save_tensors({"x": torch.ones(2)}, "old.safetensors", metadata={"pair": "LR-MD"})
+    with pytest.raises(StaleResultError) as error:
+        load_current_tensors("old.safetensors")
+    assert str(error.value) == (
+        "old.safetensors: records no prompt files it was computed from (written by an older version); "
+        "delete it and rerun"
+    )
+
+
+def test_a_prompt_file_edited_under_its_intact_header_fails_the_check_of_its_results(in_workdir):
+    """The reader of a result opens the prompt file only through its header: the records are
+    hashed against it there too, so an edit that keeps the header is refused."""
+    record = prompt_digests(["prompts/LR.jsonl"])
+    lines = open("prompts/LR.jsonl").read().splitlines(keepends=True)
+    lines[1] = lines[1].replace('"weight": [0, 2]', '"weight": [9, 2]')
+    open("prompts/LR.jsonl", "w").writelines(lines)
+    with pytest.raises(ValueError, match=r"^prompts/LR\.jsonl: its prompts do not match the checksum in its header"):
+        check_current("map.safetensors", record)
+
+
+def test_verify_names_damaged_and_unrecorded_results_and_goes_on(in_workdir, capsys):
+    os.makedirs("results")
+    open("results/cut.json", "w").write('{"prompts_sha256": {')
+    open("results/cut.safetensors", "wb").write(b"\x08\x00")
+    open("results/number.json", "w").write("3")
+    save_tensors({"x": torch.ones(2)}, "results/old.safetensors", metadata={"variants": "[]"})
+    assert verify.main(["results"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("(a 'touch' line: touch that prompt file and rerun snakemake")
+    assert [line.split(" (")[0] for line in out[:-1]] == [
+        "error: results/cut.json: not a readable JSON file",
+        "error: results/cut.safetensors: not a readable tensor file",
+        "error: results/old.safetensors: records no prompt files it was computed from",
+        "0 of 3 files intact",
     ]

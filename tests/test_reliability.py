@@ -535,8 +535,9 @@ def test_results_of_other_prompts_than_the_prompt_file_holds_are_refused(resumed
     lines = run_on_damaged_files(work, damages, [f"{MODEL}/figures/fig2_k.pdf"], ["plot_fig2"])
     assert lines["replaced_prompts"] == (
         f"error: {MODEL}/xi/LR-MD.safetensors: computed from other prompts than {MODEL}/prompts/LR/attribution.jsonl "
-        "holds now (the prompt file was remade or replaced after the result was written); delete "
-        f"{MODEL}/xi/LR-MD.safetensors and rerun (details: logs/plot_fig2/smollm2-135m/k.log)"
+        "holds now (the prompt file was remade or replaced after the result was written); touch "
+        f"{MODEL}/prompts/LR/attribution.jsonl and rerun snakemake, which remakes everything computed from it "
+        "(details: logs/plot_fig2/smollm2-135m/k.log)"
     ), lines
     # With the file restored, figure 2 is drawn again from the same xi.
     run(work, f"{MODEL}/figures/fig2_k.pdf", "--cores", "1", "--configfile", "tiny.yaml")

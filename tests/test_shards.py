@@ -220,14 +220,19 @@ def test_verify_checks_every_tensor_of_every_shard_in_a_folder(tmp_path, capsys)
     _write(damaged)
     _rewrite(damaged, hook_name("v", 0), torch.zeros_like)
     assert verify.main([str(tmp_path / "a")]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "2 of 2 files intact (2 shards, 0 results)"
+    assert capsys.readouterr().out.splitlines()[-1] == "2 of 2 files intact"
     assert verify.main([str(tmp_path)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert [line for line in out if line.startswith("error:")] == [
         f"error: {damaged}: {hook_name('v', 0)} does not match the checksum in its header (its values were changed "
         "after it was written); the file is damaged: delete it and rerun"
     ]
-    assert out[-1] == "2 of 3 files intact (3 shards, 0 results)"
+    assert out[-2:] == [
+        "2 of 3 files intact",
+        "(a 'touch' line: touch that prompt file and rerun snakemake, which remakes everything computed from it; "
+        "any other: delete the file and ask for it by name, `snakemake <file>`, after which a plain `snakemake` "
+        "reruns what was made from it)",
+    ]
 
 
 FULL_DISK = """

@@ -116,9 +116,19 @@ def rewrite_first_prompt_weight(path: Path) -> None:
     prompt's weight changed, and keep the file's modification time: a prompt file that
     passes every check of its own but holds other prompts than the results made from it
     were computed from (one copied in from another run, say), which Snakemake cannot see."""
+    _rewrite_first_prompt(path, lambda prompts: {"weight": [prompts[0].weight[0] + 1, *prompts[0].weight[1:]]})
+
+
+def rewrite_first_prompt_tokens(path: Path) -> None:
+    """rewrite_first_prompt_weight, with the first prompt's token ids replaced by the
+    second's: a valid prompt file whose shards hold activations of other token sequences."""
+    _rewrite_first_prompt(path, lambda prompts: {"input_ids": prompts[1].input_ids})
+
+
+def _rewrite_first_prompt(path: Path, changes) -> None:
     stamp = path.stat().st_mtime_ns
     header = json.loads(path.read_text().splitlines()[0])
     prompts = read_prompts(path)
-    first = dataclasses.replace(prompts[0], weight=[prompts[0].weight[0] + 1, *prompts[0].weight[1:]])
+    first = dataclasses.replace(prompts[0], **changes(prompts))
     write_prompts(path, [first, *prompts[1:]], PromptRecipe(**header["recipe"]))
     os.utime(path, ns=(stamp, stamp))

@@ -11,6 +11,7 @@ from minormech.activations import pad_token_id
 from minormech.attribution import AttributionSettings, attribute_prompts, baseline_pool
 from minormech.hooks import hook_name
 from minormech.models import ModelManifest, load_model, set_threads
+from minormech.probes import shard_prompts
 from minormech.prompts import PromptRecipe, read_prompts
 from minormech.provenance import PROMPTS_KEY, prompt_digests, to_text
 from minormech.runlog import job_logger, progress
@@ -43,6 +44,10 @@ if settings.method == "expected_gradients":
         ]
         for task, files in params.baseline_shards.items()
     }
+    for task, task_shards in shards.items():  # the baselines are activations of the prompts their files hold
+        baseline_prompts = read_prompts(params.baseline_prompts[task], PromptRecipe(**params.baseline_recipe))
+        for shard in task_shards:
+            shard_prompts(shard, {prompt.id: prompt for prompt in baseline_prompts})
     pool = baseline_pool(shards, params.sites, params.layers, n_baselines, np.random.default_rng([params.seed, 31337]))
 fa = attribute_prompts(
     model,
@@ -62,7 +67,7 @@ save_tensors(
         "task": wildcards.task,
         "settings": json.dumps(asdict(settings)),
         "n_prompts": str(len(prompts)),
-        PROMPTS_KEY: to_text(prompt_digests([inputs.prompts])),
+        PROMPTS_KEY: to_text(prompt_digests([inputs.prompts, *params.baseline_prompts.values()])),
     },
     made_from=f"{inputs.prompts} on the model of {inputs.model}",
 )

@@ -11,9 +11,9 @@ from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ProbeSources, run_
 from minormech.probe_results import ProbeOutputs, ProbeVariants
 from minormech.probes import ProbeData
 from minormech.prompts import PromptRecipe, read_prompts
-from minormech.provenance import merged, prompt_digests
+from minormech.provenance import check_summary, merged, prompt_digests
 from minormech.runlog import job_logger, progress
-from minormech.shards import Shard, hook_widths, load_current_tensors, recorded_prompts
+from minormech.shards import Shard, check_result, hook_widths, load_current_tensors, recorded_prompts
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards, output = snakemake.input, snakemake.params, snakemake.wildcards, snakemake.output
@@ -32,9 +32,11 @@ def site_data(prompt_file, shard_files, prompt_set, site_widths):
 
 
 if "stream" in inputs.keys():
-    for name in ("table", "predictions", "summary"):
-        trained = Path(inputs.stream, site, Path(output[name]).name)
-        shutil.copyfile(trained, output[name])
+    trained = {name: Path(inputs.stream, site, Path(output[name]).name) for name in ("table", "predictions", "summary")}
+    check_result(trained["predictions"])  # the stream job's files are results like any other
+    check_summary(trained["summary"])
+    for name, path in trained.items():
+        shutil.copyfile(path, output[name])
     log.info("stream mode: %s %s %s probes from %s", wildcards.task, site, kind, inputs.stream)
 else:
     set_threads(snakemake.threads)

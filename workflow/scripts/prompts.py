@@ -11,7 +11,7 @@ task = get_task(wildcards.task)
 table = WeightTable.read_tsv(snakemake.input.dataset, task.name)
 recipe = PromptRecipe(**params.recipe)
 tokenizer = load_tokenizer(ModelManifest.read(snakemake.input.model))
-weight_ids = prompt_weight_ids(wildcards.prompt_set, table, recipe.seed, recipe.count, params.train_count)
+weight_ids = prompt_weight_ids(wildcards.prompt_set, table, recipe.seed, recipe.count, recipe.train_count)
 prompts = generate_prompts(
     task,
     table,

@@ -37,16 +37,22 @@ def source(prompt_set):
     )
 
 
+def kind_prompts(kind):
+    """The prompt files a kind's probes are computed from, as in shard mode: the control
+    task's only for the unfiltered probes, which it is scored beside."""
+    sets = [prompt_set for prompt_set in params.prompt_recipes if kind != "filtered" or prompt_set != "probe_control"]
+    return prompt_digests(inputs[probe_input(prompt_set, "prompts")] for prompt_set in sets)
+
+
 def entry(site, kind, xi):
     folder = Path(snakemake.output[0], site)
     folder.mkdir(parents=True, exist_ok=True)
     outputs = ProbeOutputs(**{name: folder / f"{kind}{suffix}" for name, suffix in PROBE_SUFFIXES.items()})
-    prompts = merged(source_prompts, recorded_prompts(inputs.xi) if kind == "filtered" else {})
+    prompts = merged(kind_prompts(kind), recorded_prompts(inputs.xi) if kind == "filtered" else {})
     return ProbeEntry(site, kind, ProbeVariants.of_kind(kind, site, params.layers, xi), outputs, prompts)
 
 
 control = source("probe_control") if "probe_control" in params.prompt_recipes else None
-source_prompts = prompt_digests(inputs[probe_input(prompt_set, "prompts")] for prompt_set in params.prompt_recipes)
 sources = ProbeSources(source("probe_train"), source("probe_test"), control)
 widths = hook_widths(manifest.site_widths, params.sites, params.layers)
 xi = load_current_tensors(inputs.xi, list(widths), widths) if "filtered" in params.kinds else None

@@ -6,10 +6,10 @@ import json
 
 import pandas as pd
 
-from minormech.provenance import check_current, check_summary
+from minormech.provenance import check_summary
 from minormech.ranking import FILTER_VARIANT_NAMES, HALVES, QUARTERS
 from minormech.runlog import job_logger
-from minormech.shards import recorded_prompts
+from minormech.shards import check_result
 from minormech.summary import (
     ProbeErrors,
     eq41_summary,
@@ -40,7 +40,7 @@ summary = {"model": wildcards.model, "uncertainty": uncertainty, "pair": pair, "
 def site_summary(site_files):
     for role in ("unfiltered_predictions", "random_init_predictions", "filtered_predictions"):
         for path in site_files[role].values():
-            check_current(path, recorded_prompts(path))
+            check_result(path)
     entry = {"probes": {}}
     for task, path in site_files["unfiltered"].items():
         errors = ProbeErrors.read(site_files["unfiltered_predictions"][task], train_mean[task], ["unfiltered"])
