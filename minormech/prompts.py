@@ -325,6 +325,33 @@ def _check_records(path: Path, header: dict, lines: Iterable[str]) -> str:
     return header["records_sha256"]
 
 
+def read_drawn_prompts(path: str | Path, recipe: PromptRecipe, table: WeightTable, prompt_set: str) -> list[Prompt]:
+    """read_prompts for a job that trains on the prompts' weights: also refuses a file whose
+    weights are not the ones the config and seed draw from the weight table (check_drawn)."""
+    prompts = read_prompts(path, recipe)
+    check_drawn(Path(path), prompts, table, prompt_set, recipe)
+    return prompts
+
+
+def check_drawn(
+    path: Path, prompts: Sequence[Prompt], table: WeightTable, prompt_set: str, recipe: PromptRecipe
+) -> None:
+    """ValueError naming the line of the first prompt whose weight id is not the one the
+    recipe's seed draws for the set (prompt_weight_ids), or whose weight is not the table's
+    for that id. Needs no tokenizer, so a probe job can afford it: it refuses a file edited
+    under a recomputed checksum, or one made from another dataset, before a probe trains on
+    its targets."""
+    drawn = prompt_weight_ids(prompt_set, table, recipe.seed, recipe.count, recipe.train_count)
+    for line_no, (prompt, weight_id) in enumerate(zip(prompts, drawn), 2):
+        expected = table.weights[weight_id].tolist()
+        if prompt.weight_id != weight_id or list(prompt.weight) != expected:
+            raise ValueError(
+                f"{path}:{line_no}: prompt {prompt.id} has weight id {prompt.weight_id}, w = {prompt.weight}, but "
+                f"the config and seed draw weight id {weight_id}, w = {expected}, from the dataset; the file was "
+                "edited or comes from another dataset: delete it and rerun"
+            )
+
+
 def _check_recipe(path: Path, header: dict, n_prompts: int, expected: PromptRecipe) -> None:
     if n_prompts != expected.count:
         raise ValueError(

@@ -4,7 +4,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-from workflow_helpers import edit_first_prompt_weight
+from workflow_helpers import edit_first_prompt_weight, rewrite_first_prompt_weight
 
 from minormech.prompts import (
     PROMPT_FORMAT,
@@ -15,6 +15,7 @@ from minormech.prompts import (
     output_spans,
     prompt_weight_ids,
     prompts_digest,
+    read_drawn_prompts,
     read_prompts,
     write_prompts,
 )
@@ -221,3 +222,25 @@ def test_a_prompt_file_cut_at_a_line_boundary_is_refused_by_its_count(smollm2_to
     assert str(error.value) == (
         f"{path}: 2 prompts but the config asks for 3; the file is incomplete or stale: delete it and rerun"
     )
+
+
+def test_a_prompt_file_whose_weights_are_not_the_drawn_ones_is_refused(smollm2_tokenizer, tmp_path):
+    """A file whose records and checksum were both rewritten (the first prompt's weight
+    changed, its timestamp kept) passes every check of its own; a job that trains on the
+    weights compares them with what the seed draws from the weight table."""
+    _, table, prompts = _make(smollm2_tokenizer, "LR", n=3)
+    path = tmp_path / "p.jsonl"
+    write_prompts(path, prompts, RECIPE)
+    assert read_drawn_prompts(path, RECIPE, table, "probe_train") == prompts
+    rewrite_first_prompt_weight(path)
+    read_prompts(path, RECIPE)  # valid by its own checks
+    with pytest.raises(ValueError) as error:
+        read_drawn_prompts(path, RECIPE, table, "probe_train")
+    first, w = prompts[0].weight_id, prompts[0].weight
+    assert str(error.value) == (
+        f"{path}:2: prompt 0 has weight id {first}, w = {[w[0] + 1, *w[1:]]}, but the config and seed draw weight "
+        f"id {first}, w = {w}, from the dataset; the file was edited or comes from another dataset: delete it and rerun"
+    )
+    write_prompts(path, prompts, RECIPE)
+    with pytest.raises(ValueError, match=r"\.jsonl:\d: prompt \d has weight id"):
+        read_drawn_prompts(path, RECIPE, table, "attribution")  # a valid file of another prompt set

@@ -10,10 +10,11 @@ from minormech.models import ModelManifest, resolve_device, set_threads
 from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ProbeSources, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants
 from minormech.probes import ProbeData
-from minormech.prompts import PromptRecipe, read_prompts
+from minormech.prompts import PromptRecipe, read_drawn_prompts
 from minormech.provenance import check_summary, merged, prompt_digests
 from minormech.runlog import job_logger, progress
 from minormech.shards import Shard, check_result, hook_widths, load_current_tensors, recorded_prompts
+from minormech.tasks import WeightTable
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards, output = snakemake.input, snakemake.params, snakemake.wildcards, snakemake.output
@@ -27,7 +28,8 @@ def site_data(prompt_file, shard_files, prompt_set, site_widths):
         .expect_widths(site_widths)
         for path in shard_files
     ]
-    prompts = read_prompts(prompt_file, PromptRecipe(**params.prompt_recipes[prompt_set]))
+    recipe = PromptRecipe(**params.prompt_recipes[prompt_set])
+    prompts = read_drawn_prompts(prompt_file, recipe, WeightTable.read_tsv(inputs.dataset, wildcards.task), prompt_set)
     return ProbeData(shards, prompts, site, params.layers, params.probe["keep_in_memory"])
 
 

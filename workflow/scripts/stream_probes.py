@@ -11,11 +11,12 @@ from minormech.models import ModelManifest, load_model, set_threads
 from minormech.plan import PROBE_SUFFIXES, probe_input
 from minormech.probe_job import JobRun, ProbeEntry, ProbeJob, ProbeSources, run_probe_job
 from minormech.probe_results import ProbeOutputs, ProbeVariants
-from minormech.prompts import PromptRecipe, read_prompts
+from minormech.prompts import PromptRecipe, read_drawn_prompts
 from minormech.provenance import merged, prompt_digests
 from minormech.runlog import job_logger, progress
 from minormech.shards import chunk_rows, hook_widths, load_current_tensors, recorded_prompts
 from minormech.stream import StreamSource, reuse_freed_memory
+from minormech.tasks import WeightTable
 
 log = job_logger(snakemake.log[0])
 inputs, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
@@ -24,11 +25,12 @@ log.info("freed memory kept in the heap: %s", reuse_freed_memory())
 manifest = ModelManifest.read(inputs.model)
 model, tokenizer = load_model(manifest, params.compute["device"], params.compute["dtype"])
 device = next(model.parameters()).device
+table = WeightTable.read_tsv(inputs.dataset, wildcards.task)
 
 
 def source(prompt_set):
     recipe = PromptRecipe(**params.prompt_recipes[prompt_set])
-    prompts = read_prompts(inputs[probe_input(prompt_set, "prompts")], recipe)
+    prompts = read_drawn_prompts(inputs[probe_input(prompt_set, "prompts")], recipe, table, prompt_set)
     chunks = chunk_rows(len(prompts), params.chunks[prompt_set])  # the shards shard mode would read
     widths = manifest.site_widths
     batch = params.forward_batch_size
