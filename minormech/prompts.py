@@ -287,9 +287,7 @@ def read_prompts(path: str | Path, expected: PromptRecipe | None = None) -> list
     than read as a smaller prompt set, and the header's recipe must equal it. Last, the
     records must match the header's checksum.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: prompt file does not exist; rerun snakemake, which remakes it (rule prompts)")
+    path = _existing(path)
     prompts, lines = [], []
     with open(path) as handle:
         header = _check_header(path, handle.readline())
@@ -376,11 +374,17 @@ def recorded_digest(path: str | Path) -> str:
     over the file, no parsing): what results computed from the file record, see
     minormech.provenance. A reader of such a result opens no other view of the prompt file,
     so an edit under an intact header is refused here too."""
+    path = _existing(path)
+    with open(path) as handle:
+        return _check_records(path, _check_header(path, handle.readline()), handle)
+
+
+def _existing(path: str | Path) -> Path:
+    """`path` as a Path; ValueError naming it when the prompt file does not exist."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: prompt file does not exist; rerun snakemake, which remakes it (rule prompts)")
-    with open(path) as handle:
-        return _check_records(path, _check_header(path, handle.readline()), handle)
+    return path
 
 
 def _check_header(path: Path, line: str) -> dict:

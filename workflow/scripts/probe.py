@@ -29,7 +29,7 @@ def site_data(prompt_file, shard_files, prompt_set, site_widths):
         for path in shard_files
     ]
     recipe = PromptRecipe(**params.prompt_recipes[prompt_set])
-    prompts = read_drawn_prompts(prompt_file, recipe, WeightTable.read_tsv(inputs.dataset, wildcards.task), prompt_set)
+    prompts = read_drawn_prompts(prompt_file, recipe, table, prompt_set)
     return ProbeData(shards, prompts, site, params.layers, params.probe["keep_in_memory"])
 
 
@@ -43,6 +43,7 @@ if "stream" in inputs.keys():
 else:
     set_threads(snakemake.threads)
     site_widths = ModelManifest.read(inputs.model).site_widths
+    table = WeightTable.read_tsv(inputs.dataset, wildcards.task)  # read once for the three prompt sets
     train = site_data(inputs.train_prompts, inputs.train_shards, "probe_train", site_widths)
     test = site_data(inputs.test_prompts, inputs.test_shards, "probe_test", site_widths)
     control, prompt_files = None, [inputs.train_prompts, inputs.test_prompts]
