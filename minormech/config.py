@@ -202,19 +202,6 @@ def _check_hub_model(config: dict[str, Any], i: int) -> None:
         )
 
 
-def _unknown_depth(spec: ModelSpec, config: dict[str, Any]) -> str:
-    """Why a model's layer count is unknown before it is made, and how to make it known."""
-    if spec.source != "hub":
-        return "which is known only after it is made"
-    fetch = ["hf download", spec.location, "config.json"]
-    fetch += [f"--revision {spec.revision}"] * bool(spec.revision)
-    fetch += [f"--cache-dir {config['model_cache']}"] * bool(config["model_cache"])
-    return (
-        f"which is read from its config.json once that is in the model cache "
-        f"(a run with the layers listed downloads it, or: {' '.join(fetch)})"
-    )
-
-
 def _check_trained_model(config: dict[str, Any], i: int) -> None:
     """What the schema cannot say about a `train:` entry: a shape a Llama accepts, and a
     tokenizer from a model that rule `model` makes (a trained model has no tokenizer of its
@@ -288,16 +275,31 @@ def prompt_count(config: dict[str, Any], prompt_set: str) -> int:
     return config["prompts"][prompt_set]
 
 
-def layers_for(config: dict[str, Any], spec: ModelSpec) -> list[int]:
-    """The layer indices a run uses for one model ('all' = every layer)."""
-    if config["layers"] == "all":
-        if spec.num_layers is None:
+def layers_for(config: dict[str, Any], spec: ModelSpec) -> list[int] | None:
+    """The layer indices a run uses for one model ('all' = every layer); None while 'all'
+    waits for a layer count that is not known yet: a hub model's, before rule
+    download_model has put its config.json in the model cache."""
+    if config["layers"] != "all":
+        return list(config["layers"])
+    return None if spec.num_layers is None else list(range(spec.num_layers))
+
+
+def check_layer_settings(config: dict[str, Any]) -> None:
+    """The settings that depend on each model's layer and head counts: the patched and
+    knocked-out layers, and the head views' top pairs. Checked for the models whose counts
+    are known; a hub model with ``layers: all`` whose config.json is not yet in the model
+    cache is checked again once rule download_model has fetched it (RunPlan.learn_depth)."""
+    _check_listed_layers(config, "patching.layers", config["patching"]["layers"])
+    _check_listed_layers(config, "heads.knockout_layers", config["heads"]["knockout_layers"])
+    for spec in model_specs(config) if config["heads"]["enabled"] else ():
+        if spec.num_layers is None or spec.query_heads is None:
+            continue
+        n_layers = spec.num_layers if config["layers"] == "all" else len(config["layers"])
+        if config["heads"]["top"] > n_layers * spec.query_heads:
             raise ConfigError(
-                f"layers: 'all' needs the layer count of model {spec.id!r}, {_unknown_depth(spec, config)}; "
-                "allowed values: a list of layer indices"
+                f"heads.top: {config['heads']['top']} is more than the {n_layers} x {spec.query_heads} "
+                f"(layer, query head) pairs of model {spec.id!r}; allowed values: 1..{n_layers * spec.query_heads}"
             )
-        return list(range(spec.num_layers))
-    return list(config["layers"])
 
 
 def config_warnings(config: dict[str, Any], cores: int | None) -> list[str]:
@@ -421,8 +423,6 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
             spec = resolve_model_spec(config["models"][i], config["model_cache"])
         except KeyError as error:
             raise ConfigError(f"models[{i}].id: {error.args[0].removeprefix('models: ')}") from None
-        if config["layers"] == "all":
-            layers_for(config, spec)  # refuses an unknown layer count, saying how to make it known
         if config["layers"] != "all" and spec.num_layers is not None:
             for j, layer in enumerate(config["layers"]):
                 if not 0 <= layer < spec.num_layers:
@@ -430,8 +430,7 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
                         f"layers[{j}]: layer {layer} is out of range for model {model_id!r} "
                         f"(allowed: 0..{spec.num_layers - 1})"
                     )
-    _check_listed_layers(config, "patching.layers", config["patching"]["layers"])
-    _check_listed_layers(config, "heads.knockout_layers", config["heads"]["knockout_layers"])
+    check_layer_settings(config)
     storage = config["activations"]
     if storage["format"] != "hdf5" and storage["hdf5"]["compression"] != "none":
         raise ConfigError(
@@ -445,15 +444,6 @@ def validate_config(config: dict[str, Any], schema: dict) -> None:
             raise ConfigError(
                 f"activations.chunks.{prompt_set}: {n_chunks} chunks for {sizes[prompt_set]} prompts; "
                 f"allowed values: 1..{sizes[prompt_set]}"
-            )
-    for spec in model_specs(config) if config["heads"]["enabled"] else ():
-        if spec.num_layers is None or spec.query_heads is None:
-            continue
-        n_layers = spec.num_layers if config["layers"] == "all" else len(config["layers"])
-        if config["heads"]["top"] > n_layers * spec.query_heads:
-            raise ConfigError(
-                f"heads.top: {config['heads']['top']} is more than the {n_layers} x {spec.query_heads} "
-                f"(layer, query head) pairs of model {spec.id!r}; allowed values: 1..{n_layers * spec.query_heads}"
             )
     if config["heads"]["prompts"] > config["prompts"]["attribution"]:
         raise ConfigError(

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from minormech.config import ConfigError, layers_for, model_specs, prompt_count
+from minormech.config import ConfigError, check_layer_settings, layers_for, model_specs, prompt_count
 from minormech.models import (
     ModelSpec,
     architecture_config,
@@ -219,9 +219,10 @@ class PlannedModel:
     prompts_of: str  # the model whose prompt files it reads (prompts depend only on the tokenizer)
     base: str | None = None  # random_init: the analysed model; trained: the tokenizer's model
     probe_source: str | None = None  # shards | stream (None: it trains no probes)
-    layers: tuple[int, ...] = ()
-    patching_layers: tuple[int, ...] = ()
-    knockout_layers: tuple[int, ...] = ()  # layers whose heads the head views knock out
+    # None while `layers: all` waits for the layer count (RunPlan.depth_pending)
+    layers: tuple[int, ...] | None = ()
+    patching_layers: tuple[int, ...] | None = ()
+    knockout_layers: tuple[int, ...] | None = ()  # layers whose heads the head views knock out
 
     @property
     def stages(self) -> frozenset[str]:
@@ -282,7 +283,11 @@ class RunPlan:
 
     @staticmethod
     def _complete(config: dict[str, Any], row: PlannedModel, source: str | None) -> PlannedModel:
-        layers = tuple(layers_for(config, row.spec)) if row.kind != "tokenizer" else ()
+        listed = layers_for(config, row.spec) if row.kind != "tokenizer" else []
+        if listed is None:  # known once the config.json is downloaded; the knockout figure is planned
+            knocked = None if config["heads"]["knockout"] else ()
+            return replace(row, probe_source=source, layers=None, patching_layers=None, knockout_layers=knocked)
+        layers = tuple(listed)
         chosen = config["patching"]["layers"]
         patched = layers if chosen == "all" else tuple(layer for layer in layers if layer in chosen)
         heads = config["heads"]
@@ -295,6 +300,42 @@ class RunPlan:
 
     def model(self, model_id: str) -> PlannedModel:
         return self.models[model_id]
+
+    def known(self, model_id: str) -> PlannedModel:
+        """A model's row with its layers known: what the params of a job that runs it read.
+        Such a job's input waits for the download (depth_pending), so this is never early."""
+        row = self.model(model_id)
+        if row.layers is None:
+            raise RuntimeError(f"model {model_id!r}: its layer count was read before its config.json was downloaded")
+        return row
+
+    def depth_pending(self, model_id: str) -> str | None:
+        """The hub model whose config.json a model's layers wait for (it, or the base of its
+        random-init control), or None when they are known. With ``layers: all`` a hub model's
+        layer count comes from its config.json, which a new model's cache does not hold until
+        checkpoint download_model has run; the jobs whose params name layers wait for it."""
+        row = self.model(model_id)
+        if row.layers is not None:
+            return None
+        return row.base if row.kind == "random_init" else model_id
+
+    def learn_depth(self, hub_id: str) -> None:
+        """Complete the rows of hub model `hub_id` and of its random-init control from its
+        config.json, now in the model cache, and check the settings that depend on its
+        layer count (a ConfigError if, say, none of patching.layers is one of its layers)."""
+        row = self.model(hub_id)
+        spec = resolve_model_spec(row.entry, self.config["model_cache"])
+        if spec.num_layers is None:
+            raise ConfigError(
+                f"model {hub_id!r}: its config.json is not in the model cache {self.config['model_cache']!r} "
+                f"although {download_record(hub_id)} records its download; delete that file and rerun"
+            )
+        check_layer_settings(self.config)
+        self.models[hub_id] = self._complete(self.config, replace(row, spec=spec), row.probe_source)
+        control = random_init_id(hub_id)
+        if control in self.models:
+            grown = replace(self.models[control], spec=random_init_spec(spec))
+            self.models[control] = self._complete(self.config, grown, grown.probe_source)
 
     def head_size(self, model_id: str) -> int | None:
         """Features per attention head (the q, k and v sites' heads alike), for figure 2's
@@ -627,7 +668,7 @@ class RunPlan:
             figure(m, name)
             for m in self.with_stage("heads")
             for name in HEAD_FIGURES
-            if name != "heads_knockout" or self.model(m).knockout_layers
+            if name != "heads_knockout" or self.model(m).knockout_layers != ()
         ]
 
     # -- resources ----------------------------------------------------------------------

@@ -2,6 +2,7 @@ rule activations:
     input:
         prompts=lambda wildcards: PLAN.prompts(wildcards.model, wildcards.task, wildcards.prompt_set),
         model=paths.manifest(),
+        layer_count=layer_count_known,
     output:
         paths.shard(suffix=PLAN.shard_suffix),
     log:
@@ -15,7 +16,7 @@ rule activations:
         **model_job(working_mb=4000, runtime=120),
     params:
         sites=PLAN.sites,
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        layers=lambda wildcards: known_model(wildcards).layers,
         prompt_recipe=lambda wildcards: PLAN.prompt_recipe(wildcards.prompt_set),
         n_chunks=lambda wildcards: len(PLAN.chunk_names(wildcards.prompt_set)),
         batch_size=config["activations"]["batch_size"],

@@ -2,6 +2,7 @@
 rule attribution:
     input:
         unpack(lambda wildcards: PLAN.attribution_inputs(wildcards.model, wildcards.task)),
+        layer_count=layer_count_known,
     output:
         paths.attribution_map(),
     log:
@@ -15,7 +16,7 @@ rule attribution:
         **model_job(working_mb=4000, runtime=240),
     params:
         sites=PLAN.sites,
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        layers=lambda wildcards: known_model(wildcards).layers,
         attribution=canonical(config["attribution"]),
         baseline_shards=lambda wildcards: PLAN.baseline_shards(wildcards.model),
         baseline_prompts=lambda wildcards: PLAN.baseline_prompts(wildcards.model),

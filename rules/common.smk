@@ -118,6 +118,32 @@ def canonical(value):
     return value
 
 
+def layer_count_known(wildcards):
+    """Input of the rules whose params name a model's layers; nothing when the plan knows
+    them. With `layers: all`, a hub model whose config.json is not yet in the model cache
+    learns its layer count from checkpoint download_model: its jobs (and its random-init
+    control's) wait for the download, after which the plan reads the count and Snakemake
+    re-evaluates what depends on it, so a dry run plans the download and what follows."""
+    hub = PLAN.depth_pending(wildcards.model)
+    if hub is None:
+        return []
+    record = checkpoints.download_model.get(model=hub).output[0]
+    try:
+        PLAN.learn_depth(hub)
+    except ConfigError as error:  # Snakemake swallows the text of a SystemExit raised here
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(1)
+    return [record]
+
+
+def known_model(wildcards):
+    """The plan's row of a job's model, its layers known: what params that name layers read
+    (Snakemake evaluates params while it builds the DAG, before a checkpoint has run; until
+    download_model has, this defers them, which needs layer_count_known among the inputs)."""
+    layer_count_known(wildcards)
+    return PLAN.known(wildcards.model)
+
+
 def model_job(working_mb, runtime, ridge=False):
     """Resources of a job that runs a model: its memory (the model's own, from the plan,
     plus `working_mb` for the job's data and, for a probe job (`ridge`), the ridge

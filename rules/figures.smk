@@ -23,6 +23,7 @@ rule plot_fig1:
 rule plot_fig2:
     input:
         xi=lambda wildcards: PLAN.xi(wildcards.model),
+        layer_count=layer_count_known,
     output:
         **figure_outputs("fig2_{site}", "fig2", "Figure 2: rank differences", {"site": "{site}"}),
     log:
@@ -34,7 +35,7 @@ rule plot_fig2:
     resources:
         **FIGURE_JOB,
     params:
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        layers=lambda wildcards: known_model(wildcards).layers,
         pair=PLAN.filter_pair,
         head_size=lambda wildcards: PLAN.head_size(wildcards.model),
     script:

@@ -5,6 +5,7 @@ rule head_views:
     input:
         model=paths.manifest(),
         prompts=lambda wildcards: PLAN.prompts(wildcards.model, wildcards.task, "attribution"),
+        layer_count=layer_count_known,
     output:
         heads=paths.head_table(),
         attention=paths.head_table(table="_attention"),
@@ -18,8 +19,8 @@ rule head_views:
     resources:
         **model_job(working_mb=4000, runtime=240),
     params:
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
-        knockout_layers=lambda wildcards: PLAN.model(wildcards.model).knockout_layers,
+        layers=lambda wildcards: known_model(wildcards).layers,
+        knockout_layers=lambda wildcards: known_model(wildcards).knockout_layers,
         heads=canonical(config["heads"]),
         bootstrap=PLAN.bootstrap,
         prompt_recipe=PLAN.prompt_recipe("attribution"),
@@ -32,6 +33,7 @@ rule head_xi:
     input:
         model=paths.manifest(),
         xi=lambda wildcards: PLAN.xi(wildcards.model),
+        layer_count=layer_count_known,
     output:
         paths.head_table(task="xi"),
     log:
@@ -45,6 +47,6 @@ rule head_xi:
         runtime=5,
     params:
         sites=PLAN.sites,
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        layers=lambda wildcards: known_model(wildcards).layers,
     script:
         "../workflow/scripts/head_xi.py"

@@ -1,8 +1,9 @@
 # Every model a job runs is made by rule `model` (minormech.plan: analysed, random-init,
 # trained and tokenizer-only models), whose script dispatches on the model's plan row. Hub
-# weights are downloaded first by the local rule `download_model`: on a cluster it runs on
-# the login node, which can reach the hub when compute nodes cannot.
-rule download_model:
+# weights are downloaded first by the local checkpoint `download_model`: on a cluster it runs
+# on the login node, which can reach the hub when compute nodes cannot. A checkpoint, because
+# with `layers: all` a new hub model's layer count is read from the config.json it fetches.
+checkpoint download_model:
     output:
         paths.download_record(),
     log:

@@ -6,6 +6,7 @@ rule patching:
         xi=lambda wildcards: PLAN.xi(wildcards.model),
         reference=lambda wildcards: [PLAN.prompts(wildcards.model, task, "patching_ref") for task in PLAN.filter_pair],
         others=lambda wildcards: [PLAN.prompts(wildcards.model, task, "patching") for task in PLAN.filter_pair],
+        layer_count=layer_count_known,
     output:
         counts=paths.patching_file(),
         accuracy=paths.patching_file(table="_accuracy"),
@@ -22,7 +23,7 @@ rule patching:
         **model_job(working_mb=4000, runtime=480),
     params:
         pair=PLAN.filter_pair,
-        layers=lambda wildcards: PLAN.model(wildcards.model).patching_layers,
+        layers=lambda wildcards: known_model(wildcards).patching_layers,
         patching=canonical(config["patching"]),
         controls=config["controls"]["patching"],
         bootstrap=PLAN.bootstrap,

@@ -9,6 +9,7 @@ rule probe:
         unpack(
             lambda wildcards: PLAN.probe_inputs(wildcards.model, wildcards.task, wildcards.site, wildcards.probe_kind)
         ),
+        layer_count=layer_count_known,
     output:
         **{name: paths.probe_file(suffix=suffix) for name, suffix in paths.PROBE_SUFFIXES.items()},
     log:
@@ -23,7 +24,7 @@ rule probe:
         runtime=240,
         gpu=lambda wildcards: PLAN.gpus if PLAN.trains_from_shards(wildcards.model) else 0,
     params:
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        layers=lambda wildcards: known_model(wildcards).layers,
         probe=canonical(PLAN.probe_settings()),
         report=PLAN.probe_report,
         prompt_recipes=PLAN.prompt_recipes(*PLAN.probe_sets),
@@ -35,6 +36,7 @@ rule probe:
 rule stream_probes:
     input:
         unpack(lambda wildcards: PLAN.stream_inputs(wildcards.model, wildcards.task)),
+        layer_count=layer_count_known,
     output:
         directory(paths.stream_dir()),
     log:
@@ -49,7 +51,7 @@ rule stream_probes:
     params:
         sites=PLAN.sites,
         kinds=lambda wildcards: PLAN.model(wildcards.model).probe_kinds,
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        layers=lambda wildcards: known_model(wildcards).layers,
         probe=canonical(PLAN.probe_settings("keep_in_memory")),
         report=PLAN.probe_report,
         prompt_recipes=PLAN.prompt_recipes(*PLAN.probe_sets),

@@ -2,6 +2,7 @@
 rule rank_difference:
     input:
         unpack(lambda wildcards: PLAN.rank_difference_inputs(wildcards.model, wildcards.pair)),
+        layer_count=layer_count_known,
     output:
         paths.xi_map(),
     log:
@@ -16,6 +17,6 @@ rule rank_difference:
     params:
         seed=config["seed"],
         sites=PLAN.sites,
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        layers=lambda wildcards: known_model(wildcards).layers,
     script:
         "../workflow/scripts/rank_difference.py"

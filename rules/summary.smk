@@ -3,6 +3,7 @@
 rule summary:
     input:
         lambda wildcards: PLAN.summary_input_list(wildcards.model),
+        layer_count=layer_count_known,
     output:
         json=paths.summary(ext="json"),
         md=paths.summary(),
@@ -25,7 +26,7 @@ rule summary:
         files=lambda wildcards: PLAN.summary_files(wildcards.model),
         sites=PLAN.sites,
         pair=PLAN.filter_pair,
-        layers=lambda wildcards: PLAN.model(wildcards.model).layers,
+        layers=lambda wildcards: known_model(wildcards).layers,
         bootstrap=PLAN.bootstrap,
     script:
         "../workflow/scripts/summary.py"

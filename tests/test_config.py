@@ -199,12 +199,6 @@ BAD = [
         r"allowed values: a local directory with a transformers model",
     ),
     (
-        "model without layer count",
-        "models",
-        [{"id": "mine", "hub": "org/new-model"}],
-        r"^layers: 'all' needs the layer count of model 'mine', .*; allowed values: a list of layer indices$",
-    ),
-    (
         "wrong type",
         "prompts.max_prompt_tokens",
         "600",

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import tiny_causal_lm
+from hub_server import LocalHub
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from workflow_helpers import TINY, copy_workflow, job_counts, run
@@ -24,6 +25,7 @@ from workflow_helpers import TINY, copy_workflow, job_counts, run
 from minormech.config import ConfigError, load_schema, validate_config
 from minormech.models import ModelManifest, load_model, prepare_model, resolve_model_spec
 from minormech.plan import RunPlan
+from minormech.shards import Shard
 from minormech.sites import SUPPORTED_ARCHITECTURES
 from minormech.storage import format_plan
 from minormech.tokenizers import load_named_tokenizer
@@ -242,16 +244,83 @@ def test_a_hub_models_facts_come_from_its_config_json_in_the_model_cache(default
     assert "unknown" not in printed and "mine             all sites       0.5 GB in shard mode" in printed
 
 
-def test_layers_all_for_an_uncached_hub_model_says_how_to_make_its_depth_known(default, schema, tmp_path):
-    config = {**default, "model_cache": str(tmp_path / "empty")}
-    config["models"] = [{"id": "mine", "hub": "Qwen/Qwen2.5-0.5B", "revision": COMMIT}]
+def test_layers_all_for_a_new_hub_model_plans_its_download_as_a_checkpoint(tmp_path, repo_root):
+    """The default config (layers: all) with a hub model whose config.json is not in the
+    model cache: the dry run plans the download, the model, its control and every stage,
+    and says that the download (a checkpoint) completes the plan."""
+    work = copy_workflow(repo_root, tmp_path / "work")
+    overlay = {"model_cache": str(tmp_path / "empty-cache"), "models": [{"id": "mine", "hub": "Qwen/Qwen2.5-0.5B"}]}
+    (work / "hub.yaml").write_text(yaml.safe_dump(overlay))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "elsewhere")}
+    result = run(work, "-n", "--configfile", "hub.yaml", env=env)
+    counts = job_counts(result.stdout)
+    assert counts["download_model"] == 1 and counts["model"] == 2 and counts["summary"] == 1
+    assert counts["probe"] > 0 and counts["patching"] == 1
+    assert "The run involves checkpoint jobs" in result.stdout
+
+
+def test_the_plan_learns_a_hub_models_layers_once_its_config_json_is_cached(default, schema, tmp_path):
+    """Until its config.json is downloaded a hub model's layers (and its control's) are
+    pending; once it is in the model cache the plan reads them and checks the layer
+    settings against them, as it would have at config time."""
+    cache = tmp_path / "models"
+    config = {**default, "model_cache": str(cache)}
+    config["models"] = [{"id": "mine", "hub": "someone/qwen2", "revision": COMMIT}]
+    config["patching"] = {**config["patching"], "layers": [0, 3]}
+    validate_config(config, schema)
+    plan = RunPlan.from_config(config)
+    assert plan.depth_pending("mine") == "mine" and plan.depth_pending("mine-random-init") == "mine"
+    assert plan.model("mine").layers is None and plan.model("mine-random-init").layers is None
+    with pytest.raises(RuntimeError, match="read before its config.json was downloaded"):
+        plan.known("mine")
+    qwen2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64}
+    hub_cache(cache, "someone/qwen2", COMMIT, config={**qwen2, "num_attention_heads": 4, "num_hidden_layers": 4})
+    plan.learn_depth("mine")
+    for model_id in ("mine", "mine-random-init"):
+        row = plan.known(model_id)
+        assert (row.layers, row.patching_layers) == ((0, 1, 2, 3), (0, 3)) and plan.depth_pending(model_id) is None
+    assert plan.model("mine-random-init").spec.site_widths == plan.model("mine").spec.site_widths
+
+
+def test_a_downloaded_hub_model_without_a_patched_layer_is_a_config_error(default, schema, tmp_path):
+    cache = tmp_path / "models"
+    config = {**default, "model_cache": str(cache)}
+    config["models"] = [{"id": "mine", "hub": "someone/qwen2", "revision": COMMIT}]
+    config["patching"] = {**config["patching"], "layers": [14]}
+    validate_config(config, schema)
+    plan = RunPlan.from_config(config)
+    qwen2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64}
+    hub_cache(cache, "someone/qwen2", COMMIT, config={**qwen2, "num_attention_heads": 4, "num_hidden_layers": 4})
     with pytest.raises(ConfigError) as error:
-        validate_config(config, schema)
-    assert str(error.value) == (
-        "layers: 'all' needs the layer count of model 'mine', which is read from its config.json once that is "
-        "in the model cache (a run with the layers listed downloads it, or: hf download Qwen/Qwen2.5-0.5B "
-        f"config.json --revision {COMMIT} --cache-dir {tmp_path / 'empty'}); allowed values: a list of layer indices"
-    )
+        plan.learn_depth("mine")
+    assert str(error.value) == "patching.layers[0]: layer 14 is out of range for every model (allowed: 0..3)"
+
+
+def test_layers_all_for_a_new_hub_model_takes_its_layer_count_from_the_download(tmp_path, repo_root):
+    """A run with layers: all downloads a hub model that the model cache lacks (from a hub
+    served on this machine), reads its layer count from the downloaded config.json, and
+    records every layer in its shards and in those of its random-init control."""
+    served = save_tiny("mistral", tmp_path / "tiny-mistral", **DAG_SIZES)
+    own = {
+        **copy.deepcopy(TINY),
+        "layers": "all",
+        "model_cache": str(tmp_path / "models"),
+        "models": [{"id": "mine", "hub": "local/tiny-mistral", "revision": COMMIT}],
+    }
+    own["sites"] = ["k"]
+    own["patching"]["layers"] = [0, 1]
+    own["heads"]["knockout_layers"] = [1]
+    work = copy_workflow(repo_root, tmp_path / "work")
+    (work / "own.yaml").write_text(yaml.safe_dump(own))
+    shards = [f"results/{m}/activations/LR/probe_test/chunk000.safetensors" for m in ("mine", "mine-random-init")]
+    with LocalHub("local/tiny-mistral", COMMIT, served) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "NO_PROXY": "127.0.0.1", "HF_HOME": str(tmp_path / "elsewhere")}
+        run(work, "--cores", "2", *shards, "--configfile", "own.yaml", env=env)
+        served_files = {path.relative_to(served).as_posix() for path in hub.files()}
+        assert hub.requests == dict.fromkeys(served_files, 1)  # each file once, config.json first
+    for path in shards:
+        assert Shard(work / path).header.layers == (0, 1)
+    assert ModelManifest.read(work / "results" / "mine" / "model" / "manifest.json").commit == COMMIT
 
 
 @pytest.mark.parametrize(
