@@ -113,17 +113,20 @@ def aligned_source_index(
     """For each base position: the source position patched into it, and whether it is patched.
 
     'end' aligns the last prompt token with the last; 'left' the first with the first; in
-    both, over the shorter prompt's length."""
+    both, over the shorter prompt's length. 'last' patches the last prompt token only, with
+    the source's last (the position of the paper's appendix B)."""
     positions = torch.arange(width)[None, :]
     overlap = torch.minimum(base_lengths, source_lengths)[:, None]
-    if alignment == "end":
+    if alignment in ("end", "last"):
         index = positions - base_lengths[:, None] + source_lengths[:, None]
         valid = (positions < base_lengths[:, None]) & (positions >= base_lengths[:, None] - overlap)
+        if alignment == "last":
+            valid &= positions == base_lengths[:, None] - 1
     elif alignment == "left":
         index = positions.expand(len(base_lengths), -1)
         valid = positions < overlap
     else:
-        raise ValueError(f"patching.alignment: unknown alignment {alignment!r}; choose end or left")
+        raise ValueError(f"patching.alignment: unknown alignment {alignment!r}; choose end, left or last")
     return index.clamp(min=0), valid
 
 
