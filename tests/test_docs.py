@@ -174,7 +174,8 @@ JOB_COUNT_PHRASE = re.compile(r"\b(\d[\d,]*)\s+(?:[`\w-]+\s+){0,2}jobs\b")
 def planned_jobs(dry_run_output: str) -> Counter:
     """{(rule, model wildcard or None): jobs} of a dry run's job list."""
     jobs = Counter()
-    for match in re.finditer(r"^(?:local)?rule (\w+):\n((?:[ \t]+.*\n?)*)", dry_run_output, re.MULTILINE):
+    job_header = r"^(?:local)?(?:rule|checkpoint) (\w+):\n((?:[ \t]+.*\n?)*)"
+    for match in re.finditer(job_header, dry_run_output, re.MULTILINE):
         wildcards = re.search(r"^\s+wildcards: (.*)$", match.group(2), re.MULTILINE)
         values = dict(item.split("=", 1) for item in wildcards.group(1).split(", ")) if wildcards else {}
         jobs[match.group(1), values.get("model")] += 1
