@@ -192,6 +192,19 @@ class CachedBatch:
 
 
 @torch.no_grad()
+def source_last_features(model, sources: Sequence[Prompt], site: str, layer: int, pad_id: int) -> torch.Tensor:
+    """[B, W] the (site, layer) features of each source prompt at its last token: one
+    forward pass, no cache, no decoding (a source is only read, never scored)."""
+    device = next(model.parameters()).device
+    ids, mask = right_padded([p.input_ids for p in sources], pad_id, device)
+    recorded: dict[str, torch.Tensor] = {}
+    with site_hooks(model, [site], [layer], lambda _s, _l, out: recorded.__setitem__("site", out.detach().clone())):
+        model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    rows = torch.arange(len(sources), device=device)
+    return recorded["site"][rows, mask.sum(1) - 1]
+
+
+@torch.no_grad()
 def cache_batch(model, pairs: Sequence[CounterfactualPair], site: str, layer: int, pad_id: int) -> CachedBatch:
     """Run the frozen model once over a batch of pairs (bases teacher-forced on the
     counterfactual answers, sources on their prompts) and keep what every training step
@@ -206,20 +219,13 @@ def cache_batch(model, pairs: Sequence[CounterfactualPair], site: str, layer: in
         model.model(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
         handle.remove()
-    source_ids, source_mask = right_padded([p.source.input_ids for p in pairs], pad_id, device)
-    source_last = source_mask.sum(1) - 1
-    recorded: dict[str, torch.Tensor] = {}
-    with site_hooks(model, [site], [layer], lambda _s, _l, out: recorded.__setitem__("site", out.detach().clone())):
-        model.model(input_ids=source_ids, attention_mask=source_mask, use_cache=False)
-    rows = torch.arange(len(pairs), device=device)
+    source_values = source_last_features(model, [p.source for p in pairs], site, layer, pad_id)
     last = torch.tensor([p.base.length - 1 for p in pairs], device=device)
     positions, answer_mask = right_padded(
         [list(range(p.base.length - 1, p.base.length - 1 + len(p.answer_ids))) for p in pairs], 0, device
     )
     answer_ids, _ = right_padded([list(p.answer_ids) for p in pairs], 0, device)
-    return CachedBatch(
-        captured["residual"], mask, last, recorded["site"][rows, source_last], positions, answer_ids, answer_mask.bool()
-    )
+    return CachedBatch(captured["residual"], mask, last, source_values, positions, answer_ids, answer_mask.bool())
 
 
 def counterfactual_log_prob(
@@ -285,12 +291,6 @@ class PairScores:
     logp: np.ndarray  # [n]
 
 
-def _source_last_values(model, sources: Sequence[Prompt], site: str, layer: int, pad_id: int) -> torch.Tensor:
-    run = unpatched_run(model, sources, [site], [layer], pad_id)
-    rows = torch.arange(len(sources))
-    return run.sites[(site, layer)][rows, run.lengths - 1]
-
-
 @torch.inference_mode()
 def evaluate(
     model,
@@ -307,8 +307,8 @@ def evaluate(
     teacher-forced on its cache (minormech.runner.score_answer)."""
     exact, logp = [], []
     for chunk in batched(list(pairs), batch_size):
-        base = unpatched_run(model, [p.base for p in chunk], [site], [layer], pad_id)
-        source_values = _source_last_values(model, [p.source for p in chunk], site, layer, pad_id)
+        base = unpatched_run(model, [p.base for p in chunk], [], [layer], pad_id)  # its residual and cache
+        source_values = source_last_features(model, [p.source for p in chunk], site, layer, pad_id)
         answers, _ = right_padded([list(p.answer_ids) for p in chunk], chunk[0].answer_ids[0])
         lengths = torch.tensor([len(p.answer_ids) for p in chunk])
         first, cache = intervened_first_logits(model, base, site, layer, source_values, rotation, mask)

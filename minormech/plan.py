@@ -331,11 +331,10 @@ class RunPlan:
                 f"although {download_record(hub_id)} records its download; delete that file and rerun"
             )
         check_layer_settings(self.config)
-        self.models[hub_id] = self._complete(self.config, replace(row, spec=spec), row.probe_source)
-        control = random_init_id(hub_id)
-        if control in self.models:
-            grown = replace(self.models[control], spec=random_init_spec(spec))
-            self.models[control] = self._complete(self.config, grown, grown.probe_source)
+        for model_id, known in {hub_id: spec, random_init_id(hub_id): random_init_spec(spec)}.items():
+            if model_id in self.models:
+                grown = replace(self.models[model_id], spec=known)
+                self.models[model_id] = self._complete(self.config, grown, grown.probe_source)
 
     def head_size(self, model_id: str) -> int | None:
         """Features per attention head (the q, k and v sites' heads alike), for figure 2's

@@ -259,22 +259,32 @@ def test_layers_all_for_a_new_hub_model_plans_its_download_as_a_checkpoint(tmp_p
     assert "The run involves checkpoint jobs" in result.stdout
 
 
+def pending_hub_plan(default, schema, cache, patched: list[int]) -> RunPlan:
+    """The plan of the default config (layers: all) with hub model `mine`, whose config.json
+    the model cache `cache` does not hold yet, patching `patched`."""
+    config = {**default, "model_cache": str(cache)}
+    config["models"] = [{"id": "mine", "hub": "someone/qwen2", "revision": COMMIT}]
+    config["patching"] = {**config["patching"], "layers": patched}
+    validate_config(config, schema)
+    return RunPlan.from_config(config)
+
+
+def download_four_layer_qwen2(cache) -> None:
+    """What download_model leaves in the model cache for `mine`: its config.json, 4 layers."""
+    qwen2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64}
+    hub_cache(cache, "someone/qwen2", COMMIT, config={**qwen2, "num_attention_heads": 4, "num_hidden_layers": 4})
+
+
 def test_the_plan_learns_a_hub_models_layers_once_its_config_json_is_cached(default, schema, tmp_path):
     """Until its config.json is downloaded a hub model's layers (and its control's) are
     pending; once it is in the model cache the plan reads them and checks the layer
     settings against them, as it would have at config time."""
-    cache = tmp_path / "models"
-    config = {**default, "model_cache": str(cache)}
-    config["models"] = [{"id": "mine", "hub": "someone/qwen2", "revision": COMMIT}]
-    config["patching"] = {**config["patching"], "layers": [0, 3]}
-    validate_config(config, schema)
-    plan = RunPlan.from_config(config)
+    plan = pending_hub_plan(default, schema, tmp_path / "models", [0, 3])
     assert plan.depth_pending("mine") == "mine" and plan.depth_pending("mine-random-init") == "mine"
     assert plan.model("mine").layers is None and plan.model("mine-random-init").layers is None
     with pytest.raises(RuntimeError, match="read before its config.json was downloaded"):
         plan.known("mine")
-    qwen2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64}
-    hub_cache(cache, "someone/qwen2", COMMIT, config={**qwen2, "num_attention_heads": 4, "num_hidden_layers": 4})
+    download_four_layer_qwen2(tmp_path / "models")
     plan.learn_depth("mine")
     for model_id in ("mine", "mine-random-init"):
         row = plan.known(model_id)
@@ -283,14 +293,8 @@ def test_the_plan_learns_a_hub_models_layers_once_its_config_json_is_cached(defa
 
 
 def test_a_downloaded_hub_model_without_a_patched_layer_is_a_config_error(default, schema, tmp_path):
-    cache = tmp_path / "models"
-    config = {**default, "model_cache": str(cache)}
-    config["models"] = [{"id": "mine", "hub": "someone/qwen2", "revision": COMMIT}]
-    config["patching"] = {**config["patching"], "layers": [14]}
-    validate_config(config, schema)
-    plan = RunPlan.from_config(config)
-    qwen2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64}
-    hub_cache(cache, "someone/qwen2", COMMIT, config={**qwen2, "num_attention_heads": 4, "num_hidden_layers": 4})
+    plan = pending_hub_plan(default, schema, tmp_path / "models", [14])
+    download_four_layer_qwen2(tmp_path / "models")
     with pytest.raises(ConfigError) as error:
         plan.learn_depth("mine")
     assert str(error.value) == "patching.layers[0]: layer 14 is out of range for every model (allowed: 0..3)"
